@@ -1,0 +1,32 @@
+"""The application factory."""
+
+import logging
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import cli
+import config
+import errors
+import models
+import storage
+from blueprints import files, health
+
+
+def create_app(overrides=None):
+    app = Flask(__name__, static_folder=None)
+    app.config.update(config.load(overrides))
+    app.json.sort_keys = False
+    logging.basicConfig(level=app.config["LOG_LEVEL"])
+
+    models.init_app(app)
+    storage.init_app(app)
+    errors.init_app(app)
+    cli.init_app(app)
+    for blueprint in (files.bp, health.bp):
+        app.register_blueprint(blueprint)
+
+    hops = app.config["PROXY_HOPS"]
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
+    return app

@@ -1,0 +1,193 @@
+"""Chat file attachments: upload an image, download it again."""
+
+import hashlib
+import logging
+import uuid
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from peewee import PeeweeException
+
+import images
+from auth import login_required
+from errors import ApiError
+from filenames import inline_content_disposition, name_from_content_disposition
+from models import ChatFile, Membership, release_connection
+from storage import StorageError, get_storage, object_key, object_metadata
+
+bp = Blueprint("files", __name__)
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+CACHE_FOREVER = "private, max-age=31536000, immutable"
+
+
+@bp.post("/api/v2/chats/files")
+@login_required
+def upload():
+    organization_id = _organization_param()
+    if not Membership.select().where(
+        (Membership.user == g.user) & (Membership.organization == organization_id)
+    ).exists():
+        raise ApiError(403, "You are not a member of this organization.")
+    _check_declared_type()
+    release_connection()  # reading the body and storing it can be slow
+
+    data = _read_body(current_app.config["MAX_FILE_SIZE"])
+    if not data:
+        raise ApiError(400, "The file is empty.", "Send the image's bytes as the request body.")
+    info = _verify(data)
+    name = name_from_content_disposition(request.headers.get("Content-Disposition"))
+    file_id = _store(data, info, name, organization_id)
+    return jsonify(id=str(file_id)), 201
+
+
+@bp.route("/api/v2/chats/files/<file_id>", methods=["GET", "HEAD"])
+@login_required
+def download(file_id):
+    row = _readable_file(file_id)
+    headers = {
+        "Content-Type": row.content_type,
+        "Content-Disposition": inline_content_disposition(row.name),
+        "Cache-Control": CACHE_FOREVER,
+        "ETag": f'"{row.sha256}"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    release_connection()
+    if request.if_none_match.contains_weak(row.sha256):
+        return Response(status=304, headers=headers)
+    headers["Content-Length"] = str(row.size)
+    if request.method == "HEAD":
+        return Response(status=200, headers=headers)
+    stored = _open_object(row)
+    return Response(_stream(stored), status=200, headers=headers, direct_passthrough=True)
+
+
+def _organization_param():
+    value = request.args.get("organization", "")
+    if not value:
+        raise ApiError(400, "Missing organization query parameter.")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ApiError(400, "Invalid organization ID.", f"{value!r} is not a UUID.") from None
+
+
+def _check_declared_type():
+    declared = request.mimetype  # lower-cased, parameters stripped
+    if declared not in images.ALLOWED_TYPES:
+        raise ApiError(400, "Unsupported file type.", "Allowed types: " + ", ".join(images.ALLOWED_TYPES) + ".")
+
+
+def _too_large(limit):
+    # The rest of the body is unread: the connection cannot be reused.
+    return ApiError(413, "File too large.", f"Maximum file size is {limit} bytes.", headers={"Connection": "close"})
+
+
+def _read_body(limit):
+    """The whole body as bytes, never reading more than ``limit + 1`` bytes."""
+    declared_length = request.content_length
+    if declared_length is not None and declared_length > limit:
+        raise _too_large(limit)
+    stream = request.stream
+    if declared_length is not None:
+        return _read_exactly(stream, declared_length)
+    chunks, total = [], 0
+    while total <= limit:
+        chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > limit:
+        raise _too_large(limit)
+    return b"".join(chunks)
+
+
+def _read_exactly(stream, length):
+    # One buffer of the declared size, filled in place: the body is in memory once.
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < length:
+        count = stream.readinto(view[filled:])
+        if not count:
+            raise ApiError(400, "Incomplete request body.", f"Expected {length} bytes, got {filled}.")
+        filled += count
+    return buffer
+
+
+def _verify(data):
+    try:
+        return images.verify_image(data, current_app.config["MAX_IMAGE_PIXELS"])
+    except images.UnsupportedType as error:
+        raise ApiError(400, "Unsupported file type.", str(error)) from None
+    except images.InvalidImage as error:
+        raise ApiError(400, "Invalid image file.", str(error)) from None
+
+
+def _store(data, info, name, organization_id):
+    """Write the object, then its row; undo the object if the row fails."""
+    file_id = uuid.uuid4()
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = object_key(current_app.config["S3_PREFIX"], organization_id, file_id)
+    storage = get_storage()
+    metadata = object_metadata(g.user.id, organization_id, sha256, info.width, info.height, name)
+    try:
+        storage.put(key, data, info.content_type, metadata)
+    except StorageError:
+        log.exception("storing %s failed", key)
+        raise ApiError(500, "Failed to save chat file.", "The file store is unavailable; try again.") from None
+    try:
+        ChatFile.create(
+            id=file_id,
+            owner=g.user.id,
+            organization=organization_id,
+            name=name,
+            content_type=info.content_type,
+            size=len(data),
+            sha256=sha256,
+            width=info.width,
+            height=info.height,
+        )
+    except PeeweeException:
+        log.exception("recording %s failed; deleting its object", key)
+        _delete_quietly(storage, key)
+        raise ApiError(500, "Failed to save chat file.", "The database is unavailable; try again.") from None
+    return file_id
+
+
+def _delete_quietly(storage, key):
+    try:
+        storage.delete(key)
+    except StorageError:
+        log.exception("could not delete orphan %s; gc-storage will", key)
+
+
+def _readable_file(file_id):
+    try:
+        file_uuid = uuid.UUID(file_id)
+    except ValueError:
+        raise ApiError(400, "Invalid file ID.", f"{file_id!r} is not a UUID.") from None
+    row = ChatFile.get_or_none((ChatFile.id == file_uuid) & (ChatFile.owner == g.user.id))
+    if row is None:
+        raise ApiError(404, "File not found.")
+    return row
+
+
+def _open_object(row):
+    key = object_key(current_app.config["S3_PREFIX"], row.organization_id, row.id)
+    try:
+        return get_storage().open(key)
+    except FileNotFoundError:
+        log.error("row %s has no object at %s", row.id, key)
+        raise ApiError(500, "Failed to read chat file.", "The file's bytes are missing from storage.") from None
+    except StorageError:
+        log.exception("opening %s failed", key)
+        raise ApiError(500, "Failed to read chat file.", "The file store is unavailable; try again.") from None
+
+
+def _stream(stored):
+    try:
+        yield from stored
+    finally:
+        stored.close()

@@ -1,0 +1,72 @@
+"""Admin commands: ``flask --app wsgi <command>``. Each wraps a function tests call directly."""
+
+import json
+
+import click
+from flask import current_app
+from peewee import IntegrityError
+
+import auth
+from models import Membership, Organization, User, create_tables, db
+
+
+def create_user(name, org_name, lifetime_days):
+    """Create the user (and the organization if new), add the membership, issue a token."""
+    with db.atomic():
+        organization, _ = Organization.get_or_create(name=org_name)
+        try:
+            with db.atomic():
+                user = User.create(name=name)
+        except IntegrityError:
+            raise click.ClickException(f"User {name!r} already exists; use create-token for a new token.") from None
+        Membership.create(user=user, organization=organization)
+        token = auth.issue_token(user, lifetime_days)
+    return {"user_id": str(user.id), "organization_id": str(organization.id), "token": token}
+
+
+def create_token(name, lifetime_days):
+    user = User.get_or_none(User.name == name)
+    if user is None:
+        raise click.ClickException(f"No user named {name!r}.")
+    return {"token": auth.issue_token(user, lifetime_days)}
+
+
+def _print(result, as_json):
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key}: {value}")
+
+
+@click.command("init-db")
+def init_db_command():
+    """Create or migrate the schema (safe to run again)."""
+    create_tables()
+    click.echo("Database schema is up to date.")
+
+
+@click.command("create-user")
+@click.argument("name")
+@click.option("--org", "org_name", required=True, help="Organization name; created if new.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def create_user_command(name, org_name, as_json):
+    """Create a user in an organization and print a session token."""
+    with db.connection_context():
+        result = create_user(name, org_name, current_app.config["TOKEN_LIFETIME_DAYS"])
+    _print(result, as_json)
+
+
+@click.command("create-token")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def create_token_command(name, as_json):
+    """Issue another session token for an existing user."""
+    with db.connection_context():
+        result = create_token(name, current_app.config["TOKEN_LIFETIME_DAYS"])
+    _print(result, as_json)
+
+
+def init_app(app):
+    for command in (init_db_command, create_user_command, create_token_command):
+        app.cli.add_command(command)

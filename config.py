@@ -1,0 +1,68 @@
+"""Configuration: embedded defaults, then the environment, then explicit overrides.
+
+Every setting the contract names is read here and nowhere else; the rest of
+the code reads ``current_app.config``. A bad value stops start-up with a
+message naming the variable, instead of failing on the first request.
+"""
+
+import os
+
+DEFAULTS = {
+    "DATABASE_URL": "sqlite:///var/chatfiles.db",
+    "S3_BUCKET": None,
+    "S3_ENDPOINT_URL": None,
+    "S3_REGION": "us-east-1",
+    "S3_PREFIX": "chat-files/",
+    "LOCAL_STORAGE_ROOT": "var/objects",
+    "MAX_FILE_SIZE": 10 * 1024 * 1024,
+    # Decoded pixels allowed per image (all frames of an animation together).
+    # 40 MP of RGBA is 160 MB of decoder memory: the bound on a bomb's cost.
+    "MAX_IMAGE_PIXELS": 40_000_000,
+    "WORKSPACES_ROOT": "var/workspaces",
+    "PROXY_HOPS": 0,
+    "TOKEN_LIFETIME_DAYS": 90,
+    "DATABASE_POOL_SIZE": 20,
+    "LOG_LEVEL": "INFO",
+}
+
+INTEGER_SETTINGS = (
+    "MAX_FILE_SIZE",
+    "MAX_IMAGE_PIXELS",
+    "PROXY_HOPS",
+    "TOKEN_LIFETIME_DAYS",
+    "DATABASE_POOL_SIZE",
+)
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+def load(overrides=None):
+    """Return the effective settings as a dict."""
+    settings = dict(DEFAULTS)
+    for name in DEFAULTS:
+        value = os.environ.get(name)
+        if value is not None and value != "":
+            settings[name] = value
+    settings.update(overrides or {})
+    return validate(settings)
+
+
+def validate(settings):
+    for name in INTEGER_SETTINGS:
+        try:
+            settings[name] = int(settings[name])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer, got {settings[name]!r}.") from None
+        if settings[name] < 0:
+            raise ConfigError(f"{name} must not be negative, got {settings[name]}.")
+    if settings["MAX_FILE_SIZE"] == 0:
+        raise ConfigError("MAX_FILE_SIZE must be at least 1 byte.")
+    url = settings["DATABASE_URL"]
+    if not url.startswith(("sqlite:", "postgres://", "postgresql://", "postgresql+pool://", "postgres+pool://")):
+        raise ConfigError(f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got {url!r}.")
+    prefix = settings["S3_PREFIX"] or ""
+    if prefix.startswith("/") or ".." in prefix.split("/"):
+        raise ConfigError(f"S3_PREFIX must be a relative key prefix, got {prefix!r}.")
+    return settings

@@ -1,0 +1,59 @@
+"""One error shape for every failure: ``{"message", "detail", "validations"}``.
+
+Views raise :class:`ApiError`; the handlers registered here turn it, every
+``HTTPException`` and anything unexpected into JSON, so no request ever gets
+an HTML page or a traceback.
+"""
+
+import logging
+
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status, message, detail=None, validations=None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+        self.validations = validations
+        self.headers = headers or {}
+
+
+def error_response(status, message, detail=None, validations=None, headers=None):
+    body = {"message": message}
+    if detail:
+        body["detail"] = detail
+    if validations:
+        body["validations"] = validations
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def handle_api_error(error):
+    return error_response(error.status, error.message, error.detail, error.validations, error.headers)
+
+
+def handle_http_exception(error):
+    # Werkzeug's own descriptions are prose written for HTML pages; the name
+    # is the summary, the description the detail.
+    headers = {}
+    if error.code == 405 and error.valid_methods:
+        headers["Allow"] = ", ".join(sorted(error.valid_methods))
+    return error_response(error.code or 500, f"{error.name}.", error.description, headers=headers)
+
+
+def handle_unexpected(error):
+    log.exception("unhandled exception")
+    return error_response(500, "Internal server error.")
+
+
+def init_app(app):
+    app.register_error_handler(ApiError, handle_api_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

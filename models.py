@@ -1,0 +1,138 @@
+"""Peewee models: ids and metadata only, never file bytes.
+
+One ``DatabaseProxy`` is bound at start-up to SQLite (the embedded default)
+or pooled PostgreSQL, chosen by ``DATABASE_URL``.
+"""
+
+import datetime
+import os
+import uuid
+
+from peewee import (
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+    UUIDField,
+)
+from playhouse import db_url
+
+db = DatabaseProxy()
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+
+
+class Organization(BaseModel):
+    id = UUIDField(primary_key=True, default=uuid.uuid4)
+    name = CharField(max_length=255, unique=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class User(BaseModel):
+    id = UUIDField(primary_key=True, default=uuid.uuid4)
+    name = CharField(max_length=255, unique=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class Membership(BaseModel):
+    user = ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
+    organization = ForeignKeyField(Organization, backref="memberships", on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("user", "organization"), True),)
+
+
+class ApiKey(BaseModel):
+    """A session token ``<id>-<secret>``: the id is looked up, the secret only hashed."""
+
+    id = CharField(max_length=32, primary_key=True)
+    user = ForeignKeyField(User, backref="api_keys", on_delete="CASCADE")
+    secret_hash = CharField(max_length=64)
+    created_at = DateTimeField(default=utcnow)
+    expires_at = DateTimeField(index=True)
+
+
+class ChatFile(BaseModel):
+    id = UUIDField(primary_key=True, default=uuid.uuid4)
+    owner = ForeignKeyField(User, backref="chat_files", on_delete="CASCADE")
+    organization = ForeignKeyField(Organization, backref="chat_files", on_delete="CASCADE")
+    name = CharField(max_length=255, null=True)
+    content_type = CharField(max_length=64)
+    size = BigIntegerField()
+    sha256 = CharField(max_length=64)
+    width = IntegerField()
+    height = IntegerField()
+    created_at = DateTimeField(default=utcnow)
+
+
+class Chat(BaseModel):
+    id = UUIDField(primary_key=True, default=uuid.uuid4)
+    owner = ForeignKeyField(User, backref="chats", on_delete="CASCADE")
+    title = TextField(default="")
+    archived = BooleanField(default=False)
+    workspace = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("owner", "created_at"), False),)
+
+
+MODELS = [Organization, User, Membership, ApiKey, ChatFile, Chat]
+
+
+def connect_database(url, pool_size=20):
+    """A peewee Database for ``url``: SQLite in WAL mode, or pooled PostgreSQL."""
+    if url.startswith("sqlite:"):
+        path = url.split("sqlite:///", 1)[-1]
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # busy_timeout lets concurrent writers queue instead of failing at once.
+        pragmas = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1, "busy_timeout": 10_000}
+        return db_url.connect(url, pragmas=pragmas)
+    scheme, rest = url.split("://", 1)
+    if not scheme.endswith("+pool"):
+        scheme = "postgresql+pool"
+    # Bounded waits everywhere: an unreachable server answers errors, not hangs.
+    return db_url.connect(
+        f"{scheme}://{rest}", max_connections=pool_size, stale_timeout=300, timeout=10, connect_timeout=5
+    )
+
+
+def create_tables():
+    with db.connection_context():
+        db.create_tables(MODELS, safe=True)
+
+
+def release_connection():
+    """Give this thread's connection back to the pool.
+
+    Connections open lazily on the first query (peewee's autoconnect) and are
+    released at the end of each request; a view about to wait on a slow client
+    or on storage releases its connection early so waiting never starves the pool.
+    """
+    if not db.is_closed():
+        db.close()
+
+
+def close_all_connections():
+    """Close this thread's connection and every idle pooled one (shutdown, tests)."""
+    release_connection()
+    if hasattr(db.obj, "close_all"):
+        db.obj.close_all()
+
+
+def init_app(app):
+    db.initialize(connect_database(app.config["DATABASE_URL"], app.config["DATABASE_POOL_SIZE"]))
+    app.teardown_request(lambda exc: release_connection())

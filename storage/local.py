@@ -1,0 +1,108 @@
+"""A directory as an object store: the embedded default for one machine.
+
+Each object is two files: the bytes under the key's path and a JSON sidecar
+with its type and metadata. Both are written to a temporary file, fsynced and
+renamed into place, so a reader sees a whole object or none; the bytes are
+renamed last, so their presence is what makes an object exist.
+"""
+
+import datetime
+import json
+import os
+import tempfile
+
+from storage import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
+
+META_SUFFIX = ".meta.json"
+TEMP_PREFIX = ".tmp-"
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+
+    def _path(self, key):
+        path = os.path.abspath(os.path.join(self.root, key))
+        if not path.startswith(self.root + os.sep) or key.endswith(META_SUFFIX):
+            raise StorageError(f"Key {key!r} is outside the store.")
+        return path
+
+    def put(self, key, data, content_type, metadata):
+        path = self._path(key)
+        sidecar = json.dumps({"content_type": content_type, "metadata": metadata}).encode()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _write_atomically(path + META_SUFFIX, sidecar)
+            _write_atomically(path, data)
+        except OSError as error:
+            raise StorageError(f"Could not write {key}: {error}") from error
+
+    def head(self, key):
+        path = self._path(key)
+        try:
+            stat = os.stat(path)
+            with open(path + META_SUFFIX, "rb") as meta_file:
+                sidecar = json.load(meta_file)
+        except FileNotFoundError:
+            raise FileNotFoundError(key) from None
+        except (OSError, ValueError) as error:
+            raise StorageError(f"Could not read {key}: {error}") from error
+        return ObjectInfo(key, stat.st_size, sidecar["content_type"], _mtime(stat), sidecar["metadata"])
+
+    def open(self, key):
+        info = self.head(key)
+        try:
+            handle = open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(key) from None
+        except OSError as error:
+            raise StorageError(f"Could not open {key}: {error}") from error
+        return StoredObject(info, iter(lambda: handle.read(CHUNK_SIZE), b""), handle.close)
+
+    def delete(self, key):
+        path = self._path(key)
+        for name in (path, path + META_SUFFIX):
+            try:
+                os.remove(name)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise StorageError(f"Could not delete {key}: {error}") from error
+
+    def iter_objects(self, prefix=""):
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.endswith(META_SUFFIX) or name.startswith(TEMP_PREFIX):
+                    continue
+                path = os.path.join(directory, name)
+                key = os.path.relpath(path, self.root).replace(os.sep, "/")
+                if key.startswith(prefix):
+                    try:
+                        yield key, _mtime(os.stat(path))
+                    except FileNotFoundError:
+                        continue  # deleted while we walked
+
+    def check(self):
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"{self.root} is not writable.")
+
+
+def _mtime(stat):
+    return datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc)
+
+
+def _write_atomically(path, data):
+    fd, temp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as temp_file:
+            temp_file.write(data)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        try:
+            os.remove(temp_path)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,0 +1,110 @@
+"""Any S3-compatible endpoint through boto3.
+
+Clients are created lazily, one per thread (boto3 clients are not safe to
+create concurrently), with bounded timeouts and retries so an unreachable
+endpoint yields a StorageError within seconds rather than a hung worker.
+"""
+
+import contextlib
+import threading
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from storage import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
+
+CLIENT_CONFIG = Config(
+    connect_timeout=2,
+    read_timeout=10,
+    retries={"max_attempts": 3, "mode": "standard"},
+    max_pool_connections=64,
+    # Checksums only when the API requires one: other S3-compatible servers
+    # reject the newer default trailers, and sha256 is in the metadata anyway.
+    request_checksum_calculation="when_required",
+    response_checksum_validation="when_required",
+)
+
+_client_lock = threading.Lock()
+
+
+class S3Store(ObjectStore):
+    def __init__(self, bucket, endpoint_url=None, region="us-east-1"):
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._local = threading.local()
+
+    @property
+    def client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            with _client_lock:  # session creation is not thread-safe
+                client = boto3.session.Session().client(
+                    "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=CLIENT_CONFIG
+                )
+            self._local.client = client
+        return client
+
+    def put(self, key, data, content_type, metadata):
+        with _translated_errors(key):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata)
+
+    def head(self, key):
+        with _translated_errors(key):
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        return _object_info(key, response)
+
+    def open(self, key):
+        with _translated_errors(key):
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        body = response["Body"]
+        return StoredObject(_object_info(key, response), _chunks(key, body), body.close)
+
+    def delete(self, key):
+        with _translated_errors(key):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def iter_objects(self, prefix=""):
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _translated_errors(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"], item["LastModified"]
+
+    def check(self):
+        try:
+            with _translated_errors(self.bucket):
+                self.client.head_bucket(Bucket=self.bucket)
+        except FileNotFoundError:
+            raise StorageError(f"Bucket {self.bucket} does not exist.") from None
+
+
+def _object_info(key, response):
+    return ObjectInfo(
+        key=key,
+        size=response["ContentLength"],
+        content_type=response.get("ContentType", ""),
+        last_modified=response["LastModified"],
+        metadata=response.get("Metadata", {}),
+    )
+
+
+def _chunks(key, body):
+    with _translated_errors(key):
+        yield from body.iter_chunks(CHUNK_SIZE)
+
+
+@contextlib.contextmanager
+def _translated_errors(key):
+    """Turn botocore's errors into FileNotFoundError or StorageError."""
+    try:
+        yield
+    except ClientError as error:
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = error.response.get("Error", {}).get("Code")
+        if status == 404 or code in ("NoSuchKey", "NotFound"):
+            raise FileNotFoundError(key) from None
+        raise StorageError(f"S3 error on {key}: {code or status}") from error
+    except BotoCoreError as error:
+        raise StorageError(f"S3 unreachable for {key}: {error}") from error
