@@ -4,6 +4,7 @@ import json
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 from peewee import IntegrityError
 
 import auth
@@ -40,6 +41,7 @@ def _print(result, as_json):
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command():
     """Create or migrate the schema (safe to run again)."""
     create_tables()
@@ -47,6 +49,7 @@ def init_db_command():
 
 
 @click.command("create-user")
+@with_appcontext
 @click.argument("name")
 @click.option("--org", "org_name", required=True, help="Organization name; created if new.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -58,6 +61,7 @@ def create_user_command(name, org_name, as_json):
 
 
 @click.command("create-token")
+@with_appcontext
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def create_token_command(name, as_json):
