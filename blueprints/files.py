@@ -104,15 +104,15 @@ def _read_body(limit):
 
 
 def _read_exactly(stream, length):
-    # One buffer of the declared size, filled in place: the body is in memory once.
+    """Fill one buffer of the declared size in chunks: the body is in memory once."""
     buffer = bytearray(length)
-    view = memoryview(buffer)
     filled = 0
     while filled < length:
-        count = stream.readinto(view[filled:])
-        if not count:
+        chunk = stream.read(min(READ_CHUNK, length - filled))
+        if not chunk:
             raise ApiError(400, "Incomplete request body.", f"Expected {length} bytes, got {filled}.")
-        filled += count
+        buffer[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
     return buffer
 
 
