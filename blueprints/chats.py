@@ -1,0 +1,124 @@
+"""Chats: create, list, read, archive and unarchive."""
+
+import uuid
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from auth import login_required
+from errors import ApiError
+from models import Chat, utcnow
+from workspaces import WorkspaceError, normalize, resolve
+
+bp = Blueprint("chats", __name__)
+
+MAX_TITLE_LENGTH = 1000
+ARCHIVED_FILTERS = {"true": True, "false": False}
+
+
+@bp.post("/api/v2/chats")
+@login_required
+def create_chat():
+    body = _json_object()
+    title = body.get("title", "")
+    if not isinstance(title, str) or len(title) > MAX_TITLE_LENGTH:
+        raise _invalid("title", f"The title must be a string of at most {MAX_TITLE_LENGTH} characters.")
+    workspace = body.get("workspace")
+    if workspace is not None:
+        workspace = _valid_workspace(workspace)
+    chat = Chat.create(owner=g.user.id, title=title, workspace=workspace)
+    return jsonify(chat_json(chat)), 201
+
+
+@bp.get("/api/v2/chats")
+@login_required
+def list_chats():
+    query = Chat.select().where(Chat.owner == g.user.id)
+    archived = request.args.get("archived")
+    if archived is not None:
+        if archived not in ARCHIVED_FILTERS:
+            raise ApiError(400, "Invalid archived filter.", "Use archived=true or archived=false.")
+        query = query.where(Chat.archived == ARCHIVED_FILTERS[archived])
+    return jsonify([chat_json(chat) for chat in query.order_by(Chat.created_at.desc(), Chat.id.desc())])
+
+
+@bp.get("/api/v2/chats/<chat_id>")
+@login_required
+def get_chat(chat_id):
+    return jsonify(chat_json(owned_chat(chat_id)))
+
+
+@bp.post("/api/v2/chats/<chat_id>/archive")
+@login_required
+def archive(chat_id):
+    _set_archived(chat_id, True, "Chat is already archived.")
+    return "", 204
+
+
+@bp.post("/api/v2/chats/<chat_id>/unarchive")
+@login_required
+def unarchive(chat_id):
+    _set_archived(chat_id, False, "Chat is not archived.")
+    return "", 204
+
+
+def _set_archived(chat_id, archived, conflict_message):
+    """Flip the flag in one conditional UPDATE, so of concurrent calls exactly one wins."""
+    chat_uuid = parse_chat_id(chat_id)
+    changed = (
+        Chat.update(archived=archived, updated_at=utcnow())
+        .where((Chat.id == chat_uuid) & (Chat.owner == g.user.id) & (Chat.archived == (not archived)))
+        .execute()
+    )
+    if not changed:
+        owned_chat(chat_id)  # 404 when it is not the caller's
+        raise ApiError(400, conflict_message)
+
+
+def parse_chat_id(chat_id):
+    try:
+        return uuid.UUID(chat_id)
+    except ValueError:
+        raise ApiError(400, "Invalid chat ID.", f"{chat_id!r} is not a UUID.") from None
+
+
+def owned_chat(chat_id):
+    """The caller's chat, or 400 for a bad id and 404 for an unknown or foreign one."""
+    chat = Chat.get_or_none((Chat.id == parse_chat_id(chat_id)) & (Chat.owner == g.user.id))
+    if chat is None:
+        raise ApiError(404, "Chat not found.")
+    return chat
+
+
+def chat_json(chat):
+    return {
+        "id": str(chat.id),
+        "owner_id": str(chat.owner_id),
+        "title": chat.title,
+        "archived": chat.archived,
+        "workspace": chat.workspace,
+        "created_at": _rfc3339(chat.created_at),
+        "updated_at": _rfc3339(chat.updated_at),
+    }
+
+
+def _rfc3339(moment):
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+def _json_object():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "Invalid request body.", "Send a JSON object with Content-Type: application/json.")
+    return body
+
+
+def _valid_workspace(path):
+    try:
+        resolve(current_app.config["WORKSPACES_ROOT"], path)
+        return normalize(path)
+    except WorkspaceError as error:
+        raise _invalid("workspace", str(error)) from None
+
+
+def _invalid(field, detail):
+    return ApiError(400, f"Invalid {field}.", detail, validations=[{"field": field, "detail": detail}])
