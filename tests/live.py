@@ -1,0 +1,78 @@
+"""The service itself under gunicorn with the Procfile's settings, for end-to-end tests,
+load tests and benchmarks. Plain Python, like tests/servers.py.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+from tests.servers import LOCALHOST, _ServerProcess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+class GunicornServer(_ServerProcess):
+    """``gunicorn -c gunicorn.conf.py wsgi:app`` bound to loopback, with ``env`` on top of ours.
+
+    ``env`` carries the service's settings (DATABASE_URL, S3_BUCKET, ...);
+    WEB_CONCURRENCY and WEB_THREADS size it like the Procfile does.
+    """
+
+    NAME = "gunicorn"
+    STOP_SIGNAL = signal.SIGTERM
+    SHUTDOWN_TIMEOUT = 30
+
+    def __init__(self, env, work_dir=None, extra_args=()):
+        super().__init__()
+        self.work_dir = work_dir or tempfile.mkdtemp(prefix="chatfiles-live-")
+        self.env = {**os.environ, **{key: str(value) for key, value in env.items() if value is not None}}
+        self.extra_args = list(extra_args)
+
+    @property
+    def url(self):
+        return f"http://{LOCALHOST}:{self.port}"
+
+    @property
+    def log_path(self):
+        return os.path.join(self.work_dir, "gunicorn.log")
+
+    @property
+    def pid(self):
+        return self._process.pid if self._process else None
+
+    def worker_pids(self):
+        """The pids of the master's current workers."""
+        children = f"/proc/{self.pid}/task/{self.pid}/children"
+        with open(children) as handle:
+            return [int(pid) for pid in handle.read().split()]
+
+    def flask(self, *args):
+        """Run an admin command against the same settings; return its JSON output."""
+        output = subprocess.run(
+            [os.path.join(BIN, "flask"), "--app", "wsgi", *args, "--json"],
+            cwd=ROOT, env=self.env, check=True, capture_output=True, text=True,
+        ).stdout
+        return json.loads(output)
+
+    def _prepare(self):
+        subprocess.run([os.path.join(BIN, "flask"), "--app", "wsgi", "init-db"], cwd=ROOT, env=self.env,
+                       check=True, capture_output=True)
+
+    def _command(self, port):
+        return [os.path.join(BIN, "gunicorn"), "-c", "gunicorn.conf.py", "--bind", f"{LOCALHOST}:{port}",
+                *self.extra_args, "wsgi:app"]
+
+    def _popen_options(self):
+        return {"cwd": ROOT, "env": self.env}
+
+    def _answers(self):
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
