@@ -1,0 +1,627 @@
+"""Tests for gitwatch: real repositories in temporary directories, no network.
+
+Watcher tests only assert outcomes under generous timeouts; the negative ones
+("no wake-up") wait a fixed second, far longer than inotify delivery takes.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+import gitwatch
+from gitwatch import (
+    MAX_DIFF_BYTES,
+    RepoState,
+    WatchSession,
+    WorkspaceWatcher,
+    changes_message,
+    diff_states,
+    find_repositories,
+    parse_client_message,
+    scan_workspace,
+)
+
+GENEROUS = 5.0  # seconds: a change must be noticed well within this
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def _test_git_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+    env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+    return env
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, env=_test_git_env(), check=True, capture_output=True, text=True
+    )
+    return done.stdout
+
+
+def make_repo(path: Path, *, commit: bool = True, branch: str = "main") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", branch)
+    git(path, "config", "user.name", "Test")
+    git(path, "config", "user.email", "test@example.com")
+    if commit:
+        (path / "README.md").write_text("hello\n")
+        git(path, "add", "README.md")
+        git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+def tree_snapshot(path: Path) -> dict[str, tuple[int, int]]:
+    """Every file below path with its size and mtime, to prove nothing was written."""
+    snapshot = {}
+    for file in path.rglob("*"):
+        if file.is_file():
+            status = file.stat()
+            snapshot[str(file.relative_to(path))] = (status.st_size, status.st_mtime_ns)
+    return snapshot
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    path = tmp_path / "workspace"
+    path.mkdir()
+    return path
+
+
+# --------------------------------------------------------------------------
+# finding repositories
+# --------------------------------------------------------------------------
+
+
+def test_workspace_itself_is_reported_as_dot(workspace: Path) -> None:
+    make_repo(workspace)
+
+    states = scan_workspace(workspace)
+
+    assert list(states) == ["."]
+    assert states["."].repo_root == "."
+
+
+def test_nested_repositories_have_relative_roots(workspace: Path) -> None:
+    make_repo(workspace / "a")
+    make_repo(workspace / "b" / "c")
+    make_repo(workspace / "a" / "lib")  # a repository inside a repository
+    (workspace / "plain").mkdir()
+
+    states = scan_workspace(workspace)
+
+    assert list(states) == ["a", "a/lib", "b/c"]
+    assert all(state.repo_root == root for root, state in states.items())
+    assert not any(str(workspace) in json.dumps(state.to_message_dict()) for state in states.values())
+
+
+def test_nested_repository_files_stay_out_of_the_parent_diff(workspace: Path) -> None:
+    make_repo(workspace)
+    nested = make_repo(workspace / "nested", commit=False)
+    (nested / "inner.txt").write_text("inner\n")
+
+    states = scan_workspace(workspace)
+
+    assert "inner.txt" not in states["."].unified_diff
+    assert "b/inner.txt" in states["nested"].unified_diff
+
+
+def test_depth_limit(workspace: Path) -> None:
+    make_repo(workspace / "1" / "2" / "3")
+    make_repo(workspace / "x" / "y" / "z" / "4")
+
+    assert list(scan_workspace(workspace)) == ["1/2/3"]
+    assert find_repositories(workspace, max_depth=4) == ["1/2/3", "x/y/z/4"]
+    assert find_repositories(workspace, max_depth=1) == []
+
+
+def test_git_directories_are_not_searched(workspace: Path) -> None:
+    repo = make_repo(workspace / "repo")
+    (repo / ".git" / "inside" / ".git").mkdir(parents=True)
+
+    assert find_repositories(workspace) == ["repo"]
+
+
+def test_symlink_pointing_outside_is_not_followed(tmp_path: Path, workspace: Path) -> None:
+    outside = make_repo(tmp_path / "outside" / "secret")
+    (workspace / "to-repo").symlink_to(outside, target_is_directory=True)
+    (workspace / "to-parent").symlink_to(outside.parent, target_is_directory=True)
+    make_repo(workspace / "inside")
+
+    assert list(scan_workspace(workspace)) == ["inside"]
+
+
+def test_undecodable_directory_name_is_scanned_and_sent_as_utf8(workspace: Path) -> None:
+    repo = make_repo(workspace / os.fsdecode(b"caf\xe9"))
+    (repo / "new.txt").write_text("new\n")
+
+    states = scan_workspace(workspace)
+
+    assert list(states) == ["caf\ufffd"]
+    assert "b/new.txt" in states["caf\ufffd"].unified_diff
+    json.dumps(states["caf\ufffd"].to_message_dict()).encode("utf-8")
+
+
+def test_missing_workspace_has_no_repositories(tmp_path: Path) -> None:
+    assert scan_workspace(tmp_path / "does-not-exist") == {}
+
+
+# --------------------------------------------------------------------------
+# branch and origin
+# --------------------------------------------------------------------------
+
+
+def test_branch_name(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    git(repo, "checkout", "-q", "-b", "feature/x")
+
+    assert scan_workspace(workspace)["."].branch == "feature/x"
+
+
+def test_detached_head_reports_short_sha(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    git(repo, "checkout", "-q", "--detach")
+    short = git(repo, "rev-parse", "--short", "HEAD").strip()
+
+    assert scan_workspace(workspace)["."].branch == short
+
+
+def test_unborn_branch_reports_its_name(workspace: Path) -> None:
+    make_repo(workspace, commit=False, branch="trunk")
+
+    assert scan_workspace(workspace)["."].branch == "trunk"
+
+
+def test_branch_switch_is_a_change(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    before = scan_workspace(workspace)
+    git(repo, "checkout", "-q", "-b", "other")
+
+    entries = diff_states(before, scan_workspace(workspace))
+
+    assert [(entry["repo_root"], entry["branch"], entry["removed"]) for entry in entries] == [
+        (".", "other", False)
+    ]
+
+
+def test_remote_origin_set_or_empty(workspace: Path) -> None:
+    with_origin = make_repo(workspace / "with")
+    make_repo(workspace / "without")
+    git(with_origin, "remote", "add", "origin", "git@example.com:team/project.git")
+
+    states = scan_workspace(workspace)
+
+    assert states["with"].remote_origin == "git@example.com:team/project.git"
+    assert states["without"].remote_origin == ""
+
+
+def test_remote_origin_credentials_are_not_sent(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    git(repo, "remote", "add", "origin", "https://user:s3cret@example.com/team/project.git")
+
+    assert scan_workspace(workspace)["."].remote_origin == "https://example.com/team/project.git"
+
+
+# --------------------------------------------------------------------------
+# the diff
+# --------------------------------------------------------------------------
+
+
+def test_diff_covers_staged_unstaged_and_untracked_files(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    (repo / "staged.txt").write_text("staged line\n")
+    git(repo, "add", "staged.txt")
+    (repo / "README.md").write_text("hello\nunstaged line\n")
+    (repo / "dir").mkdir()
+    (repo / "dir" / "untracked.txt").write_text("untracked line\n")
+
+    diff = scan_workspace(workspace)["."].unified_diff
+
+    assert "+++ b/staged.txt" in diff and "+staged line" in diff
+    assert "+++ b/README.md" in diff and "+unstaged line" in diff
+    assert "+++ b/dir/untracked.txt" in diff and "+untracked line" in diff
+    assert diff.count("new file mode") == 2
+
+
+def test_ignored_files_are_excluded(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    (repo / ".gitignore").write_text("*.log\nbuild/\n")
+    (repo / "debug.log").write_text("noise\n")
+    (repo / "build").mkdir()
+    (repo / "build" / "out.txt").write_text("noise\n")
+
+    diff = scan_workspace(workspace)["."].unified_diff
+
+    assert "b/.gitignore" in diff
+    assert "debug.log" not in diff and "build/out.txt" not in diff
+
+
+def test_binary_files_show_gits_usual_line(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    (repo / "image.bin").write_bytes(bytes(range(256)) * 4)
+
+    diff = scan_workspace(workspace)["."].unified_diff
+
+    assert "Binary files /dev/null and b/image.bin differ" in diff
+
+
+def test_repository_without_commits_diffs_against_the_empty_tree(workspace: Path) -> None:
+    repo = make_repo(workspace, commit=False)
+    (repo / "staged.txt").write_text("one\n")
+    git(repo, "add", "staged.txt")
+    (repo / "untracked.txt").write_text("two\n")
+
+    diff = scan_workspace(workspace)["."].unified_diff
+
+    assert "+++ b/staged.txt" in diff and "+++ b/untracked.txt" in diff
+
+
+def test_many_untracked_files_with_odd_names(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    odd = [":(glob)*", "*star", "with space", "ünïcödé", "new\nline", "-dash"]
+    for name in odd:
+        (repo / name).write_text("odd\n")
+    (repo / "many").mkdir()
+    for number in range(1000):
+        (repo / "many" / f"file{number}.txt").write_text(f"{number}\n")
+
+    state = scan_workspace(workspace)["."]
+
+    assert state.error == ""
+    assert state.unified_diff.count("new file mode") == 1000 + len(odd)
+    assert "b/ünïcödé" in state.unified_diff  # core.quotepath=off
+
+
+def test_scan_writes_nothing_into_the_repository(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    (repo / "README.md").write_text("changed\n")
+    (repo / "untracked.txt").write_text("new\n")
+    status_before = git(repo, "status", "--porcelain")  # may refresh the index itself
+    before = tree_snapshot(repo)
+
+    scan_workspace(workspace)
+
+    assert tree_snapshot(repo) == before
+    assert git(repo, "status", "--porcelain") == status_before
+
+
+def test_diff_over_3_mib_is_replaced_by_a_note(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    line = "x" * 99 + "\n"
+    (repo / "huge.txt").write_text(line * (MAX_DIFF_BYTES // len(line) + 1000))
+
+    diff = scan_workspace(workspace)["."].unified_diff
+
+    match = re.fullmatch(r"Diff too large to display \((\d+) bytes\)\.", diff)
+    assert match and int(match.group(1)) > MAX_DIFF_BYTES
+
+
+def test_diff_within_the_limit_is_kept(workspace: Path) -> None:
+    make_repo(workspace)
+    (workspace / "small.txt").write_text("small\n")
+
+    state = scan_workspace(workspace, max_diff_bytes=10_000)
+
+    assert state["."].unified_diff.startswith("diff --git")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the repository to another user")
+def test_repository_owned_by_another_user(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    (repo / "new.txt").write_text("new\n")
+    for path in [repo, *repo.rglob("*")]:
+        os.lchown(path, 54321, 54321)
+
+    state = scan_workspace(workspace)["."]
+
+    assert state.error == ""
+    assert state.branch == "main" and "b/new.txt" in state.unified_diff
+
+
+def test_commands_from_repository_config_are_not_run(tmp_path: Path, workspace: Path) -> None:
+    repo = make_repo(workspace)
+    marker = tmp_path / "ran"
+    (repo / ".gitattributes").write_text("* filter=evil diff=evil\n")
+    git(repo, "config", "filter.evil.clean", f"touch {marker}; cat")
+    git(repo, "config", "filter.evil.process", f"touch {marker}")
+    git(repo, "config", "diff.evil.textconv", f"touch {marker}; cat")
+    git(repo, "config", "diff.external", f"touch {marker}")
+    git(repo, "config", "core.fsmonitor", f"touch {marker}")
+    (repo / "README.md").write_text("changed\n")
+
+    state = scan_workspace(workspace)["."]
+
+    assert not marker.exists()
+    assert "+changed" in state.unified_diff
+
+
+def test_git_failure_in_one_repository_does_not_break_the_others(workspace: Path) -> None:
+    make_repo(workspace / "good")
+    (workspace / "good" / "new.txt").write_text("new\n")
+    broken = workspace / "broken"
+    broken.mkdir()
+    (broken / ".git").write_text("gitdir: /nowhere/at/all\n")
+
+    states = scan_workspace(workspace)
+
+    assert states["broken"].unified_diff == "" and states["broken"].error
+    assert states["good"].error == "" and "b/new.txt" in states["good"].unified_diff
+
+
+def test_invalid_git_dir_never_reads_an_enclosing_repository(tmp_path: Path) -> None:
+    outer = make_repo(tmp_path / "outer")
+    git(outer, "checkout", "-q", "-b", "outer-branch")
+    workspace = outer / "workspace"
+    (workspace / "fake" / ".git").mkdir(parents=True)
+
+    state = scan_workspace(workspace)["fake"]
+
+    assert state.branch == "" and state.unified_diff == "" and state.error
+
+
+def test_git_timeout_is_reported_not_raised(workspace: Path) -> None:
+    make_repo(workspace / "a")
+    make_repo(workspace / "b")
+
+    states = scan_workspace(workspace, git_timeout=1e-6)
+
+    assert list(states) == ["a", "b"]
+    assert all("timed out" in state.error and state.unified_diff == "" for state in states.values())
+
+
+def test_hanging_command_is_killed_at_the_deadline() -> None:
+    hang = [sys.executable, "-c", "import time; time.sleep(30)"]
+
+    with pytest.raises(gitwatch.GitError, match="timed out"):
+        gitwatch._run_bounded(hang, os.getcwd(), dict(os.environ), time.monotonic() + 0.2, keep=100)
+
+
+# --------------------------------------------------------------------------
+# changes between scans, messages
+# --------------------------------------------------------------------------
+
+
+def test_first_scan_sends_everything_and_unchanged_scan_sends_nothing(workspace: Path) -> None:
+    make_repo(workspace / "a")
+    make_repo(workspace / "b")
+    first = scan_workspace(workspace)
+
+    assert [entry["repo_root"] for entry in diff_states({}, first)] == ["a", "b"]
+    assert diff_states(first, scan_workspace(workspace)) == []
+
+
+def test_diff_change_is_sent_for_that_repository_only(workspace: Path) -> None:
+    make_repo(workspace / "a")
+    make_repo(workspace / "b")
+    before = scan_workspace(workspace)
+    (workspace / "b" / "README.md").write_text("edited\n")
+
+    entries = diff_states(before, scan_workspace(workspace))
+
+    assert [entry["repo_root"] for entry in entries] == ["b"]
+    assert "+edited" in entries[0]["unified_diff"]
+
+
+def test_removed_repository_is_reported_once(workspace: Path) -> None:
+    make_repo(workspace / "keep")
+    make_repo(workspace / "gone")
+    first = scan_workspace(workspace)
+    shutil.rmtree(workspace / "gone")
+
+    second = scan_workspace(workspace)
+    third = scan_workspace(workspace)
+
+    assert diff_states(first, second) == [
+        {"repo_root": "gone", "branch": "", "remote_origin": "", "unified_diff": "", "removed": True}
+    ]
+    assert diff_states(second, third) == []
+
+
+def test_message_shapes() -> None:
+    state = RepoState("a", "main", "git@example.com:x.git", "diff")
+    moment = datetime(2026, 11, 22, 13, 0, 0, 123456, tzinfo=timezone.utc)
+
+    message = changes_message([state.to_message_dict()], scanned_at=moment)
+
+    assert message == {
+        "type": "changes",
+        "scanned_at": "2026-11-22T13:00:00.123Z",
+        "repositories": [
+            {"repo_root": "a", "branch": "main", "remote_origin": "git@example.com:x.git",
+             "unified_diff": "diff", "removed": False}
+        ],
+    }
+    other_zone = datetime(2026, 11, 22, 14, 0, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert changes_message([], other_zone)["scanned_at"] == "2026-11-22T13:00:00.000Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", changes_message([])["scanned_at"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"type": "refresh"}', ("refresh", None)),
+        (b'{"type": "refresh"}', ("refresh", None)),
+        ("{not json", ("error", "Invalid JSON.")),
+        (b"\xff\xfe", ("error", "Invalid JSON.")),
+        ("", ("error", "Invalid JSON.")),
+        ("[1, 2]", ("error", "Expected a JSON object.")),
+        ("{}", ("error", 'Missing message "type".')),
+        ('{"type": "x"}', ("error", 'Unknown message type "x".')),
+        ('{"type": 5}', ("error", "Unknown message type 5.")),
+    ],
+)
+def test_parse_client_message(text: str | bytes, expected: tuple[str, str | None]) -> None:
+    assert parse_client_message(text) == expected
+
+
+# --------------------------------------------------------------------------
+# session
+# --------------------------------------------------------------------------
+
+
+def test_first_message_is_sent_even_without_repositories(workspace: Path) -> None:
+    with WatchSession(workspace) as session:
+        message = session.initial_message()
+
+    assert message["type"] == "changes" and message["repositories"] == []
+
+
+def test_session_sends_only_changes_and_answers_refresh(workspace: Path) -> None:
+    make_repo(workspace)
+    with WatchSession(workspace, rescan_interval=3600) as session:
+        assert [entry["repo_root"] for entry in session.initial_message()["repositories"]] == ["."]
+        assert session.poll() is None
+        assert session.poll(refresh=True)["repositories"] == []
+
+        (workspace / "new.txt").write_text("new\n")
+        assert session.wait(GENEROUS)
+        message = session.poll()
+
+    assert message is not None
+    assert [entry["repo_root"] for entry in message["repositories"]] == ["."]
+    assert "b/new.txt" in message["repositories"][0]["unified_diff"]
+
+
+def test_session_rescans_periodically_without_events(workspace: Path, monkeypatch) -> None:
+    make_repo(workspace)
+    with WatchSession(workspace, rescan_interval=0) as session:
+        session.initial_message()
+        scans = []
+        monkeypatch.setattr(gitwatch, "scan_workspace", lambda *a, **k: scans.append(1) or {})
+        message = session.poll()
+
+    assert scans == [1]
+    assert message["repositories"][0]["removed"] is True
+
+
+def test_failed_repository_keeps_its_last_good_state() -> None:
+    good = RepoState("a", "main", "", "diff")
+    failed = RepoState("a", "main", "", "", error="git timed out")
+    new_failed = RepoState("b", "", "", "", error="git timed out")
+
+    kept = gitwatch._keep_previous_on_error({"a": good}, {"a": failed, "b": new_failed})
+
+    assert kept == {"a": good, "b": new_failed}
+
+
+# --------------------------------------------------------------------------
+# watcher
+# --------------------------------------------------------------------------
+
+
+def test_watcher_notices_a_write(workspace: Path) -> None:
+    with WorkspaceWatcher(workspace) as watcher:
+        assert watcher.mode == "events"
+        (workspace / "file.txt").write_text("hello\n")
+
+        assert watcher.wait_for_change(GENEROUS) is True
+
+
+def test_watcher_notices_git_operations(workspace: Path) -> None:
+    repo = make_repo(workspace / "repo")
+    with WorkspaceWatcher(workspace) as watcher:
+        git(repo, "checkout", "-q", "-b", "next")  # only .git/HEAD changes
+
+        assert watcher.wait_for_change(GENEROUS) is True
+
+
+def test_watcher_is_not_woken_by_scans_or_lock_files(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    (repo / "untracked.txt").write_text("new\n")  # scan runs git add -N
+    with WorkspaceWatcher(workspace) as watcher:
+        scan_workspace(workspace)
+        lock = repo / ".git" / "index.lock"
+        lock.write_text("")
+        lock.unlink()
+
+        assert watcher.wait_for_change(1.0) is False
+
+
+def test_burst_of_writes_is_coalesced(workspace: Path) -> None:
+    # 200 writes take milliseconds; wake-ups come after 0.1 s of quiet or
+    # 0.5 s after a burst began, so even a slow machine sees very few.
+    with WorkspaceWatcher(workspace) as watcher:
+        for number in range(200):
+            (workspace / f"file{number % 20}.txt").write_text(f"{number}\n")
+        wake_ups = 0
+        while watcher.wait_for_change(1.0):
+            wake_ups += 1
+
+    assert 1 <= wake_ups <= 5
+
+
+def test_watcher_follows_a_workspace_that_appears_and_disappears(tmp_path: Path) -> None:
+    workspace = tmp_path / "later" / "workspace"
+    with WorkspaceWatcher(workspace) as watcher:
+        assert watcher.changed() is False
+
+        workspace.mkdir(parents=True)
+        assert watcher.wait_for_change(GENEROUS) is True
+
+        (workspace / "inside.txt").write_text("hello\n")
+        assert watcher.wait_for_change(GENEROUS) is True
+
+        shutil.rmtree(tmp_path / "later")
+        assert watcher.wait_for_change(GENEROUS) is True
+
+        workspace.mkdir(parents=True)
+        assert watcher.wait_for_change(GENEROUS) is True
+        (workspace / "again.txt").write_text("hello\n")
+        assert watcher.wait_for_change(GENEROUS) is True
+
+
+def test_watcher_falls_back_to_polling(workspace: Path, monkeypatch) -> None:
+    def no_watches_left(*args):
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(gitwatch._REGISTRY, "acquire", no_watches_left)
+    with WorkspaceWatcher(workspace, poll_interval=0.2) as watcher:
+        assert watcher.mode == "polling"
+        assert watcher.wait_for_change(GENEROUS) is True
+        assert watcher.wait_for_change(GENEROUS) is True
+
+
+def test_watchers_of_one_directory_share_a_watch(workspace: Path) -> None:
+    WorkspaceWatcher(workspace).close()  # the shared observer is running now
+    baseline = threading.active_count()
+
+    watchers = [WorkspaceWatcher(workspace) for _ in range(10)]
+    assert threading.active_count() <= baseline + 1
+    for watcher in watchers[1:]:
+        watcher.close()
+    (workspace / "file.txt").write_text("hello\n")
+    assert watchers[0].wait_for_change(GENEROUS) is True
+
+    watchers[0].close()
+    watchers[0].close()  # idempotent
+    assert threading.active_count() == baseline
+    assert watchers[0].changed() is False
+
+
+def test_many_workspaces_each_notified(tmp_path: Path) -> None:
+    directories = [tmp_path / f"ws{number}" for number in range(20)]
+    for directory in directories:
+        directory.mkdir()
+    watchers = [WorkspaceWatcher(directory) for directory in directories]
+    try:
+        for directory in directories:
+            (directory / "file.txt").write_text("hello\n")
+        assert all(watcher.wait_for_change(GENEROUS) for watcher in watchers)
+    finally:
+        for watcher in watchers:
+            watcher.close()
