@@ -6,10 +6,11 @@ import uuid
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from peewee import PeeweeException
+from playhouse.pool import MaxConnectionsExceeded
 
 import images
 from auth import login_required
-from errors import ApiError
+from errors import ApiError, error_response
 from filenames import inline_content_disposition, name_from_content_disposition
 from models import ChatFile, Membership, release_connection
 from storage import StorageError, get_storage, object_key, object_metadata
@@ -62,6 +63,15 @@ def download(file_id):
     return Response(_stream(stored), status=200, headers=headers, direct_passthrough=True)
 
 
+@bp.errorhandler(PeeweeException)
+@bp.errorhandler(MaxConnectionsExceeded)  # no pooled connection came free in time
+def database_unavailable(error):
+    """The token and membership checks need the database too: their failure is this route's 500."""
+    log.error("database failure during %s: %s", request.endpoint, error)
+    message = "Failed to save chat file." if request.endpoint == "files.upload" else "Failed to read chat file."
+    return error_response(500, message, "The database is unavailable; try again.")
+
+
 def _organization_param():
     value = request.args.get("organization", "")
     if not value:
@@ -85,6 +95,13 @@ def _too_large(limit):
 
 def _read_body(limit):
     """The whole body as bytes, never reading more than ``limit + 1`` bytes."""
+    try:
+        return _read_limited(limit)
+    except OSError:  # the client went away mid-body: gunicorn's NoMoreData, a connection reset
+        raise ApiError(400, "Incomplete request body.", "The connection closed before the body was complete.") from None
+
+
+def _read_limited(limit):
     declared_length = request.content_length
     if declared_length is not None and declared_length > limit:
         raise _too_large(limit)
@@ -149,7 +166,7 @@ def _store(data, info, name, organization_id):
             width=info.width,
             height=info.height,
         )
-    except PeeweeException:
+    except (PeeweeException, MaxConnectionsExceeded):
         log.exception("recording %s failed; deleting its object", key)
         _delete_quietly(storage, key)
         raise ApiError(500, "Failed to save chat file.", "The database is unavailable; try again.") from None
