@@ -20,6 +20,8 @@ DEFAULTS = {
     "MAX_IMAGE_PIXELS": 40_000_000,
     "WORKSPACES_ROOT": "var/workspaces",
     "PROXY_HOPS": 0,
+    # Seconds between WebSocket pings; a client missing a pong is disconnected.
+    "WATCH_PING_INTERVAL": 25,
     "TOKEN_LIFETIME_DAYS": 90,
     "DATABASE_POOL_SIZE": 20,
     "LOG_LEVEL": "INFO",
@@ -31,6 +33,7 @@ INTEGER_SETTINGS = (
     "PROXY_HOPS",
     "TOKEN_LIFETIME_DAYS",
     "DATABASE_POOL_SIZE",
+    "WATCH_PING_INTERVAL",
 )
 
 

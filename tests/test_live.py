@@ -1,6 +1,7 @@
 """The service as an operator runs it: gunicorn, the Procfile's config, real HTTP."""
 
 import hashlib
+import os
 import threading
 
 import pytest
@@ -8,18 +9,24 @@ import requests
 
 from tests.imaging import make_image
 from tests.live import GunicornServer
+from tests.wsclient import Closed, WatchClient
 
 
-@pytest.fixture(params=["sqlite-local", "postgres-s3"])
-def live(request, tmp_path):
+def backend_env(request, tmp_path):
     if request.param == "sqlite-local":
         env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}
     else:
         endpoint_url, bucket = request.getfixturevalue("s3_bucket")
         env = {"DATABASE_URL": request.getfixturevalue("postgres_url"), "S3_BUCKET": bucket,
                "S3_ENDPOINT_URL": endpoint_url}
-    env.update(WEB_CONCURRENCY=3, WEB_THREADS=8, WORKSPACES_ROOT=str(tmp_path / "workspaces"))
-    server = GunicornServer(env, work_dir=str(tmp_path))
+    env["WORKSPACES_ROOT"] = str(tmp_path / "workspaces")
+    return env
+
+
+@pytest.fixture(params=["sqlite-local", "postgres-s3"])
+def live(request, tmp_path):
+    server = GunicornServer({**backend_env(request, tmp_path), "WEB_CONCURRENCY": 3, "WEB_THREADS": 8},
+                            work_dir=str(tmp_path))
     server.start()
     yield server
     server.stop()
@@ -76,3 +83,45 @@ def test_concurrent_archives_across_workers_give_one_204(live):
     for thread in threads:
         thread.join()
     assert sorted(statuses) == [204] + [400] * 9
+
+
+@pytest.fixture(params=["sqlite-local", "postgres-s3"])
+def procfile_live(request, tmp_path):
+    """The service with the Procfile's own worker and thread counts."""
+    server = GunicornServer(backend_env(request, tmp_path), work_dir=str(tmp_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_fifty_watch_sockets_while_uploads_and_downloads_answer_then_archive_closes_them(procfile_live):
+    live = procfile_live
+    account = live.flask("create-user", "alice", "--org", "acme")
+    headers = {"Coder-Session-Token": account["token"]}
+    os.makedirs(os.path.join(live.env["WORKSPACES_ROOT"], "proj"))
+    chat = requests.post(f"{live.url}/api/v2/chats", json={"title": "w", "workspace": "proj"}, headers=headers,
+                         timeout=10).json()
+    ws_url = live.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
+    sockets = [WatchClient(ws_url, account["token"]) for _ in range(50)]
+    try:
+        for ws in sockets:
+            assert ws.receive(timeout=10)["type"] == "changes"
+
+        data = make_image("image/webp", 200, 100)
+        upload = requests.post(f"{live.url}/api/v2/chats/files", params={"organization": account["organization_id"]},
+                               data=data, headers={**headers, "Content-Type": "image/webp"}, timeout=10)
+        assert upload.status_code == 201
+        download = requests.get(f"{live.url}/api/v2/chats/files/{upload.json()['id']}", headers=headers, timeout=10)
+        assert download.content == data
+
+        # Archived through one worker; every socket, on whichever worker, closes.
+        assert requests.post(f"{live.url}/api/v2/chats/{chat['id']}/archive", headers=headers,
+                             timeout=10).status_code == 204
+        for ws in sockets:
+            with pytest.raises(Closed) as closed:
+                while ws.receive(timeout=10) is not None:
+                    pass
+            assert closed.value.reason == "Chat was archived."
+    finally:
+        for ws in sockets:
+            ws.close()

@@ -1,0 +1,259 @@
+"""The git watch WebSocket, end to end over a real socket, with real repositories."""
+
+import json
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.conftest import make_app
+from tests.test_files import assert_error
+from tests.test_gitwatch import git, make_repo
+from tests.wsclient import Closed, Rejected, WatchClient
+
+# The protocol does not depend on the backends; the archive check's query runs
+# on PostgreSQL in test_live.py, under gunicorn.
+pytestmark = [
+    pytest.mark.parametrize("storage_config", ["local"], indirect=True),
+    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
+]
+
+UPGRADE_HEADERS = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+WAIT = 10  # seconds a test waits for a message before failing: a hang guard, not a timing claim
+
+
+@pytest.fixture
+def server(app):
+    """The app on a real threaded HTTP server on loopback, for WebSocket clients."""
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 1}
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield f"ws://127.0.0.1:{http.server_port}"
+    http.shutdown()
+
+
+@pytest.fixture
+def workspace(app):
+    path = Path(app.config["WORKSPACES_ROOT"]) / "proj"
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+def chat(client, auth, workspace):
+    return client.post("/api/v2/chats", json={"title": "w", "workspace": "proj"}, headers=auth).json
+
+
+def connect(server, chat, user):
+    return WatchClient(f"{server}/api/v2/chats/{chat['id']}/git/watch", user["token"])
+
+
+def receive(ws, timeout=WAIT):
+    message = ws.receive(timeout=timeout)
+    assert message is not None, "no message in time"
+    return message
+
+
+def receive_changes(ws, predicate=lambda message: True):
+    """The next changes message that satisfies predicate (a write can take two scans to settle)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        message = receive(ws, max(0.1, deadline - time.monotonic()))
+        assert message["type"] == "changes"
+        if predicate(message):
+            return message
+    pytest.fail("no matching changes message in time")
+
+
+def by_root(message):
+    return {repo["repo_root"]: repo for repo in message["repositories"]}
+
+
+# Before the upgrade: ordinary JSON errors.
+
+
+def test_without_token_is_401(client, chat):
+    assert_error(client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers=UPGRADE_HEADERS), 401)
+
+
+def test_unknown_or_foreign_chat_is_404(client, chat, other_user, auth):
+    assert_error(client.get(f"/api/v2/chats/{uuid.uuid4()}/git/watch", headers={**UPGRADE_HEADERS, **auth}), 404)
+    foreign = {**UPGRADE_HEADERS, "Coder-Session-Token": other_user["token"]}
+    assert_error(client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers=foreign), 404)
+
+
+def test_bad_chat_id_is_400(client, auth):
+    assert_error(client.get("/api/v2/chats/nope/git/watch", headers={**UPGRADE_HEADERS, **auth}), 400)
+
+
+def test_chat_without_workspace_is_400(client, auth):
+    chat = client.post("/api/v2/chats", json={"title": "none"}, headers=auth).json
+    response = client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers={**UPGRADE_HEADERS, **auth})
+    assert_error(response, 400, "Chat has no workspace to watch.")
+
+
+def test_plain_get_without_upgrade_is_json_400(client, auth, chat):
+    assert_error(client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers=auth), 400)
+
+
+def test_real_client_gets_json_401_before_upgrade(server, chat):
+    with pytest.raises(Rejected) as rejected:
+        WatchClient(f"{server}/api/v2/chats/{chat['id']}/git/watch")
+    assert rejected.value.status == 401
+    assert json.loads(rejected.value.body)["message"]
+
+
+# After the upgrade: the message protocol.
+
+
+def test_first_message_comes_at_once_with_every_repository(server, chat, user, workspace):
+    make_repo(workspace)
+    git(workspace, "remote", "add", "origin", "https://example.com/proj.git")
+    make_repo(workspace / "libs" / "inner", branch="dev")
+    ws = connect(server, chat, user)
+    try:
+        message = receive(ws)
+        assert message["type"] == "changes"
+        assert message["scanned_at"].endswith("Z")
+        repos = by_root(message)
+        assert set(repos) == {".", "libs/inner"}
+        assert repos["."]["branch"] == "main"
+        assert repos["."]["remote_origin"] == "https://example.com/proj.git"
+        assert repos["libs/inner"]["remote_origin"] == ""
+        assert repos["libs/inner"]["branch"] == "dev"
+        assert all(repo["removed"] is False for repo in message["repositories"])
+    finally:
+        ws.close()
+
+
+def test_empty_workspace_still_gets_a_first_message(server, chat, user):
+    ws = connect(server, chat, user)
+    try:
+        message = receive(ws)
+        assert message["type"] == "changes"
+        assert message["repositories"] == []
+    finally:
+        ws.close()
+
+
+@pytest.fixture
+def watching(server, chat, user, workspace):
+    """A socket on a workspace that is one committed repository, its first message read."""
+    make_repo(workspace)
+    ws = connect(server, chat, user)
+    receive(ws)
+    yield ws
+    ws.close()
+
+
+def test_written_file_arrives_without_refresh(watching, workspace):
+    (workspace / "README.md").write_text("hello\nchanged\n")
+    message = receive_changes(watching, lambda m: "+changed" in by_root(m).get(".", {}).get("unified_diff", ""))
+    assert [repo["repo_root"] for repo in message["repositories"]] == ["."]
+
+
+def test_diff_covers_staged_unstaged_and_untracked_but_not_ignored(watching, workspace):
+    (workspace / ".gitignore").write_text("*.log\n")
+    (workspace / "staged.txt").write_text("staged line\n")
+    git(workspace, "add", "staged.txt")
+    (workspace / "README.md").write_text("hello\nunstaged line\n")
+    (workspace / "new.txt").write_text("untracked line\n")
+    (workspace / "debug.log").write_text("ignored line\n")
+
+    def complete(message):
+        diff = by_root(message).get(".", {}).get("unified_diff", "")
+        return all(part in diff for part in ("+staged line", "+unstaged line", "+untracked line"))
+
+    diff = by_root(receive_changes(watching, complete))["."]["unified_diff"]
+    assert "ignored line" not in diff
+
+
+def test_unchanged_repositories_are_not_repeated(watching, workspace):
+    make_repo(workspace / "other")
+    receive_changes(watching, lambda m: "other" in by_root(m))
+    (workspace / "README.md").write_text("only the root changes\n")
+    message = receive_changes(watching, lambda m: "." in by_root(m))
+    assert "other" not in by_root(message)
+
+
+def test_branch_switch_is_sent(watching, workspace):
+    git(workspace, "checkout", "-q", "-b", "feature")
+    message = receive_changes(watching, lambda m: by_root(m).get(".", {}).get("branch") == "feature")
+    assert by_root(message)["."]["removed"] is False
+
+
+def test_deleted_repository_is_sent_once_as_removed(watching, workspace):
+    make_repo(workspace / "gone")
+    receive_changes(watching, lambda m: "gone" in by_root(m))
+    shutil.rmtree(workspace / "gone")
+    message = receive_changes(watching, lambda m: "gone" in by_root(m))
+    assert by_root(message)["gone"]["removed"] is True
+    watching.send_json({"type": "refresh"})
+    assert "gone" not in by_root(receive(watching))
+
+
+def test_diff_over_3_mib_is_replaced_by_a_size_note(watching, workspace):
+    (workspace / "big.txt").write_text(("y" * 99 + "\n") * 40_000)  # 4 MB of added lines
+    message = receive_changes(watching, lambda m: "." in by_root(m))
+    diff = by_root(message)["."]["unified_diff"]
+    assert len(diff) < 1000
+    assert "too large" in diff.lower()
+    assert any(character.isdigit() for character in diff)
+
+
+def test_refresh_answers_with_a_changes_message(watching):
+    watching.send_json({"type": "refresh"})
+    assert receive(watching)["type"] == "changes"
+
+
+@pytest.mark.parametrize("frame", ["not json", json.dumps({"type": "dance"}), json.dumps([1, 2]), "{}"])
+def test_bad_client_frame_gets_an_error_and_the_socket_stays_open(watching, frame):
+    watching.send_text(frame)
+    message = receive(watching)
+    assert message["type"] == "error"
+    assert message["message"]
+    watching.send_json({"type": "refresh"})
+    assert receive(watching)["type"] == "changes"
+
+
+# Lifecycle.
+
+
+def test_archiving_the_chat_closes_the_socket(watching, chat, auth, app):
+    # The archive is served by another app instance on the same database, as
+    # behind a load balancer: the database is the only shared state.
+    other_instance = make_app(app.config["DATABASE_URL"], {"LOCAL_STORAGE_ROOT": app.config["LOCAL_STORAGE_ROOT"]},
+                              Path(app.config["WORKSPACES_ROOT"]).parent)
+    assert other_instance.test_client().post(f"/api/v2/chats/{chat['id']}/archive", headers=auth).status_code == 204
+    with pytest.raises(Closed) as closed:
+        while watching.receive(timeout=WAIT) is not None:
+            pass
+    assert (closed.value.code, closed.value.reason) == (1000, "Chat was archived.")
+
+
+def test_server_pings_idle_clients(watching):
+    # The fixture's server pings every second; nothing else is sent while idle.
+    deadline = time.monotonic() + WAIT
+    while watching.pings == 0 and time.monotonic() < deadline:
+        watching.receive(timeout=0.5)
+    assert watching.pings >= 1
+
+
+def test_server_notices_a_client_that_went_away(server, chat, user, workspace):
+    make_repo(workspace)
+    before = set(threading.enumerate())
+    ws = connect(server, chat, user)
+    receive(ws)
+    handlers = set(threading.enumerate()) - before  # the request thread and the socket's reader
+    assert handlers
+    ws.drop()  # vanish without a close frame
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline and any(thread.is_alive() for thread in handlers):
+        time.sleep(0.1)
+    assert not any(thread.is_alive() for thread in handlers)
