@@ -1,7 +1,5 @@
 """The application factory."""
 
-import logging
-
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -9,6 +7,7 @@ import cli
 import config
 import errors
 import models
+import observability
 import storage
 from blueprints import chats, files, health
 
@@ -17,7 +16,8 @@ def create_app(overrides=None):
     app = Flask(__name__, static_folder=None)
     app.config.update(config.load(overrides))
     app.json.sort_keys = False
-    logging.basicConfig(level=app.config["LOG_LEVEL"])
+    # First: JSON logging for everything after it; its middleware must end up inside ProxyFix.
+    observability.init_app(app)
 
     models.init_app(app)
     storage.init_app(app)

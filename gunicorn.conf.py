@@ -3,9 +3,23 @@
 Threaded workers: every open git-watch WebSocket holds one thread for its
 lifetime, so capacity for sockets is workers x threads, minus the threads
 uploads and downloads need. Raise WEB_THREADS (or WEB_CONCURRENCY) for more.
+
+Logs: gunicorn's own lines use the app's JSON format on stdout; its access
+log stays off (the app writes one line per request, see observability.py).
+
+Metrics: workers are processes, so prometheus_client runs in multiprocess
+mode, keeping values in files under PROMETHEUS_MULTIPROC_DIR. Set it to an
+empty directory of its own (one per gunicorn master; stale files in it are
+removed at start), or leave it unset for a temporary one removed at exit.
+
+Shutdown: SIGTERM first closes the worker's watch WebSockets with 1001
+"going away" (shutdown.py), so the graceful wait is for real requests only.
 """
 
+import glob
 import os
+import shutil
+import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -17,3 +31,61 @@ timeout = 60
 graceful_timeout = 20
 keepalive = 5
 accesslog = None
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "jsonlog.JsonFormatter"}},
+    "handlers": {"json": {"class": "jsonlog.JsonLineHandler", "formatter": "json"}},
+    "root": {"handlers": []},  # the app configures the root logger itself, in each worker
+    "loggers": {
+        "gunicorn.error": {"handlers": ["json"], "propagate": False},
+        "gunicorn.access": {"handlers": [], "propagate": False},
+    },
+}
+
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+OWNED_METRICS_DIR = "CHATFILES_OWNED_METRICS_DIR"  # survives a config reload; a module global would not
+
+# Before any worker imports prometheus_client: it picks its storage at import.
+if not os.environ.get(METRICS_DIR):
+    os.environ[METRICS_DIR] = os.environ[OWNED_METRICS_DIR] = tempfile.mkdtemp(prefix="chatfiles-metrics-")
+
+
+def on_starting(server):
+    path = os.environ[METRICS_DIR]
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "*.db")):  # a previous run's workers
+        os.remove(stale)
+
+
+def post_worker_init(worker):
+    import shutdown
+
+    shutdown.close_sockets_on_sigterm()
+
+
+def worker_int(worker):
+    # SIGINT/SIGQUIT: the worker exits right after this, no graceful wait.
+    import shutdown
+
+    shutdown.close_all_sockets()
+
+
+def worker_exit(server, worker):
+    # Whatever is still open at the very end (e.g. after a max_requests restart).
+    import shutdown
+
+    shutdown.close_all_sockets()
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # drops its share of the open-sockets gauge
+
+
+def on_exit(server):
+    owned = os.environ.get(OWNED_METRICS_DIR)
+    if owned and owned == os.environ.get(METRICS_DIR):
+        shutil.rmtree(owned, ignore_errors=True)

@@ -1,0 +1,105 @@
+"""Log records as JSON lines, each carrying the id of the request it belongs to.
+
+Standard library (and click) only, so gunicorn's master can use the same
+format for its own log through ``logconfig_dict`` without importing the app.
+
+The request id lives in a context variable that observability's middleware
+sets for the duration of a request; any record logged meanwhile in that
+thread (a warning, an exception from errors.py) gets it.
+"""
+
+import contextvars
+import datetime
+import json
+import logging
+import sys
+
+import click
+
+REQUEST_LOG_LINE = '"%s" %s %s'  # werkzeug's dev-server request line: it carries the query string
+
+_request_id = contextvars.ContextVar("request_id", default=None)
+
+
+def current_request_id():
+    """The id of the request this thread is serving, or None."""
+    return _request_id.get()
+
+
+def set_request_id(request_id):
+    _request_id.set(request_id)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, message, request_id, extra ``fields``, exception."""
+
+    def format(self, record):
+        line = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = _request_id.get()
+        if request_id:
+            line["request_id"] = request_id
+        line.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str)
+
+
+class JsonLineHandler(logging.Handler):
+    """Writes each record as one line on stdout.
+
+    The stream is looked up at every record, not bound once, so pytest's
+    and click's captured streams work. While an admin command runs in this
+    thread, lines go to stderr instead: ``--json`` output on stdout must stay
+    parseable.
+    """
+
+    def __init__(self, level=logging.NOTSET):
+        super().__init__(level)
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record):
+        try:
+            stream = sys.stderr if click.get_current_context(silent=True) else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def configure(level):
+    """Make the root logger write JSON lines at ``level`` (a name like "INFO"); safe to call again."""
+    root = logging.getLogger()
+    for handler in [handler for handler in root.handlers if isinstance(handler, JsonLineHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(JsonLineHandler())
+    root.setLevel(parse_level(level))
+    werkzeug = logging.getLogger("werkzeug")
+    if not any(isinstance(existing, _DropRequestLines) for existing in werkzeug.filters):
+        werkzeug.addFilter(_DropRequestLines())
+
+
+def parse_level(level):
+    """The numeric level for a name like "info", or ValueError."""
+    number = logging.getLevelName(str(level).upper())
+    if not isinstance(number, int):
+        raise ValueError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {level!r}.")
+    return number
+
+
+class _DropRequestLines(logging.Filter):
+    """The dev server's own request lines repeat ours, with the query string (maybe a token) in them."""
+
+    def filter(self, record):
+        return REQUEST_LOG_LINE not in str(record.msg)
+
+
+def _timestamp(created):
+    moment = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

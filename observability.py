@@ -1,0 +1,347 @@
+"""Operability: one JSON log line per request, and Prometheus metrics at ``/metrics``.
+
+A WSGI middleware (inside ProxyFix, so ``REMOTE_ADDR`` is the client's)
+gives every request an id, from a sane ``X-Request-ID`` or a new one, echoes
+it in the response, times the request and counts the body bytes read and
+actually sent. The line is written when the server closes the response
+iterable, after the last byte of a streamed download; a WebSocket's line
+when the socket closes. A Flask ``after_request`` hook adds what only Flask
+knows: the URL rule (not the raw path, so ids never become label values),
+the endpoint, the authenticated user, and upload outcomes.
+
+Never logged: bodies, tokens, cookies, query strings.
+
+Metrics (names prefixed ``chatfiles_``): requests and their latency by
+method, route and status; bytes of accepted uploads; bytes of downloads
+sent; upload rejections by reason; open watch sockets. Under gunicorn the
+workers are separate processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set
+(gunicorn.conf.py always sets it) prometheus_client keeps values in files
+there and ``/metrics`` adds up every worker's; otherwise the process's own
+registry is served. ``/metrics`` needs no token: keep it off the public
+listener and let only the scraper reach it.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import time
+import uuid
+
+from flask import Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+import config
+import jsonlog
+import shutdown
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+ENVIRON_KEY = "chatfiles.observed_request"
+UNMATCHED_ROUTE = "<unmatched>"  # 404s and 405s: the raw path would let anyone mint label values
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+MAX_LOGGED_PATH = 512
+
+# prometheus_client picks its storage when first imported, from the same variable.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+LABELS = ("method", "route", "status")
+REQUESTS = Counter("chatfiles_http_requests", "HTTP requests answered.", LABELS)
+REQUEST_DURATION = Histogram(
+    "chatfiles_http_request_duration_seconds",
+    "Time from a request's arrival to the end of its response (a WebSocket: until it closes).",
+    LABELS,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+UPLOADED_BYTES = Counter("chatfiles_upload_bytes", "Bytes of accepted uploads.")
+SERVED_BYTES = Counter("chatfiles_download_bytes", "Bytes of chat files sent by downloads.")
+UPLOAD_REJECTIONS = Counter("chatfiles_upload_rejections", "Uploads refused, by reason.", ("reason",))
+WATCH_SOCKETS = Gauge("chatfiles_watch_sockets_open", "Git-watch WebSockets open now.", multiprocess_mode="livesum")
+
+# Why an upload was refused, from its answer: the status where it is enough,
+# else the contract's message. Anything new falls back to bad_request or
+# internal_error rather than minting a label.
+REJECTION_BY_STATUS = {401: "unauthenticated", 403: "not_member", 413: "too_large"}
+REJECTION_BY_MESSAGE = {
+    "Unsupported file type.": "unsupported_type",
+    "The file is empty.": "empty",
+    "Invalid image file.": "invalid_image",
+    "Failed to save chat file.": "storage_error",  # the object store or the database
+}
+REJECTION_REASONS = ("bad_request", "internal_error", *REJECTION_BY_STATUS.values(), *REJECTION_BY_MESSAGE.values())
+for _reason in REJECTION_REASONS:
+    UPLOAD_REJECTIONS.labels(_reason)  # present at 0 from the start, so rate() sees the first one
+
+UPLOAD_ENDPOINT = "files.upload"
+DOWNLOAD_ENDPOINT = "files.download"
+WEBSOCKET_RESPONSE = "WebSocketResponse"  # flask-sock's response once its handler has returned
+
+access_log = logging.getLogger("request")
+
+
+def init_app(app):
+    """Logging, the request middleware, the hook and ``/metrics``. Call before wrapping in ProxyFix."""
+    try:
+        jsonlog.configure(app.config["LOG_LEVEL"])
+    except ValueError as error:
+        raise config.ConfigError(str(error)) from None
+    app.wsgi_app = RequestObserver(app.wsgi_app)
+    app.after_request(_note_response)
+    app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics)
+
+
+def current_request_id():
+    return jsonlog.current_request_id()
+
+
+@contextlib.contextmanager
+def watch_socket(ws):
+    """Around a watch socket's loop: counts it as open and lets shutdown close it (1001)."""
+    shutdown.register_socket(ws)
+    WATCH_SOCKETS.inc()
+    try:
+        yield ws
+    finally:
+        WATCH_SOCKETS.dec()
+        shutdown.unregister_socket(ws)
+
+
+def metrics():
+    return Response(generate_latest(_scrape_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _scrape_registry():
+    if not MULTIPROCESS:
+        return REGISTRY
+    registry = CollectorRegistry()  # fresh per scrape: it reads every worker's files
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+# --- the request's record -----------------------------------------------------
+
+
+class ObservedRequest:
+    """What the log line and the metrics need, gathered over a request's life."""
+
+    def __init__(self, environ):
+        self.request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
+        self.method = environ.get("REQUEST_METHOD", "")
+        self.path = _raw_path(environ)
+        self.remote_addr = environ.get("REMOTE_ADDR")
+        self.started = time.perf_counter()
+        self.status = None
+        self.route = None
+        self.endpoint = None
+        self.user_id = None
+        self.upgraded = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.aborted = False
+        self.finished = False
+
+    def finish(self):
+        """Log the line and record the metrics, once."""
+        if self.finished:
+            return
+        self.finished = True
+        duration = time.perf_counter() - self.started
+        status = 101 if self.upgraded else (self.status or 500)
+        labels = (_method_label(self.method), self.route or UNMATCHED_ROUTE, str(status))
+        REQUESTS.labels(*labels).inc()
+        REQUEST_DURATION.labels(*labels).observe(duration)
+        if self.endpoint == DOWNLOAD_ENDPOINT:
+            SERVED_BYTES.inc(self.bytes_out)
+        fields = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "route": self.route,
+            "path": self.path,
+            "status": status,
+            "duration_ms": round(duration * 1000, 1),
+            "user_id": self.user_id,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "remote_addr": self.remote_addr,
+        }
+        if self.aborted:
+            fields["aborted"] = True  # the body was cut short: client gone, or the body failed
+        access_log.info("%s %s %s", self.method, self.route or self.path, status, extra={"fields": fields})
+
+
+def request_id_from(header):
+    """The client's id when it is short and plain, else a new one (it goes into logs and a header)."""
+    if header and REQUEST_ID_PATTERN.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def _raw_path(environ):
+    # WSGI carries the path as latin-1 decoded bytes; the query string is elsewhere and stays there.
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    path = path.encode("latin-1", "replace").decode("utf-8", "replace")
+    return path[:MAX_LOGGED_PATH]
+
+
+def _method_label(method):
+    return method if method in METHODS else "other"
+
+
+# --- WSGI ---------------------------------------------------------------------
+
+
+class RequestObserver:
+    """WSGI middleware: request id, timing, byte counts; logs when the response is closed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        observed = ObservedRequest(environ)
+        environ[ENVIRON_KEY] = observed
+        if "wsgi.input" in environ:
+            environ["wsgi.input"] = CountingInput(environ["wsgi.input"], observed)
+        jsonlog.set_request_id(observed.request_id)
+
+        def observed_start_response(status, headers, exc_info=None):
+            observed.status = int(status.split(" ", 1)[0])
+            headers = [(name, value) for name, value in headers if name.lower() != "x-request-id"]
+            headers.append((REQUEST_ID_HEADER, observed.request_id))
+            write = start_response(status, headers, exc_info)
+
+            def counting_write(data):
+                observed.bytes_out += len(data)
+                return write(data)
+
+            return counting_write
+
+        try:
+            body = self.app(environ, observed_start_response)
+        except BaseException:
+            # flask-sock under gunicorn raises StopIteration once the socket
+            # has closed: the connection is done. Anything else is the server's 500.
+            _finish(observed)
+            raise
+        return ObservedBody(body, observed)
+
+
+class ObservedBody:
+    """The response iterable, counting bytes as the server takes them; finishes the record on close.
+
+    A chunk counts once the server asks for the next one (or the end), that
+    is once it has been written: a download cut off by the client counts
+    what was sent, not what was produced.
+    """
+
+    def __init__(self, body, observed):
+        self._body = body
+        self._iterator = None
+        self._observed = observed
+        self._pending = 0
+        self._complete = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = iter(self._body)
+        self._observed.bytes_out += self._pending
+        self._pending = 0
+        try:
+            chunk = next(self._iterator)
+        except StopIteration:
+            self._complete = True
+            raise
+        self._pending = len(chunk)
+        return chunk
+
+    def close(self):
+        try:
+            if hasattr(self._body, "close"):
+                self._body.close()
+        finally:
+            self._observed.aborted = not self._complete
+            _finish(self._observed)
+
+
+def _finish(observed):
+    try:
+        observed.finish()
+    finally:
+        jsonlog.set_request_id(None)
+
+
+class CountingInput:
+    """``wsgi.input`` counting the bytes read. Only PEP 3333's methods: no readinto (gunicorn has none)."""
+
+    def __init__(self, stream, observed):
+        self._stream = stream
+        self._observed = observed
+
+    def _count(self, data):
+        self._observed.bytes_in += len(data)
+        return data
+
+    def read(self, *args):
+        return self._count(self._stream.read(*args))
+
+    def readline(self, *args):
+        return self._count(self._stream.readline(*args))
+
+    def readlines(self, *args):
+        lines = self._stream.readlines(*args)
+        self._observed.bytes_in += sum(len(line) for line in lines)
+        return lines
+
+    def __iter__(self):
+        for line in self._stream:
+            yield self._count(line)
+
+    def close(self):
+        if hasattr(self._stream, "close"):
+            self._stream.close()
+
+
+# --- Flask --------------------------------------------------------------------
+
+
+def _note_response(response):
+    observed = request.environ.get(ENVIRON_KEY)
+    if observed is None:
+        return response
+    observed.route = request.url_rule.rule if request.url_rule is not None else None
+    observed.endpoint = request.endpoint
+    user = g.get("user")
+    observed.user_id = str(user.id) if user is not None else None
+    observed.upgraded = type(response).__name__ == WEBSOCKET_RESPONSE
+    if request.endpoint == UPLOAD_ENDPOINT:
+        _count_upload(response, observed)
+    return response
+
+
+def _count_upload(response, observed):
+    if response.status_code == 201:
+        UPLOADED_BYTES.inc(observed.bytes_in)
+    elif response.status_code >= 400:
+        UPLOAD_REJECTIONS.labels(upload_rejection_reason(response)).inc()
+
+
+def upload_rejection_reason(response):
+    status = response.status_code
+    if status in REJECTION_BY_STATUS:
+        return REJECTION_BY_STATUS[status]
+    body = response.get_json(silent=True) or {}
+    reason = REJECTION_BY_MESSAGE.get(body.get("message"))
+    if reason:
+        return reason
+    return "internal_error" if status >= 500 else "bad_request"

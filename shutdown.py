@@ -1,0 +1,110 @@
+"""Closing this process's open WebSockets when it stops.
+
+A git-watch socket holds a gunicorn thread until it closes. On SIGTERM the
+gthread worker stops accepting, then waits up to ``graceful_timeout`` for
+its connections to finish, which a socket never does on its own: without
+help every stop would take the whole grace period and end in SIGKILL, and
+clients would see the connection drop instead of a close frame.
+
+So the watch route registers each socket here, and gunicorn.conf.py
+chains :func:`close_sockets_on_sigterm` in front of the worker's own SIGTERM
+handler: every socket gets a 1001 "going away" close at the start of the
+shutdown, its loop ends, and the worker exits as soon as the rest of its
+requests are done. A socket registered after that point is closed at once.
+"""
+
+import logging
+import os
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+GOING_AWAY = 1001
+SHUTDOWN_REASON = "Server shutting down"
+
+
+class SocketRegistry:
+    """The open sockets of one process; anything with ``close(reason, message)`` (simple_websocket's signature)."""
+
+    def __init__(self):
+        self._sockets = set()
+        self._lock = threading.Lock()
+        self._closing = None  # (code, reason) once close_all has run
+
+    def register(self, ws):
+        """Track ``ws``; if shutdown has begun, close it at once and return False."""
+        with self._lock:
+            if self._closing is None:
+                self._sockets.add(ws)
+                return True
+            code, reason = self._closing
+        _close_quietly(ws, code, reason)
+        return False
+
+    def unregister(self, ws):
+        with self._lock:
+            self._sockets.discard(ws)
+
+    def close_all(self, code=GOING_AWAY, reason=SHUTDOWN_REASON):
+        """Send every tracked socket a close frame, once; return how many there were."""
+        with self._lock:
+            self._closing = (code, reason)
+            sockets = list(self._sockets)
+            self._sockets.clear()  # a second call (SIGTERM, then worker_exit) finds nothing left
+        for ws in sockets:
+            _close_quietly(ws, code, reason)
+        if sockets:
+            log.info("closed %d WebSocket(s) for shutdown", len(sockets))
+        return len(sockets)
+
+    def __len__(self):
+        with self._lock:
+            return len(self._sockets)
+
+
+def _close_quietly(ws, code, reason):
+    # One socket failing to close (already closed, client gone) must not spare the others.
+    try:
+        ws.close(reason=code, message=reason)
+    except Exception as error:
+        log.debug("closing a WebSocket failed: %r", error)
+
+
+sockets = SocketRegistry()
+
+
+def register_socket(ws):
+    return sockets.register(ws)
+
+
+def unregister_socket(ws):
+    sockets.unregister(ws)
+
+
+def close_all_sockets(code=GOING_AWAY, reason=SHUTDOWN_REASON):
+    return sockets.close_all(code, reason)
+
+
+def close_sockets_on_sigterm(registry=None):
+    """Put closing ``registry``'s sockets in front of this process's SIGTERM handler.
+
+    Main thread only (Python's rule for signal handlers). The closing runs in
+    a thread of its own: a close frame to a slow client can block, and the
+    worker's main loop (which heartbeats to the master) must not.
+    """
+    registry = registry or sockets
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle_sigterm(signum, frame):
+        threading.Thread(target=registry.close_all, name="close-websockets", daemon=True).start()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, handle_sigterm)
+    # Like gunicorn: the signal must not interrupt system calls of requests in flight.
+    signal.siginterrupt(signal.SIGTERM, False)
+    return handle_sigterm
