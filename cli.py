@@ -5,9 +5,10 @@ import json
 import click
 from flask import current_app
 from flask.cli import with_appcontext
-from peewee import IntegrityError
+from peewee import IntegrityError, PeeweeException
 
 import auth
+import migrations
 from models import Membership, Organization, User, create_tables, db
 
 
@@ -40,12 +41,30 @@ def _print(result, as_json):
             click.echo(f"{key}: {value}")
 
 
+def describe_schema_change(change):
+    if change.from_version is None:
+        return f"Created the database schema at version {change.to_version}."
+    if change.applied:
+        return f"Upgraded the database schema from version {change.from_version} to {change.to_version}."
+    return f"Database schema is up to date (version {change.to_version})."
+
+
 @click.command("init-db")
 @with_appcontext
-def init_db_command():
-    """Create or migrate the schema (safe to run again)."""
-    create_tables()
-    click.echo("Database schema is up to date.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def init_db_command(as_json):
+    """Create the schema, or migrate an existing database to the latest version (safe to run again)."""
+    try:
+        change = create_tables()
+    except migrations.SchemaError as error:
+        raise click.ClickException(str(error)) from None
+    except PeeweeException as error:
+        raise click.ClickException(f"Database error, nothing was changed: {error}") from None
+    if as_json:
+        result = {"from_version": change.from_version, "version": change.to_version, "applied": list(change.applied)}
+        click.echo(json.dumps(result))
+    else:
+        click.echo(describe_schema_change(change))
 
 
 @click.command("create-user")

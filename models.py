@@ -65,7 +65,8 @@ class ApiKey(BaseModel):
 
 class ChatFile(BaseModel):
     id = UUIDField(primary_key=True, default=uuid.uuid4)
-    owner = ForeignKeyField(User, backref="chat_files", on_delete="CASCADE")
+    # Indexed by (owner, created_at) below, which also serves lookups by owner alone.
+    owner = ForeignKeyField(User, backref="chat_files", on_delete="CASCADE", index=False)
     organization = ForeignKeyField(Organization, backref="chat_files", on_delete="CASCADE")
     name = CharField(max_length=255, null=True)
     content_type = CharField(max_length=64)
@@ -74,6 +75,9 @@ class ChatFile(BaseModel):
     width = IntegerField()
     height = IntegerField()
     created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("owner", "created_at"), False),)
 
 
 class Chat(BaseModel):
@@ -114,8 +118,10 @@ def connect_database(url, pool_size=20):
 
 
 def create_tables():
-    with db.connection_context():
-        db.create_tables(MODELS, safe=True)
+    """Create the schema, or migrate an existing database to the latest version."""
+    import migrations  # it imports this module
+
+    return migrations.upgrade()
 
 
 def release_connection():

@@ -1,0 +1,126 @@
+"""Schema versions: ``init-db`` creates a new database at the latest version,
+or upgrades an older one in place, keeping its rows.
+
+``schema_version`` holds one row per version the database reached; the
+highest is its version. Version 1 is what the first release created, with no
+version table: a database holding those tables and no ``schema_version`` is a
+version-1 install. Every later version is a function of a playhouse
+``SchemaMigrator`` returning its operations. Migrations name tables, columns
+and indexes literally: the models describe only the latest version.
+
+A run is one transaction (SQLite and PostgreSQL both have transactional DDL)
+taken under an exclusive lock, so a crashed ``init-db`` leaves the old
+version and a concurrent one waits, then finds nothing left to do.
+"""
+
+import contextlib
+from dataclasses import dataclass
+
+from peewee import DateTimeField, IntegerField, PostgresqlDatabase, fn
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as run_operations
+
+from models import MODELS, BaseModel, db, utcnow
+
+BASELINE = 1
+BASELINE_TABLES = frozenset({"organization", "user", "membership", "apikey", "chatfile", "chat"})
+# Any constant shared by every instance: PostgreSQL advisory locks are keyed by a number.
+ADVISORY_LOCK_ID = 0x63686174_66696C65  # "chatfile"
+
+
+class SchemaError(Exception):
+    """The database is in a state this release cannot migrate."""
+
+
+class SchemaVersion(BaseModel):
+    version = IntegerField(primary_key=True)
+    applied_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "schema_version"
+
+
+VERSION_TABLE = SchemaVersion._meta.table_name
+
+
+def _index_chatfiles_by_owner_and_date(migrator):
+    """A user's files newest first from one index; it also serves lookups by owner
+    alone (including the cascade on user deletion), so the owner-only index goes."""
+    return [
+        migrator.add_index("chatfile", ("owner_id", "created_at")),
+        migrator.drop_index("chatfile", "chatfile_owner_id"),
+    ]
+
+
+MIGRATIONS = {
+    2: _index_chatfiles_by_owner_and_date,
+}
+LATEST = max(MIGRATIONS, default=BASELINE)
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    from_version: int | None  # None: the database had none of our tables
+    to_version: int
+    applied: tuple  # the migrations run, in order
+
+
+def upgrade():
+    """Bring the database to ``LATEST``: create it, migrate it, or leave it as it is."""
+    with db.connection_context(), _exclusive_transaction():
+        tables = set(db.get_tables())
+        current = _version(tables)
+        if current is None:
+            db.create_tables(MODELS + [SchemaVersion])
+            SchemaVersion.create(version=LATEST)
+            return SchemaChange(None, LATEST, ())
+        if current > LATEST:
+            raise SchemaError(
+                f"The database is at schema version {current}, newer than this release knows ({LATEST}); "
+                "run a newer release."
+            )
+        if VERSION_TABLE not in tables:
+            _adopt_pre_migration_install(tables)
+        pending = [version for version in sorted(MIGRATIONS) if version > current]
+        migrator = SchemaMigrator.from_database(db)
+        for version in pending:
+            run_operations(*MIGRATIONS[version](migrator))
+            SchemaVersion.create(version=version)
+        return SchemaChange(current, LATEST, tuple(pending))
+
+
+def current_version():
+    """The database's schema version, or None when it has none of the service's tables."""
+    with db.connection_context():
+        return _version(set(db.get_tables()))
+
+
+def _version(tables):
+    if VERSION_TABLE in tables:
+        return SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar()
+    return BASELINE if BASELINE_TABLES & tables else None
+
+
+def _adopt_pre_migration_install(tables):
+    """Record a database the first release created (no version table) as version 1."""
+    missing = BASELINE_TABLES - tables
+    if missing:
+        raise SchemaError(
+            f"The database has some of the service's tables but not {', '.join(sorted(missing))}; "
+            "restore it from a backup."
+        )
+    db.create_tables([SchemaVersion])
+    SchemaVersion.create(version=BASELINE)
+
+
+@contextlib.contextmanager
+def _exclusive_transaction():
+    """One transaction, one migrator at a time across every instance."""
+    if isinstance(db.obj, PostgresqlDatabase):
+        with db.atomic():
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
+            yield
+    else:
+        # SQLite: take the write lock up front so two runs cannot both read version N.
+        with db.atomic(lock_type="IMMEDIATE"):
+            yield

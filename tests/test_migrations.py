@@ -1,0 +1,336 @@
+"""Schema migrations: ``init-db`` upgrades a database the first release made, rows and all.
+
+The version-1 schema below is frozen as the first release created it (its
+``create_tables`` output, per dialect), with rows written the way that release
+wrote them, so these tests keep describing a real old install when the models
+move on.
+"""
+
+import datetime
+import hashlib
+import json
+import threading
+import uuid
+
+import pytest
+
+import auth
+import migrations
+import models
+from app import create_app
+from storage import get_storage, object_key
+from tests.imaging import make_image
+
+pytestmark = pytest.mark.parametrize("storage_config", ["local"], indirect=True)
+
+VERSION_1_TABLES = {
+    "sqlite": [
+        'CREATE TABLE "organization" ("id" TEXT NOT NULL PRIMARY KEY, "name" VARCHAR(255) NOT NULL, '
+        '"created_at" DATETIME NOT NULL)',
+        'CREATE UNIQUE INDEX "organization_name" ON "organization" ("name")',
+        'CREATE TABLE "user" ("id" TEXT NOT NULL PRIMARY KEY, "name" VARCHAR(255) NOT NULL, '
+        '"created_at" DATETIME NOT NULL)',
+        'CREATE UNIQUE INDEX "user_name" ON "user" ("name")',
+        'CREATE TABLE "membership" ("id" INTEGER NOT NULL PRIMARY KEY, "user_id" TEXT NOT NULL, '
+        '"organization_id" TEXT NOT NULL, FOREIGN KEY ("user_id") REFERENCES "user" ("id") ON DELETE CASCADE, '
+        'FOREIGN KEY ("organization_id") REFERENCES "organization" ("id") ON DELETE CASCADE)',
+        'CREATE INDEX "membership_user_id" ON "membership" ("user_id")',
+        'CREATE INDEX "membership_organization_id" ON "membership" ("organization_id")',
+        'CREATE UNIQUE INDEX "membership_user_id_organization_id" ON "membership" ("user_id", "organization_id")',
+        'CREATE TABLE "apikey" ("id" VARCHAR(32) NOT NULL PRIMARY KEY, "user_id" TEXT NOT NULL, '
+        '"secret_hash" VARCHAR(64) NOT NULL, "created_at" DATETIME NOT NULL, "expires_at" DATETIME NOT NULL, '
+        'FOREIGN KEY ("user_id") REFERENCES "user" ("id") ON DELETE CASCADE)',
+        'CREATE INDEX "apikey_user_id" ON "apikey" ("user_id")',
+        'CREATE INDEX "apikey_expires_at" ON "apikey" ("expires_at")',
+        'CREATE TABLE "chatfile" ("id" TEXT NOT NULL PRIMARY KEY, "owner_id" TEXT NOT NULL, '
+        '"organization_id" TEXT NOT NULL, "name" VARCHAR(255), "content_type" VARCHAR(64) NOT NULL, '
+        '"size" INTEGER NOT NULL, "sha256" VARCHAR(64) NOT NULL, "width" INTEGER NOT NULL, '
+        '"height" INTEGER NOT NULL, "created_at" DATETIME NOT NULL, '
+        'FOREIGN KEY ("owner_id") REFERENCES "user" ("id") ON DELETE CASCADE, '
+        'FOREIGN KEY ("organization_id") REFERENCES "organization" ("id") ON DELETE CASCADE)',
+        'CREATE INDEX "chatfile_owner_id" ON "chatfile" ("owner_id")',
+        'CREATE INDEX "chatfile_organization_id" ON "chatfile" ("organization_id")',
+        'CREATE TABLE "chat" ("id" TEXT NOT NULL PRIMARY KEY, "owner_id" TEXT NOT NULL, "title" TEXT NOT NULL, '
+        '"archived" INTEGER NOT NULL, "workspace" TEXT, "created_at" DATETIME NOT NULL, '
+        '"updated_at" DATETIME NOT NULL, FOREIGN KEY ("owner_id") REFERENCES "user" ("id") ON DELETE CASCADE)',
+        'CREATE INDEX "chat_owner_id" ON "chat" ("owner_id")',
+        'CREATE INDEX "chat_owner_id_created_at" ON "chat" ("owner_id", "created_at")',
+    ],
+    "postgres": [
+        'CREATE TABLE "organization" ("id" UUID NOT NULL PRIMARY KEY, "name" VARCHAR(255) NOT NULL, '
+        '"created_at" TIMESTAMP NOT NULL)',
+        'CREATE UNIQUE INDEX "organization_name" ON "organization" ("name")',
+        'CREATE TABLE "user" ("id" UUID NOT NULL PRIMARY KEY, "name" VARCHAR(255) NOT NULL, '
+        '"created_at" TIMESTAMP NOT NULL)',
+        'CREATE UNIQUE INDEX "user_name" ON "user" ("name")',
+        'CREATE TABLE "membership" ("id" SERIAL NOT NULL PRIMARY KEY, "user_id" UUID NOT NULL, '
+        '"organization_id" UUID NOT NULL, FOREIGN KEY ("user_id") REFERENCES "user" ("id") ON DELETE CASCADE, '
+        'FOREIGN KEY ("organization_id") REFERENCES "organization" ("id") ON DELETE CASCADE)',
+        'CREATE INDEX "membership_user_id" ON "membership" ("user_id")',
+        'CREATE INDEX "membership_organization_id" ON "membership" ("organization_id")',
+        'CREATE UNIQUE INDEX "membership_user_id_organization_id" ON "membership" ("user_id", "organization_id")',
+        'CREATE TABLE "apikey" ("id" VARCHAR(32) NOT NULL PRIMARY KEY, "user_id" UUID NOT NULL, '
+        '"secret_hash" VARCHAR(64) NOT NULL, "created_at" TIMESTAMP NOT NULL, "expires_at" TIMESTAMP NOT NULL, '
+        'FOREIGN KEY ("user_id") REFERENCES "user" ("id") ON DELETE CASCADE)',
+        'CREATE INDEX "apikey_user_id" ON "apikey" ("user_id")',
+        'CREATE INDEX "apikey_expires_at" ON "apikey" ("expires_at")',
+        'CREATE TABLE "chatfile" ("id" UUID NOT NULL PRIMARY KEY, "owner_id" UUID NOT NULL, '
+        '"organization_id" UUID NOT NULL, "name" VARCHAR(255), "content_type" VARCHAR(64) NOT NULL, '
+        '"size" BIGINT NOT NULL, "sha256" VARCHAR(64) NOT NULL, "width" INTEGER NOT NULL, '
+        '"height" INTEGER NOT NULL, "created_at" TIMESTAMP NOT NULL, '
+        'FOREIGN KEY ("owner_id") REFERENCES "user" ("id") ON DELETE CASCADE, '
+        'FOREIGN KEY ("organization_id") REFERENCES "organization" ("id") ON DELETE CASCADE)',
+        'CREATE INDEX "chatfile_owner_id" ON "chatfile" ("owner_id")',
+        'CREATE INDEX "chatfile_organization_id" ON "chatfile" ("organization_id")',
+        'CREATE TABLE "chat" ("id" UUID NOT NULL PRIMARY KEY, "owner_id" UUID NOT NULL, "title" TEXT NOT NULL, '
+        '"archived" BOOLEAN NOT NULL, "workspace" TEXT, "created_at" TIMESTAMP NOT NULL, '
+        '"updated_at" TIMESTAMP NOT NULL, FOREIGN KEY ("owner_id") REFERENCES "user" ("id") ON DELETE CASCADE)',
+        'CREATE INDEX "chat_owner_id" ON "chat" ("owner_id")',
+        'CREATE INDEX "chat_owner_id_created_at" ON "chat" ("owner_id", "created_at")',
+    ],
+}
+TABLES = ["organization", "user", "membership", "apikey", "chatfile", "chat"]
+
+
+def dialect(database_url):
+    return "sqlite" if database_url.startswith("sqlite") else "postgres"
+
+
+def bare_app(database_url, storage_config, tmp_path):
+    """The app without init-db: the database is whatever the test puts there."""
+    return create_app({"DATABASE_URL": database_url, "WORKSPACES_ROOT": str(tmp_path / "workspaces"),
+                       "TESTING": True, **storage_config})
+
+
+class Legacy:
+    """What a version-1 install holds: one user with a token, a stored file, a chat."""
+
+    def __init__(self):
+        self.organization_id = uuid.uuid4()
+        self.user_id = uuid.uuid4()
+        self.file_id = uuid.uuid4()
+        self.chat_id = uuid.uuid4()
+        self.key_id, self.secret = "0123456789", "old-secret"
+        self.image = make_image("image/png", 40, 30)
+
+    @property
+    def token(self):
+        return f"{self.key_id}-{self.secret}"
+
+    def write(self, app, kind):
+        """Create the version-1 tables and fill them as the first release did (UUIDs as hex)."""
+        created = "2024-05-01 12:00:00"
+        expires = (datetime.datetime.now() + datetime.timedelta(days=30)).strftime("%Y-%m-%d %H:%M:%S")
+        rows = [
+            ("organization", ("id", "name", "created_at"), (self.organization_id.hex, "acme", created)),
+            ("user", ("id", "name", "created_at"), (self.user_id.hex, "alice", created)),
+            ("membership", ("user_id", "organization_id"), (self.user_id.hex, self.organization_id.hex)),
+            ("apikey", ("id", "user_id", "secret_hash", "created_at", "expires_at"),
+             (self.key_id, self.user_id.hex, auth.hash_secret(self.secret), created, expires)),
+            ("chatfile", ("id", "owner_id", "organization_id", "name", "content_type", "size", "sha256", "width",
+                          "height", "created_at"),
+             (self.file_id.hex, self.user_id.hex, self.organization_id.hex, "old.png", "image/png",
+              len(self.image), hashlib.sha256(self.image).hexdigest(), 40, 30, created)),
+            ("chat", ("id", "owner_id", "title", "archived", "workspace", "created_at", "updated_at"),
+             (self.chat_id.hex, self.user_id.hex, "Old chat", False, None, created, created)),
+        ]
+        database = models.db.obj
+        with app.app_context(), models.db.connection_context(), models.db.atomic():
+            for statement in VERSION_1_TABLES[kind]:
+                database.execute_sql(statement)
+            for table, columns, values in rows:
+                names = ", ".join(f'"{column}"' for column in columns)
+                marks = ", ".join([database.param] * len(values))
+                database.execute_sql(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', values)
+            get_storage().put(
+                object_key(app.config["S3_PREFIX"], self.organization_id, self.file_id), self.image, "image/png", {}
+            )
+
+
+@pytest.fixture
+def legacy(database_url, storage_config, tmp_path):
+    app = bare_app(database_url, storage_config, tmp_path)
+    old = Legacy()
+    old.write(app, dialect(database_url))
+    old.app = app
+    yield old
+    models.close_all_connections()
+
+
+@pytest.fixture
+def empty_app(database_url, storage_config, tmp_path):
+    app = bare_app(database_url, storage_config, tmp_path)
+    yield app
+    models.close_all_connections()
+
+
+@pytest.fixture
+def other_database_url(database_url, request, tmp_path):
+    """A second empty database of the same kind."""
+    if dialect(database_url) == "sqlite":
+        yield f"sqlite:///{tmp_path}/other.db"
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = f"test_other_{uuid.uuid4().hex[:12]}"
+    yield server.create_database(name)
+    models.close_all_connections()
+    server.drop_database(name)
+
+
+def init_db(app, *args):
+    result = app.test_cli_runner().invoke(args=["init-db", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def row_counts(app):
+    with app.app_context(), models.db.connection_context():
+        return {table: models.db.execute_sql(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in TABLES}
+
+
+def recorded_versions():
+    with models.db.connection_context():
+        return [row.version for row in migrations.SchemaVersion.select().order_by(migrations.SchemaVersion.version)]
+
+
+def describe_schema(app):
+    """Tables, columns and indexes as the database reports them: what two schemas must share."""
+    with app.app_context(), models.db.connection_context():
+        database = models.db.obj
+        return {
+            table: {
+                "columns": sorted((c.name, c.data_type.lower(), c.null, c.primary_key) for c in database.get_columns(table)),
+                "indexes": sorted((i.name, tuple(i.columns), i.unique) for i in database.get_indexes(table)),
+            }
+            for table in sorted(database.get_tables())
+        }
+
+
+def index_names(table):
+    with models.db.connection_context():
+        return {index.name for index in models.db.get_indexes(table)}
+
+
+def test_init_db_upgrades_a_version_1_database_keeping_its_rows(legacy):
+    before = row_counts(legacy.app)
+    assert before == {table: 1 for table in TABLES}
+
+    assert init_db(legacy.app) == {"from_version": 1, "version": 2, "applied": [2]}
+    assert init_db(legacy.app) == {"from_version": 2, "version": 2, "applied": []}
+
+    assert row_counts(legacy.app) == before
+    with legacy.app.app_context():
+        assert recorded_versions() == [1, 2]
+        assert "chatfile_owner_id_created_at" in index_names("chatfile")
+        assert "chatfile_owner_id" not in index_names("chatfile")
+        assert migrations.current_version() == migrations.LATEST
+
+
+def test_init_db_prints_what_it_did(legacy):
+    runner = legacy.app.test_cli_runner()
+    assert runner.invoke(args=["init-db"]).output == "Upgraded the database schema from version 1 to 2.\n"
+    assert runner.invoke(args=["init-db"]).output == "Database schema is up to date (version 2).\n"
+
+
+def test_the_app_serves_old_rows_and_new_uploads_after_the_upgrade(legacy):
+    init_db(legacy.app)
+    client = legacy.app.test_client()
+    headers = {"Coder-Session-Token": legacy.token}
+
+    old_file = client.get(f"/api/v2/chats/files/{legacy.file_id}", headers=headers)
+    assert old_file.status_code == 200
+    assert old_file.data == legacy.image
+    assert old_file.headers["Content-Disposition"] == 'inline; filename="old.png"'
+    chats = client.get("/api/v2/chats", headers=headers)
+    assert [chat["id"] for chat in chats.json] == [str(legacy.chat_id)]
+
+    data = make_image("image/jpeg", 20, 10)
+    upload = client.post(f"/api/v2/chats/files?organization={legacy.organization_id}", data=data,
+                         headers={**headers, "Content-Type": "image/jpeg"})
+    assert upload.status_code == 201, upload.json
+    assert client.get(f"/api/v2/chats/files/{upload.json['id']}", headers=headers).data == data
+
+    # New rows in old tables: the membership id sequence carried on where version 1 left it.
+    joined = legacy.app.test_cli_runner().invoke(args=["create-user", "bob", "--org", "acme", "--json"])
+    assert joined.exit_code == 0, joined.output
+
+
+def test_an_upgraded_database_has_the_schema_a_fresh_one_gets(legacy, storage_config, other_database_url, tmp_path):
+    init_db(legacy.app)
+    upgraded = describe_schema(legacy.app)
+    models.close_all_connections()
+
+    fresh_app = bare_app(other_database_url, storage_config, tmp_path)
+    assert init_db(fresh_app) == {"from_version": None, "version": 2, "applied": []}
+    fresh = describe_schema(fresh_app)
+    assert upgraded == fresh
+
+
+def test_init_db_on_an_empty_database_creates_the_latest_schema(empty_app):
+    runner = empty_app.test_cli_runner()
+    assert runner.invoke(args=["init-db"]).output == f"Created the database schema at version {migrations.LATEST}.\n"
+    assert init_db(empty_app) == {"from_version": migrations.LATEST, "version": migrations.LATEST, "applied": []}
+    with empty_app.app_context():
+        assert recorded_versions() == [migrations.LATEST]
+        assert set(TABLES) <= set(models.db.get_tables())
+
+
+def test_init_db_refuses_a_database_newer_than_this_release(empty_app):
+    init_db(empty_app)
+    with empty_app.app_context(), models.db.connection_context():
+        migrations.SchemaVersion.create(version=migrations.LATEST + 1)
+    result = empty_app.test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 1
+    assert f"schema version {migrations.LATEST + 1}, newer than this release knows" in result.output
+
+
+def test_init_db_refuses_a_database_with_only_some_tables(empty_app):
+    with empty_app.app_context(), models.db.connection_context():
+        models.db.create_tables([models.Organization, models.User])
+    result = empty_app.test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 1
+    assert "but not apikey, chat, chatfile, membership" in result.output
+    with empty_app.app_context():
+        assert migrations.VERSION_TABLE not in models.db.get_tables()
+
+
+def test_a_failing_migration_leaves_the_database_as_it_was(legacy, monkeypatch):
+    def add_a_column_then_fail(migrator):
+        from peewee import IntegerField
+
+        return [migrator.add_column("chat", "pinned", IntegerField(null=True)), migrator.drop_index("chat", "nope")]
+
+    monkeypatch.setitem(migrations.MIGRATIONS, 3, add_a_column_then_fail)
+    monkeypatch.setattr(migrations, "LATEST", 3)
+    before = describe_schema(legacy.app)
+
+    result = legacy.app.test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 1
+    assert "Database error, nothing was changed" in result.output
+    assert describe_schema(legacy.app) == before  # migration 2, the version table and the column all rolled back
+    assert row_counts(legacy.app) == {table: 1 for table in TABLES}
+
+
+def test_concurrent_init_db_runs_migrate_once(legacy):
+    barrier = threading.Barrier(2)
+    changes, errors = [], []
+
+    def run():
+        try:
+            with legacy.app.app_context():
+                barrier.wait(timeout=10)
+                changes.append(migrations.upgrade())
+        except Exception as error:  # reported below, with the test's assertion
+            errors.append(error)
+        finally:
+            models.release_connection()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert sorted(change.applied for change in changes) == [(), (2,)]
+    with legacy.app.app_context():
+        assert recorded_versions() == [1, 2]
