@@ -8,8 +8,10 @@ from flask.cli import with_appcontext
 from peewee import IntegrityError, PeeweeException
 
 import auth
+import gc_storage
 import migrations
 from models import Membership, Organization, User, create_tables, db
+from storage import StorageError, get_storage
 
 
 def create_user(name, org_name, lifetime_days):
@@ -90,6 +92,35 @@ def create_token_command(name, as_json):
     _print(result, as_json)
 
 
+@click.command("gc-storage")
+@with_appcontext
+@click.option(
+    "--older-than",
+    type=click.IntRange(min=0, max=gc_storage.MAX_GRACE_SECONDS),
+    default=gc_storage.DEFAULT_GRACE_SECONDS,
+    show_default=True,
+    help="Grace period in seconds: younger objects are kept, their upload may still be recording its row.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def gc_storage_command(older_than, dry_run, as_json):
+    """Delete stored objects that have no database row (uploads cut short between the two writes)."""
+    try:
+        with db.connection_context():
+            result = gc_storage.collect_orphans(get_storage(), current_app.config["S3_PREFIX"], older_than, dry_run)
+    except StorageError as error:
+        raise click.ClickException(f"Storage error, stopped: {error}") from None
+    except PeeweeException as error:
+        raise click.ClickException(f"Database error, stopped: {error}") from None
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        for line in result.report_lines():
+            click.echo(line)
+    if result.failed:
+        raise click.ClickException(f"{len(result.failed)} deletions failed; run gc-storage again.")
+
+
 def init_app(app):
-    for command in (init_db_command, create_user_command, create_token_command):
+    for command in (init_db_command, create_user_command, create_token_command, gc_storage_command):
         app.cli.add_command(command)

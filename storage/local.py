@@ -83,9 +83,53 @@ class LocalStore(ObjectStore):
                     except FileNotFoundError:
                         continue  # deleted while we walked
 
+    def iter_leftovers(self, prefix=""):
+        """Yield (name, mtime) for each file an interrupted put or delete left behind.
+
+        Only this backend writes an object as several files, so this is not part
+        of ObjectStore; gc-storage calls it when present. A temporary file is a
+        write cut short; a sidecar without its bytes is a put stopped before the
+        bytes' rename, or a delete stopped after removing them.
+        """
+        for directory, _dirs, files in os.walk(self.root):
+            present = set(files)
+            for name in files:
+                if not _is_leftover(name, present):
+                    continue
+                path = os.path.join(directory, name)
+                relative = os.path.relpath(path, self.root).replace(os.sep, "/")
+                if relative.startswith(prefix):
+                    try:
+                        yield relative, _mtime(os.stat(path))
+                    except FileNotFoundError:
+                        continue
+
+    def remove_leftover(self, name):
+        """Remove a file iter_leftovers() yielded, unless it has become part of an object since."""
+        path = os.path.abspath(os.path.join(self.root, name))
+        if not path.startswith(self.root + os.sep):
+            raise StorageError(f"{name!r} is outside the store.")
+        base = os.path.basename(path)
+        if not (base.startswith(TEMP_PREFIX) or base.endswith(META_SUFFIX)):
+            raise StorageError(f"{name!r} is an object, not a leftover file.")
+        if base.endswith(META_SUFFIX) and os.path.exists(path[: -len(META_SUFFIX)]):
+            return  # its bytes arrived since: a whole object now
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise StorageError(f"Could not remove {name}: {error}") from error
+
     def check(self):
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"{self.root} is not writable.")
+
+
+def _is_leftover(name, names_in_directory):
+    if name.startswith(TEMP_PREFIX):
+        return True
+    return name.endswith(META_SUFFIX) and name[: -len(META_SUFFIX)] not in names_in_directory
 
 
 def _mtime(stat):

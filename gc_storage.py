@@ -1,0 +1,149 @@
+"""Garbage collection of objects no row points to (``flask --app wsgi gc-storage``).
+
+An upload writes its object first and its row second (CONTRACT.md), so a
+crash in between leaves an object without a row. ``collect_orphans`` deletes
+such objects once they are older than a grace period, which must be longer
+than any upload takes: an upload between its two writes is never touched.
+An object with a row is never deleted, whatever its age, and keys outside the
+layout ``{prefix}{organization_id}/{file_id}`` belong to someone else: they are
+reported and left alone.
+
+Listing streams through the bucket; rows are looked up ``BATCH_SIZE`` ids per
+query, and only for objects old enough to matter.
+"""
+
+import datetime
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from models import ChatFile
+from storage import StorageError
+
+DEFAULT_GRACE_SECONDS = 3600
+MAX_GRACE_SECONDS = 100 * 365 * 24 * 3600  # any longer and "now minus it" leaves the calendar
+BATCH_SIZE = 500
+
+
+@dataclass
+class GcResult:
+    older_than: int
+    dry_run: bool
+    deleted: list = field(default_factory=list)  # orphaned keys deleted (a dry run: that would be)
+    leftovers: list = field(default_factory=list)  # debris of interrupted local writes, removed likewise
+    unrecognized: list = field(default_factory=list)  # keys outside the layout, left alone
+    failed: list = field(default_factory=list)  # {"key", "error"} for deletions that failed
+    kept_with_row: int = 0
+    kept_recent: int = 0
+
+    def as_dict(self):
+        return asdict(self)
+
+    def summary(self):
+        verb = "Would delete" if self.dry_run else "Deleted"
+        line = (
+            f"{verb} {_count(len(self.deleted), 'orphaned object')} and {_count(len(self.leftovers), 'leftover file')}; "
+            f"kept {_count(self.kept_with_row, 'object')} with a row and {self.kept_recent} younger than "
+            f"{self.older_than} s; left {_count(len(self.unrecognized), 'key')} outside the layout alone."
+        )
+        if self.failed:
+            line += f" {_count(len(self.failed), 'deletion')} failed."
+        return line
+
+    def report_lines(self):
+        """One line per action, then the summary."""
+        verb = "would delete" if self.dry_run else "deleted"
+        for key in self.deleted:
+            yield f"{verb} {key}"
+        for name in self.leftovers:
+            yield f"{verb} leftover {name}"
+        for key in self.unrecognized:
+            yield f"skipped {key} (not in the storage layout)"
+        for failure in self.failed:
+            yield f"failed {failure['key']}: {failure['error']}"
+        yield self.summary()
+
+
+def collect_orphans(storage, prefix, older_than=DEFAULT_GRACE_SECONDS, dry_run=False, now=None,
+                    batch_size=BATCH_SIZE):
+    """Delete objects under ``prefix`` that have no ChatFile row and are ``older_than`` seconds or more.
+
+    Needs a database connection. Raises StorageError if the store cannot be
+    listed; a failed deletion is recorded in the result and the run goes on.
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    cutoff = now - datetime.timedelta(seconds=older_than)
+    result = GcResult(older_than=older_than, dry_run=dry_run)
+    batch = []
+    for key, last_modified in storage.iter_objects(prefix):
+        file_id = file_id_from_key(key, prefix)
+        if file_id is None:
+            result.unrecognized.append(key)
+        elif last_modified > cutoff:
+            result.kept_recent += 1
+        else:
+            batch.append((file_id, key))
+            if len(batch) >= batch_size:
+                _collect_batch(storage, batch, dry_run, result)
+                batch = []
+    _collect_batch(storage, batch, dry_run, result)
+    _collect_leftovers(storage, prefix, cutoff, dry_run, result)
+    return result
+
+
+def file_id_from_key(key, prefix):
+    """The file id of a key in the layout, or None for any other key."""
+    if not key.startswith(prefix):
+        return None
+    parts = key[len(prefix):].split("/")
+    if len(parts) != 2 or not all(_is_canonical_uuid(part) for part in parts):
+        return None
+    return uuid.UUID(parts[1])
+
+
+def _is_canonical_uuid(text):
+    # Only the form the service writes: anything else was put there by another tool.
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def _collect_batch(storage, batch, dry_run, result):
+    if not batch:
+        return
+    with_rows = _ids_with_rows([file_id for file_id, _ in batch])
+    for file_id, key in batch:
+        if file_id in with_rows:
+            result.kept_with_row += 1
+        elif _remove(storage.delete, key, dry_run, result):
+            result.deleted.append(key)
+
+
+def _ids_with_rows(file_ids):
+    """The subset of ``file_ids`` that have a row: one query."""
+    return {row.id for row in ChatFile.select(ChatFile.id).where(ChatFile.id.in_(file_ids))}
+
+
+def _collect_leftovers(storage, prefix, cutoff, dry_run, result):
+    # Only the local store writes an object as several files; an S3 put is atomic.
+    iter_leftovers = getattr(storage, "iter_leftovers", None)
+    if iter_leftovers is None:
+        return
+    for name, modified in iter_leftovers(prefix):
+        if modified <= cutoff and _remove(storage.remove_leftover, name, dry_run, result):
+            result.leftovers.append(name)
+
+
+def _remove(remove, name, dry_run, result):
+    if dry_run:
+        return True
+    try:
+        remove(name)
+    except StorageError as error:
+        result.failed.append({"key": name, "error": str(error)})
+        return False
+    return True
+
+
+def _count(number, noun):
+    return f"{number} {noun}{'' if number == 1 else 's'}"
