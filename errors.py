@@ -8,6 +8,8 @@ an HTML page or a traceback.
 import logging
 
 from flask import jsonify
+from peewee import InterfaceError, OperationalError
+from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,13 @@ def handle_http_exception(error):
     return error_response(error.code or 500, f"{error.name}.", error.description, headers=headers)
 
 
+def handle_database_unavailable(error):
+    # Connection-level failures only: a server that is down, restarting or out
+    # of connections. Errors in our own queries stay 500s with a traceback.
+    log.error("database unavailable: %s", error)
+    return error_response(503, "The database is unavailable.", "Try again shortly.", headers={"Retry-After": "5"})
+
+
 def handle_unexpected(error):
     log.exception("unhandled exception")
     return error_response(500, "Internal server error.")
@@ -56,4 +65,6 @@ def handle_unexpected(error):
 def init_app(app):
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_exception)
+    for database_error in (OperationalError, InterfaceError, MaxConnectionsExceeded):
+        app.register_error_handler(database_error, handle_database_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

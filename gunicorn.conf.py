@@ -31,6 +31,9 @@ timeout = 60
 graceful_timeout = 20
 keepalive = 5
 accesslog = None
+# gunicorn's control socket sits at one fixed path per user; several instances
+# on one host would fight over it, and nothing here uses it.
+control_socket_disable = True
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 logconfig_dict = {
     "version": 1,

@@ -7,13 +7,16 @@ chat was archived (by any instance: it is the only shared state), and the
 connection it used is given back at once.
 """
 
+import functools
 import json
+import threading
 import time
 
 from flask import Blueprint, current_app, g, request
 from flask_sock import Sock
 
 import gitwatch
+import observability
 from auth import authenticate
 from blueprints.chats import owned_chat
 from errors import ApiError
@@ -48,12 +51,28 @@ def not_upgraded(chat_id):
     raise ApiError(400, "Expected a WebSocket upgrade.", "Connect with a WebSocket client to watch git changes.")
 
 
+class _CloseRequest:
+    """What shutdown registers instead of the socket: it only asks, from its own
+    thread, and the loop's thread does the closing (the socket is not thread-safe)."""
+
+    def __init__(self):
+        self.code = None
+        self.reason = None
+
+    def close(self, reason=None, message=None):
+        self.code, self.reason = reason, message
+
+
 @sock.route(WATCH_PATH, bp=bp)
 def watch(ws, chat_id):
-    with gitwatch.WatchSession(g.workspace_dir) as session:
+    close_request = _CloseRequest()
+    with gitwatch.WatchSession(g.workspace_dir) as session, observability.watch_socket(close_request):
         ws.send(json.dumps(session.initial_message()))
         next_archive_check = time.monotonic() + ARCHIVE_CHECK_INTERVAL
         while ws.connected:
+            if close_request.code is not None:
+                ws.close(reason=close_request.code, message=close_request.reason)
+                return
             refresh = _handle_client_frame(ws, ws.receive(timeout=RECEIVE_TIMEOUT))
             message = session.poll(refresh=refresh)
             if message is not None:
@@ -82,10 +101,16 @@ def _is_archived(chat_id):
 
 
 def init_app(app):
-    # simple-websocket pings idle clients and drops those that stop answering.
     app.config.setdefault(
         "SOCK_SERVER_OPTIONS",
-        {"ping_interval": app.config["WATCH_PING_INTERVAL"], "max_message_size": 64 * 1024},
+        {
+            # simple-websocket pings idle clients and drops those that stop answering.
+            "ping_interval": app.config["WATCH_PING_INTERVAL"],
+            "max_message_size": 64 * 1024,
+            # Its reader thread outlives a close until the next ping; a daemon
+            # thread does not hold a stopping worker back for that long.
+            "thread_class": functools.partial(threading.Thread, daemon=True),
+        },
     )
     sock.init_app(app)
     app.register_blueprint(bp)

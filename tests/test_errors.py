@@ -33,3 +33,17 @@ def test_error_bodies_are_json_objects_with_a_message(sqlite_app, path):
     response = sqlite_app.test_client().get(path)
     assert response.is_json
     assert isinstance(response.json["message"], str) and response.json["message"]
+
+
+def test_database_outage_on_other_routes_is_json_503(client, auth, monkeypatch):
+    import peewee
+
+    import models
+
+    def unreachable(*args, **kwargs):
+        raise peewee.OperationalError("could not connect to server: Connection refused")
+
+    monkeypatch.setattr(models.db.obj, "execute_sql", unreachable)
+    response = client.get("/api/v2/chats", headers=auth)
+    assert_error(response, 503, "The database is unavailable.")
+    assert response.headers["Retry-After"] == "5"

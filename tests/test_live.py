@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import signal
 import threading
 
 import pytest
@@ -106,6 +107,8 @@ def test_fifty_watch_sockets_while_uploads_and_downloads_answer_then_archive_clo
     try:
         for ws in sockets:
             assert ws.receive(timeout=10)["type"] == "changes"
+        metrics = requests.get(f"{live.url}/metrics", timeout=10).text
+        assert "chatfiles_watch_sockets_open 50.0" in metrics
 
         data = make_image("image/webp", 200, 100)
         upload = requests.post(f"{live.url}/api/v2/chats/files", params={"organization": account["organization_id"]},
@@ -125,3 +128,28 @@ def test_fifty_watch_sockets_while_uploads_and_downloads_answer_then_archive_clo
     finally:
         for ws in sockets:
             ws.close()
+
+
+def test_sigterm_closes_watch_sockets_with_going_away_and_exits_promptly(tmp_path):
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "LOCAL_STORAGE_ROOT": str(tmp_path / "objects"),
+           "WORKSPACES_ROOT": str(tmp_path / "workspaces")}
+    live = GunicornServer(env, work_dir=str(tmp_path))
+    live.start()
+    account = live.flask("create-user", "alice", "--org", "acme")
+    os.makedirs(os.path.join(env["WORKSPACES_ROOT"], "proj"))
+    chat = requests.post(f"{live.url}/api/v2/chats", json={"title": "w", "workspace": "proj"},
+                         headers={"Coder-Session-Token": account["token"]}, timeout=10).json()
+    ws_url = live.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
+    sockets = [WatchClient(ws_url, account["token"]) for _ in range(4)]
+    for ws in sockets:
+        ws.receive(timeout=10)
+
+    live._process.send_signal(signal.SIGTERM)
+    for ws in sockets:
+        with pytest.raises(Closed) as closed:
+            while ws.receive(timeout=10) is not None:
+                pass
+        assert (closed.value.code, closed.value.reason) == (1001, "Server shutting down")
+    # Well inside graceful_timeout (20 s): nothing was left for the master to wait on.
+    assert live._process.wait(timeout=15) == 0
+    live.stop()

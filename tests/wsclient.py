@@ -51,6 +51,7 @@ class WatchClient:
             if opcode == websocket.ABNF.OPCODE_PING:
                 self.pings += 1  # websocket-client has already answered with a pong
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                self._ws.shutdown()  # close reply sent; now end the TCP connection, as browsers do
                 raise Closed(*_close_payload(frame.data))
             elif opcode == websocket.ABNF.OPCODE_TEXT:
                 return json.loads(frame.data.decode())
