@@ -37,3 +37,15 @@ def test_readyz_names_database_when_it_fails(client, monkeypatch):
     assert response.status_code == 503
     assert "database" in response.json["message"]
     assert "storage" not in response.json["message"]
+
+
+def test_readyz_names_database_when_schema_is_not_migrated(client, app):
+    import models
+
+    # Without its version table the database reads as the first release's schema.
+    with app.app_context(), models.db.connection_context():
+        models.db.execute_sql("DROP TABLE schema_version")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert "database" in response.json["message"]
+    assert "init-db" in response.json["detail"]
