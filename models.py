@@ -96,6 +96,18 @@ class Chat(BaseModel):
 MODELS = [Organization, User, Membership, ApiKey, ChatFile, Chat]
 
 
+# libpq settings that notice a server gone silent (a partition, a dead host)
+# in seconds instead of the kernel's minutes: TCP keepalives on idle pooled
+# connections, and a cap on how long sent data may go unacknowledged.
+POSTGRES_NETWORK_TIMEOUTS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+}
+
+
 def connect_database(url, pool_size=20):
     """A peewee Database for ``url``: SQLite in WAL mode, or pooled PostgreSQL."""
     if url.startswith("sqlite:"):
@@ -113,7 +125,12 @@ def connect_database(url, pool_size=20):
     # `SELECT 1` at checkout and drops dead ones, so a restarted server costs no
     # request (tests/test_outages.py holds peewee to that).
     return db_url.connect(
-        f"{scheme}://{rest}", max_connections=pool_size, stale_timeout=300, timeout=10, connect_timeout=5
+        f"{scheme}://{rest}",
+        max_connections=pool_size,
+        stale_timeout=300,
+        timeout=10,
+        connect_timeout=5,
+        **POSTGRES_NETWORK_TIMEOUTS,
     )
 
 
