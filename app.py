@@ -9,7 +9,7 @@ import errors
 import models
 import observability
 import storage
-from blueprints import chats, files, health
+from blueprints import chats, files, health, openapi
 
 
 def create_app(overrides=None):
@@ -23,7 +23,7 @@ def create_app(overrides=None):
     storage.init_app(app)
     errors.init_app(app)
     cli.init_app(app)
-    for blueprint in (files.bp, chats.bp, health.bp):
+    for blueprint in (files.bp, chats.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
 
     hops = app.config["PROXY_HOPS"]
