@@ -9,7 +9,7 @@ import errors
 import models
 import observability
 import storage
-from blueprints import chats, files, health, openapi
+from blueprints import chats, files, git_watch, health, openapi
 
 
 def create_app(overrides=None):
@@ -25,6 +25,7 @@ def create_app(overrides=None):
     cli.init_app(app)
     for blueprint in (files.bp, chats.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    git_watch.init_app(app)
 
     hops = app.config["PROXY_HOPS"]
     if hops:
