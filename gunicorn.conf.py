@@ -17,9 +17,12 @@ Shutdown: SIGTERM first closes the worker's watch WebSockets with 1001
 """
 
 import glob
+import json
 import os
 import shutil
 import tempfile
+
+import gunicorn.util
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -46,6 +49,23 @@ logconfig_dict = {
         "gunicorn.access": {"handlers": [], "propagate": False},
     },
 }
+
+
+
+def write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's answer to HTTP it cannot parse, in the service's JSON error shape, not HTML."""
+    from gunicorn.util import write_nonblock
+
+    body = json.dumps({"message": f"{reason}.", "detail": mesg}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# Workers are forked from the master after this file ran, so they inherit it.
+gunicorn.util.write_error = write_json_error
 
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 OWNED_METRICS_DIR = "CHATFILES_OWNED_METRICS_DIR"  # survives a config reload; a module global would not

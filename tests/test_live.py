@@ -1,6 +1,7 @@
 """The service as an operator runs it: gunicorn, the Procfile's config, real HTTP."""
 
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -153,3 +154,22 @@ def test_sigterm_closes_watch_sockets_with_going_away_and_exits_promptly(tmp_pat
     # Well inside graceful_timeout (20 s): nothing was left for the master to wait on.
     assert live._process.wait(timeout=15) == 0
     live.stop()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x00Header: 1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+    b"NOT A REQUEST LINE\r\n\r\n",
+])
+def test_http_gunicorn_cannot_parse_gets_a_json_error(live, request_bytes):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["message"]
