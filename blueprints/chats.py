@@ -13,6 +13,7 @@ bp = Blueprint("chats", __name__)
 
 MAX_TITLE_LENGTH = 1000
 ARCHIVED_FILTERS = {"true": True, "false": False}
+UNSTORABLE_TEXT = "Text must not contain NUL characters or unpaired surrogates."
 
 
 @bp.post("/api/v2/chats")
@@ -22,6 +23,8 @@ def create_chat():
     title = body.get("title", "")
     if not isinstance(title, str) or len(title) > MAX_TITLE_LENGTH:
         raise _invalid("title", f"The title must be a string of at most {MAX_TITLE_LENGTH} characters.")
+    if not _storable(title):
+        raise _invalid("title", UNSTORABLE_TEXT)
     workspace = body.get("workspace")
     if workspace is not None:
         workspace = _valid_workspace(workspace)
@@ -113,11 +116,24 @@ def _json_object():
 
 
 def _valid_workspace(path):
+    if isinstance(path, str) and not _storable(path):
+        raise _invalid("workspace", UNSTORABLE_TEXT)
     try:
         resolve(current_app.config["WORKSPACES_ROOT"], path)
         return normalize(path)
     except WorkspaceError as error:
         raise _invalid("workspace", str(error)) from None
+
+
+def _storable(text):
+    """False for text a database or a file system refuses: NUL, or lone surrogates (JSON can escape them)."""
+    if "\0" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _invalid(field, detail):
