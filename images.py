@@ -1,16 +1,24 @@
 """Proving that bytes are the image they claim to be.
 
-``verify_image`` is pure: sniff the leading bytes, then make Pillow decode
-every pixel of every frame under a pixel budget. Anything that is not a
-complete, well-formed PNG, JPEG, GIF or WebP raises :class:`InvalidImage`.
+``verify_image`` is pure: sniff the leading bytes, walk the container's
+structure, then make Pillow decode every pixel of every frame under a pixel
+budget. Anything that is not a complete, well-formed PNG, JPEG, GIF or WebP
+raises :class:`InvalidImage`.
+
+The walk comes first because some of Pillow's work is a Python call per
+piece of the file (a PNG chunk, a JPEG marker, a GIF sub-block or frame)
+and a progressive JPEG's is a pass over every pixel per scan: a crafted file
+of a few megabytes could keep a worker busy for minutes. The caps below are
+far above what real images use.
 """
 
 import io
+import re
 import struct
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 ALLOWED_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
@@ -18,6 +26,12 @@ PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", 
 
 # Pillow's own bomb check is ours to make, per request, from config.
 Image.MAX_IMAGE_PIXELS = None
+
+MAX_FRAMES = 10_000  # Pillow spends ~50 us on each, however small
+MAX_JPEG_SCANS = 100  # each is a pass over the whole image; encoders write about 10
+MAX_JPEG_MARKERS = 10_000
+MAX_PNG_CHUNKS = 50_000  # a 10 MiB PNG in 8 KiB IDATs has 1,300
+MAX_GIF_BLOCKS = 200_000  # blocks and sub-blocks; 10 MiB of pixels is 41,000
 
 
 class UnsupportedType(ValueError):
@@ -65,6 +79,8 @@ def verify_image(data, max_pixels):
             width, height = _decode_all_frames(data, content_type, max_pixels)
     except InvalidImage:
         raise
+    except UnidentifiedImageError:  # its message names the reader object, an address in memory
+        raise InvalidImage(f"Pillow does not recognise it as a {PILLOW_FORMATS[content_type]} image.") from None
     except Exception as error:  # Pillow raises many types for corrupt input
         raise InvalidImage(f"The image could not be decoded: {error}.") from None
     return ImageInfo(content_type, width, height)
@@ -73,43 +89,136 @@ def verify_image(data, max_pixels):
 def _decode_all_frames(data, content_type, max_pixels):
     with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
         width, height = image.size
-        frame_pixels = width * height
-        if frame_pixels == 0:
+        if width * height == 0:
             raise InvalidImage("The image has no pixels.")
         decoded = 0
-        for frame in range(getattr(image, "n_frames", 1)):
-            decoded += frame_pixels
+        for _frame in _seek_each_frame(image, content_type):
+            # Counted at the frame's own size, before decoding: a GIF frame may grow the canvas.
+            decoded += image.size[0] * image.size[1]
             if decoded > max_pixels:
                 raise InvalidImage(f"The image has more than {max_pixels} pixels.")
-            image.seek(frame)
             image.load()
         return width, height
 
 
-def _check_container(data, content_type):
-    """Refuse bytes after the end of a PNG or WebP container: that is a polyglot."""
-    if content_type == "image/png":
-        end = _png_end(data)
-    elif content_type == "image/webp":
-        end = 8 + struct.unpack_from("<I", data, 4)[0] if len(data) >= 8 else len(data)
-        end += end % 2  # RIFF pads odd-sized chunks
-    else:
+def _seek_each_frame(image, content_type):
+    """Seek to each frame in turn, up to MAX_FRAMES; counting a GIF's frames first would read them all."""
+    if content_type == "image/jpeg":
+        yield 0  # further images in a JPEG (MPF: gain or depth maps) are for cameras, not shown
         return
-    if end < len(data):
+    frame = 0
+    while True:
+        yield frame
+        frame += 1
+        try:
+            image.seek(frame)
+        except EOFError:
+            break
+        if frame == MAX_FRAMES:
+            raise InvalidImage(f"The image has more than {MAX_FRAMES} frames.")
+    if frame != getattr(image, "n_frames", 1):
+        raise InvalidImage(f"The image declares {image.n_frames} frames but has {frame}.")
+
+
+def _check_container(data, content_type):
+    """Walk the structure: refuse a truncated container, too many pieces, and bytes after the end.
+
+    Bytes after the end of a PNG, GIF or WebP make a polyglot. After a JPEG's
+    end marker they are allowed: cameras put further images (MPF) and
+    motion-photo videos there.
+    """
+    end = _CONTAINER_ENDS[content_type](data)
+    if end < len(data) and content_type != "image/jpeg":
         raise InvalidImage(f"The image has {len(data) - end} unexpected bytes after its end.")
 
 
 def _png_end(data):
-    """Offset just past the IEND chunk, or len(data) when there is none (Pillow then fails)."""
-    offset = 8
-    view = memoryview(data)
-    while offset + 8 <= len(data):
-        (length,) = struct.unpack_from(">I", view, offset)
-        chunk_end = offset + 12 + length
-        if bytes(view[offset + 4 : offset + 8]) == b"IEND":
-            return chunk_end
-        offset = chunk_end
-    return len(data)
+    """Offset just past the IEND chunk."""
+    offset, chunks = 8, 0
+    while offset + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        offset += 12 + length
+        if kind == b"IEND":
+            break
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise InvalidImage(f"The PNG has more than {MAX_PNG_CHUNKS} chunks.")
+    else:
+        raise InvalidImage("The PNG ends before its IEND chunk.")
+    if offset > len(data):
+        raise InvalidImage("The PNG ends inside its IEND chunk.")
+    return offset
+
+
+# A marker: 0xFF (any number, fill bytes) then a code. Inside compressed data
+# 0xFF is followed by 0x00 (a stuffed byte) or a restart marker, so this
+# finds the next marker wherever the search starts.
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff\xd0-\xd7])")
+_JPEG_EOI, _JPEG_SOS = 0xD9, 0xDA
+_JPEG_WITHOUT_LENGTH = (0x01, 0xD8)  # TEM, SOI
+
+
+def _jpeg_end(data):
+    """Offset just past the first end-of-image marker, counting markers and scans on the way."""
+    markers = scans = 0
+    offset = 2
+    while (match := _JPEG_MARKER.search(data, offset)) is not None:
+        code = match[1][0]
+        if code == _JPEG_EOI:
+            return match.end()
+        markers += 1
+        scans += code == _JPEG_SOS
+        if markers > MAX_JPEG_MARKERS:
+            raise InvalidImage(f"The JPEG has more than {MAX_JPEG_MARKERS} markers.")
+        if scans > MAX_JPEG_SCANS:
+            raise InvalidImage(f"The JPEG has more than {MAX_JPEG_SCANS} scans.")
+        offset = match.end()
+        if code not in _JPEG_WITHOUT_LENGTH:
+            offset += int.from_bytes(data[offset : offset + 2], "big")  # a scan's data follows its header
+    raise InvalidImage("The JPEG ends before its end-of-image marker.")
+
+
+def _gif_end(data):
+    """Offset just past the trailer, walking every block and sub-block."""
+    if len(data) < 13:
+        raise InvalidImage("The GIF ends inside its header.")
+    offset = 13 + _gif_color_table_size(data[10])
+    blocks = 0
+    while offset < len(data):
+        introducer = data[offset]
+        if introducer == 0x3B:  # trailer
+            return offset + 1
+        if introducer == 0x21:  # extension: label, then sub-blocks
+            offset += 2
+        elif introducer == 0x2C and offset + 10 <= len(data):  # image: descriptor, colour table, LZW size, sub-blocks
+            offset += 10 + _gif_color_table_size(data[offset + 9]) + 1
+        elif introducer == 0x2C:
+            break
+        else:
+            raise InvalidImage(f"The GIF has a block of unknown type {introducer:#04x}.")
+        while offset < len(data) and data[offset]:
+            offset += 1 + data[offset]
+            blocks += 1
+            if blocks > MAX_GIF_BLOCKS:
+                raise InvalidImage(f"The GIF has more than {MAX_GIF_BLOCKS} blocks.")
+        offset += 1  # the empty sub-block ending the chain
+        blocks += 1
+    raise InvalidImage("The GIF ends before its trailer.")
+
+
+def _gif_color_table_size(flags):
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def _webp_end(data):
+    """Offset just past the RIFF container (and its pad byte, when there is one)."""
+    end = 8 + struct.unpack_from("<I", data, 4)[0]  # sniff saw 12 bytes
+    if end > len(data):
+        raise InvalidImage("The WebP ends before the size its header gives.")
+    return min(end + end % 2, len(data))  # RIFF pads odd-sized chunks
+
+
+_CONTAINER_ENDS = {"image/png": _png_end, "image/jpeg": _jpeg_end, "image/gif": _gif_end, "image/webp": _webp_end}
 
 
 class _BufferReader(io.RawIOBase):

@@ -1,0 +1,386 @@
+"""Real images broken on purpose, uploaded through the API.
+
+Each base image (made with Pillow, in every allowed format, still and
+animated) is truncated, bit-flipped, given absurd dimensions, wrapped in
+other formats, and turned into the bombs a decoder fears. Every case ends
+in one of two ways: 400 with a JSON error, or, where the bytes are still a
+valid image, 201 and a download that gives back exactly the same bytes.
+Never a 5xx, and never a decode that runs for long or eats memory: the
+caps in images.py refuse those before Pillow starts.
+
+One app and one user per test; each test sends many cases and reports all
+that went wrong at once.
+"""
+
+import functools
+import io
+import random
+import struct
+import zipfile
+import zlib
+
+import pytest
+from PIL import Image
+
+import cli
+import images
+import models
+from tests.imaging import make_animated_gif, make_image
+from tests.test_files import upload, with_png_dimensions
+from tests.test_hostile_input import without_disk_syncs
+
+REFUSED = "refused"
+KEPT = "kept whole"
+
+
+def make_animation(pillow_format, count=3, width=20, height=16):
+    # Distinct colours: Pillow merges identical consecutive frames.
+    frames = [Image.new("RGB", (width, height), (index * 60, 90, 255 - index * 50)) for index in range(count)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, pillow_format, save_all=True, append_images=frames[1:], duration=40)
+    return buffer.getvalue()
+
+
+BASES = {
+    "png": ("image/png", make_image("image/png", 48, 40)),
+    "apng": ("image/png", make_animation("PNG")),
+    "jpeg": ("image/jpeg", make_image("image/jpeg", 48, 40)),
+    "progressive-jpeg": ("image/jpeg", make_image("image/jpeg", 48, 40, progressive=True)),
+    "gif": ("image/gif", make_image("image/gif", 48, 40)),
+    "animated-gif": ("image/gif", make_animated_gif(frames=4, width=24, height=20)),
+    "webp": ("image/webp", make_image("image/webp", 48, 40)),
+    "lossless-webp": ("image/webp", make_image("image/webp", 48, 40, lossless=True)),
+    "animated-webp": ("image/webp", make_animation("WEBP")),
+}
+
+
+class Uploader:
+    """Sends cases as one user and sorts the answers."""
+
+    def __init__(self, app):
+        self.client = app.test_client()
+        with app.app_context(), models.db.connection_context():
+            user = cli.create_user("corpus", "corpus-org", lifetime_days=1)
+        self.organization = user["organization_id"]
+        self.auth = {"Coder-Session-Token": user["token"]}
+
+    def outcome(self, data, content_type):
+        """REFUSED (400, JSON), KEPT (201, same bytes back), or what went wrong."""
+        response = upload(self.client, self.auth, data, content_type, self.organization)
+        if response.status_code == 400 and response.is_json and response.json.get("message"):
+            return REFUSED
+        if response.status_code != 201:
+            return f"{response.status_code}: {response.get_data(as_text=True)[:300]}"
+        download = self.client.get(f"/api/v2/chats/files/{response.json['id']}", headers=self.auth)
+        if download.status_code != 200 or download.data != data:
+            return f"accepted, but the download is {download.status_code} with {len(download.data)} other bytes"
+        return KEPT
+
+    def message(self, data, content_type):
+        return upload(self.client, self.auth, data, content_type, self.organization).json.get("message")
+
+
+@pytest.fixture
+def uploader(sqlite_app, monkeypatch):
+    sqlite_app.config["PROPAGATE_EXCEPTIONS"] = False
+    with without_disk_syncs(sqlite_app, monkeypatch):
+        yield Uploader(sqlite_app)
+
+
+def assert_outcomes(uploader, cases, content_type, allowed):
+    """Send every case; fail listing each whose outcome is not in ``allowed``."""
+    wrong = {}
+    for name, data in cases.items():
+        result = uploader.outcome(data, content_type)
+        if result not in allowed:
+            wrong[name] = result
+    assert wrong == {}
+
+
+# --- truncation and bit flips ------------------------------------------------
+
+
+def truncations(data, count=30):
+    """``count`` cut points spread over the file, always including one byte short."""
+    offsets = {len(data) * index // count for index in range(count)} | {len(data) - 1}
+    return {f"first {offset} of {len(data)} bytes": data[:offset] for offset in sorted(offsets)}
+
+
+def bit_flips(data, seed, count=40):
+    rng = random.Random(seed)
+    cases = {}
+    for _ in range(count):
+        position, bit = rng.randrange(len(data)), rng.randrange(8)
+        flipped = bytearray(data)
+        flipped[position] ^= 1 << bit
+        cases[f"bit {bit} of byte {position}"] = bytes(flipped)
+    return cases
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_truncated_image_is_refused(uploader, base):
+    content_type, data = BASES[base]
+    assert_outcomes(uploader, truncations(data), content_type, {REFUSED})
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_bit_flipped_image_is_refused_or_kept_whole(uploader, base):
+    content_type, data = BASES[base]
+    assert_outcomes(uploader, bit_flips(data, seed=base), content_type, {REFUSED, KEPT})
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_unbroken_base_image_is_kept_whole(uploader, base):
+    content_type, data = BASES[base]
+    assert uploader.outcome(data, content_type) == KEPT
+
+
+# --- absurd dimensions ---------------------------------------------------------
+
+
+def gif_blocks(data):
+    """Offsets of the image descriptors of a well-formed GIF."""
+    offset = 13 + gif_color_table_size(data[10])
+    descriptors = []
+    while data[offset] != 0x3B:
+        if data[offset] == 0x2C:
+            descriptors.append(offset)
+            offset += 10 + gif_color_table_size(data[offset + 9]) + 1
+        else:
+            offset += 2
+        while data[offset]:
+            offset += data[offset] + 1
+        offset += 1
+    return descriptors
+
+
+def gif_color_table_size(flags):
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def patched(data, offset, fmt, *values):
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, *values)
+    return bytes(out)
+
+
+def jpeg_sof_offset(data):
+    offset = 2
+    while data[offset + 1] not in (0xC0, 0xC1, 0xC2):
+        offset += 2 + struct.unpack_from(">H", data, offset + 2)[0]
+    return offset
+
+
+def webp_chunk(data, fourcc):
+    """Offset of the payload of the first chunk named ``fourcc``."""
+    offset = 12
+    while data[offset : offset + 4] != fourcc:
+        (size,) = struct.unpack_from("<I", data, offset + 4)
+        offset += 8 + size + size % 2
+    return offset + 8
+
+
+def huge_dimensions():
+    png = BASES["png"][1]
+    gif, animated = BASES["gif"][1], BASES["animated-gif"][1]
+    jpeg, progressive = BASES["jpeg"][1], BASES["progressive-jpeg"][1]
+    lossy, lossless, animated_webp = BASES["webp"][1], BASES["lossless-webp"][1], BASES["animated-webp"][1]
+    second_frame = gif_blocks(animated)[1]
+    vp8, vp8l, vp8x = webp_chunk(lossy, b"VP8 "), webp_chunk(lossless, b"VP8L"), webp_chunk(animated_webp, b"VP8X")
+    return {
+        "png 100000x100000": ("image/png", with_png_dimensions(png, 100_000, 100_000)),
+        "png 2^31-1 x 2^31-1": ("image/png", with_png_dimensions(png, 2**31 - 1, 2**31 - 1)),
+        "png 4294967295 x 1": ("image/png", with_png_dimensions(png, 2**32 - 1, 1)),
+        "png 0x0": ("image/png", with_png_dimensions(png, 0, 0)),
+        "gif screen 65535x65535": ("image/gif", patched(gif, 6, "<HH", 65535, 65535)),
+        "gif frame 65535x65535": ("image/gif", patched(gif, gif_blocks(gif)[0] + 5, "<HH", 65535, 65535)),
+        "gif second frame grows the canvas to 65535x65535": (
+            "image/gif", patched(animated, second_frame + 5, "<HH", 65535, 65535)
+        ),
+        "gif second frame placed at 65000,65000": (
+            "image/gif", patched(animated, second_frame + 1, "<HH", 65000, 65000)
+        ),
+        "jpeg 65535x65535": ("image/jpeg", patched(jpeg, jpeg_sof_offset(jpeg) + 5, ">HH", 65535, 65535)),
+        "jpeg 0 lines": ("image/jpeg", patched(jpeg, jpeg_sof_offset(jpeg) + 5, ">H", 0)),
+        "progressive jpeg 65535x65535": (
+            "image/jpeg", patched(progressive, jpeg_sof_offset(progressive) + 5, ">HH", 65535, 65535)
+        ),
+        "webp VP8 16383x16383": ("image/webp", patched(lossy, vp8 + 6, "<HH", 0x3FFF, 0x3FFF)),
+        "webp VP8L 16384x16384": ("image/webp", patched(lossless, vp8l + 1, "<I", 0x3FFF | 0x3FFF << 14)),
+        # VP8X: 1 byte of flags, 3 reserved, then canvas width - 1 and height - 1 in 24 bits each.
+        "webp VP8X canvas 16777216x16777216": (
+            "image/webp", animated_webp[: vp8x + 4] + b"\xff" * 6 + animated_webp[vp8x + 10 :]
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(huge_dimensions()))
+def test_absurd_dimensions_are_refused(uploader, case):
+    content_type, data = huge_dimensions()[case]
+    assert uploader.outcome(data, content_type) == REFUSED
+
+
+def test_dimensions_in_budget_without_the_pixels_to_fill_them(uploader):
+    """6000x6000 fits the pixel budget, but the files hold the data of 48x40.
+
+    zlib tells Pillow that the PNG's data ends early: refused. libjpeg fills
+    a JPEG's missing data with grey and only warns, which Pillow does not
+    pass on: kept, and shown grey by browsers too.
+    """
+    png, jpeg = BASES["png"][1], BASES["jpeg"][1]
+    assert uploader.outcome(with_png_dimensions(png, 6000, 6000), "image/png") == REFUSED
+    assert uploader.outcome(patched(jpeg, jpeg_sof_offset(jpeg) + 5, ">HH", 6000, 6000), "image/jpeg") == KEPT
+
+
+# --- other formats around or instead of an image --------------------------------
+
+HTML = b"<!doctype html><html><body><script>alert(document.cookie)</script></body></html>\n"
+PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+SVG = b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'><script>alert(2)</script></svg>"
+
+
+def zip_file():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("payload.html", HTML)
+    return buffer.getvalue()
+
+
+WRAPPERS = {"html": HTML, "zip": zip_file(), "pdf": PDF, "svg": SVG}
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_image_after_another_format_is_refused_as_unsupported(uploader, base):
+    content_type, data = BASES[base]
+    for name, other in WRAPPERS.items():
+        assert uploader.message(other + data, content_type) == "Unsupported file type.", name
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_image_followed_by_another_format_is_refused(uploader, base):
+    """A polyglot; except after a JPEG, whose end may carry camera data, where the bytes are kept whole."""
+    content_type, data = BASES[base]
+    allowed = {REFUSED, KEPT} if content_type == "image/jpeg" else {REFUSED}
+    cases = {name: data + other for name, other in WRAPPERS.items()}
+    cases["zeros"] = data + b"\0" * 64
+    assert_outcomes(uploader, cases, content_type, allowed)
+
+
+def test_jpeg_carrying_further_images_is_kept_whole(uploader):
+    """MPF, as cameras write gain maps and stereo pairs: a second JPEG after the first one's end."""
+    buffer = io.BytesIO()
+    first, second = Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (40, 30), (10, 200, 10))
+    first.save(buffer, "MPO", save_all=True, append_images=[second])
+    assert uploader.outcome(buffer.getvalue(), "image/jpeg") == KEPT
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "image/svg+xml", "image/gif"])
+def test_svg_is_refused_whatever_it_is_declared_as(uploader, content_type):
+    assert uploader.message(SVG, content_type) == "Unsupported file type."
+    assert uploader.message(b'<?xml version="1.0"?>\n' + SVG, content_type) == "Unsupported file type."
+
+
+# --- bombs ------------------------------------------------------------------------
+
+
+def gif_with_frames(count, width, height):
+    """A GIF of ``count`` one-pixel frames on a ``width`` x ``height`` canvas: 15 bytes a frame."""
+    header = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    descriptor = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+    one_pixel = b"\x02\x02\x44\x01\x00"  # LZW code size 2; clear, index 0, end
+    return header + (descriptor + one_pixel) * count + b"\x3b"
+
+
+def png_chunk(kind, payload):
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_with_chunk(png, chunk, after_idat=False):
+    """Insert a chunk right after IHDR, or right before IEND."""
+    at = len(png) - 12 if after_idat else 33
+    return png[:at] + chunk + png[at:]
+
+
+def zlib_bomb(size=64 * 1024 * 1024):
+    return zlib.compress(b"\0" * size, 9)  # 64 MiB of zeros in about 64 KiB
+
+
+def jpeg_with_extra_scans(jpeg, count):
+    """A progressive JPEG with ``count`` more scans: copies of its last scan header, without data."""
+    last_scan = jpeg.rindex(b"\xff\xda")
+    header = jpeg[last_scan : last_scan + 2 + struct.unpack_from(">H", jpeg, last_scan + 2)[0]]
+    return jpeg[:-2] + header * count + jpeg[-2:]
+
+
+@functools.cache
+def bombs():
+    png = BASES["png"][1]
+    bomb = zlib_bomb()
+    jpeg = BASES["progressive-jpeg"][1]
+    return {
+        "gif: 30 frames of a 4000x4000 canvas": ("image/gif", gif_with_frames(30, 4000, 4000)),
+        "png: zTXt inflating to 64 MiB": ("image/png", png_with_chunk(png, png_chunk(b"zTXt", b"Comment\0\0" + bomb))),
+        "png: zTXt bomb after the pixels": (
+            "image/png", png_with_chunk(png, png_chunk(b"zTXt", b"Comment\0\0" + bomb), after_idat=True)
+        ),
+        "png: compressed iTXt inflating to 64 MiB": (
+            "image/png", png_with_chunk(png, png_chunk(b"iTXt", b"Comment\0\x01\0\0\0" + bomb))
+        ),
+        "png: iCCP inflating to 64 MiB": ("image/png", png_with_chunk(png, png_chunk(b"iCCP", b"icc\0\0" + bomb))),
+        "jpeg: one more progressive scan than the scan cap": (
+            "image/jpeg", jpeg_with_extra_scans(jpeg, images.MAX_JPEG_SCANS + 1 - jpeg.count(b"\xff\xda"))
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(bombs()))
+def test_bomb_is_refused(uploader, case):
+    content_type, data = bombs()[case]
+    assert uploader.outcome(data, content_type) == REFUSED
+
+
+# --- structure caps: many small pieces, each costing Pillow a Python call ---------
+
+
+def gif_with_comment(gif, sub_blocks):
+    """A comment extension of ``sub_blocks`` one-byte sub-blocks before the first image."""
+    at = 13 + gif_color_table_size(gif[10])
+    return gif[:at] + b"\x21\xfe" + b"\x01X" * sub_blocks + b"\x00" + gif[at:]
+
+
+def jpeg_with_comments(jpeg, count):
+    return jpeg[:2] + b"\xff\xfe\x00\x02" * count + jpeg[2:]
+
+
+def png_with_empty_chunks(png, count):
+    return png_with_chunk(png, png_chunk(b"zzZz", b"") * count)
+
+
+def structures(past):
+    """A case for each structure cap: ``past`` it by one piece, or else just below it."""
+    png, gif = BASES["png"][1], BASES["gif"][1]
+    jpeg, progressive = BASES["jpeg"][1], BASES["progressive-jpeg"][1]
+    own_scans = progressive.count(b"\xff\xda")
+
+    def pieces(cap):
+        return cap + 1 if past else cap - 50  # room for the image's own pieces
+
+    return {
+        "png chunks": ("image/png", png_with_empty_chunks(png, pieces(images.MAX_PNG_CHUNKS))),
+        "gif blocks": ("image/gif", gif_with_comment(gif, pieces(images.MAX_GIF_BLOCKS))),
+        "jpeg markers": ("image/jpeg", jpeg_with_comments(jpeg, pieces(images.MAX_JPEG_MARKERS))),
+        "jpeg scans": ("image/jpeg", jpeg_with_extra_scans(progressive, images.MAX_JPEG_SCANS - own_scans + past)),
+        "frames": ("image/gif", gif_with_frames(images.MAX_FRAMES + past, 1, 1)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(structures(past=True)))
+def test_one_piece_past_a_structure_cap_is_refused(uploader, case):
+    content_type, data = structures(past=True)[case]
+    assert uploader.outcome(data, content_type) == REFUSED
+
+
+@pytest.mark.parametrize("case", sorted(structures(past=False)))
+def test_image_up_to_a_structure_cap_is_kept_whole(uploader, case):
+    content_type, data = structures(past=False)[case]
+    assert uploader.outcome(data, content_type) == KEPT
