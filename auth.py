@@ -39,6 +39,11 @@ def issue_token(user, lifetime_days):
     return f"{key_id}-{secret}"
 
 
+def _is_key_id(text):
+    # Checked before it reaches a query: PostgreSQL refuses a NUL in a string.
+    return len(text) == ID_LENGTH and all(char in "0123456789abcdef" for char in text)
+
+
 def token_from_request():
     return request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or request.args.get(TOKEN_QUERY)
 
@@ -46,7 +51,7 @@ def token_from_request():
 def user_for_token(token):
     """The user a token belongs to, or None if it is malformed, unknown or expired."""
     key_id, sep, secret = (token or "").partition("-")
-    if not sep or len(key_id) != ID_LENGTH or not secret:
+    if not sep or not _is_key_id(key_id) or not secret:
         return None
     key = ApiKey.select(ApiKey, User).join(User).where(ApiKey.id == key_id).first()
     if key is None or key.expires_at <= utcnow():

@@ -26,6 +26,10 @@ PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", 
 
 # Pillow's own bomb check is ours to make, per request, from config.
 Image.MAX_IMAGE_PIXELS = None
+# A truncated or odd file makes Pillow warn: that is an invalid image. Set once
+# for the process, for Pillow's warnings only: warnings.catch_warnings() is
+# process-wide state and not safe around concurrent requests' threads.
+warnings.filterwarnings("error", module=r"PIL(\.|$)")
 
 MAX_FRAMES = 10_000  # Pillow spends ~50 us on each, however small
 MAX_JPEG_SCANS = 100  # each is a pass over the whole image; encoders write about 10
@@ -74,9 +78,7 @@ def verify_image(data, max_pixels):
         raise UnsupportedType("The file content is not a PNG, JPEG, GIF or WebP image.")
     _check_container(data, content_type)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a truncated or odd file warns; treat it as invalid
-            width, height = _decode_all_frames(data, content_type, max_pixels)
+        width, height = _decode_all_frames(data, content_type, max_pixels)
     except InvalidImage:
         raise
     except UnidentifiedImageError:  # its message names the reader object, an address in memory

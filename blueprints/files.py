@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import threading
 import uuid
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
 CACHE_FOREVER = "private, max-age=31536000, immutable"
+# Decoding an image under the pixel budget may take ~160 MB; a worker has
+# dozens of threads, so only a few decode at once (2 cores do not go faster).
+DECODE_SLOTS = threading.BoundedSemaphore(4)
 
 
 @bp.post("/api/v2/chats/files")
@@ -135,7 +139,8 @@ def _read_exactly(stream, length):
 
 def _verify(data):
     try:
-        return images.verify_image(data, current_app.config["MAX_IMAGE_PIXELS"])
+        with DECODE_SLOTS:
+            return images.verify_image(data, current_app.config["MAX_IMAGE_PIXELS"])
     except images.UnsupportedType as error:
         raise ApiError(400, "Unsupported file type.", str(error)) from None
     except images.InvalidImage as error:
