@@ -110,13 +110,22 @@ POSTGRES_NETWORK_TIMEOUTS = {
 
 def connect_database(url, pool_size=20):
     """A peewee Database for ``url``: SQLite in WAL mode, or pooled PostgreSQL."""
-    if url.startswith("sqlite:"):
-        path = url.split("sqlite:///", 1)[-1]
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         # busy_timeout lets concurrent writers queue instead of failing at once.
         pragmas = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1, "busy_timeout": 10_000}
-        return db_url.connect(url, pragmas=pragmas)
+        # Pooled, so a request's end does not close the last connection: closing
+        # it makes SQLite checkpoint and fsync, tens of milliseconds per write.
+        return db_url.connect(
+            f"sqlite+pool:///{path}",
+            pragmas=pragmas,
+            max_connections=pool_size,
+            stale_timeout=300,
+            timeout=10,
+            check_same_thread=False,  # the pool hands each connection to one thread at a time
+        )
     scheme, rest = url.split("://", 1)
     if not scheme.endswith("+pool"):
         scheme = "postgresql+pool"
