@@ -71,17 +71,9 @@ class LocalStore(ObjectStore):
                 raise StorageError(f"Could not delete {key}: {error}") from error
 
     def iter_objects(self, prefix=""):
-        for directory, _dirs, files in os.walk(self.root):
-            for name in files:
-                if name.endswith(META_SUFFIX) or name.startswith(TEMP_PREFIX):
-                    continue
-                path = os.path.join(directory, name)
-                key = os.path.relpath(path, self.root).replace(os.sep, "/")
-                if key.startswith(prefix):
-                    try:
-                        yield key, _mtime(os.stat(path))
-                    except FileNotFoundError:
-                        continue  # deleted while we walked
+        for key, path, name, _siblings in self._walk(prefix):
+            if not (name.endswith(META_SUFFIX) or name.startswith(TEMP_PREFIX)):
+                yield from _with_mtime(key, path)
 
     def iter_leftovers(self, prefix=""):
         """Yield (name, mtime) for each file an interrupted put or delete left behind.
@@ -91,18 +83,9 @@ class LocalStore(ObjectStore):
         write cut short; a sidecar without its bytes is a put stopped before the
         bytes' rename, or a delete stopped after removing them.
         """
-        for directory, _dirs, files in os.walk(self.root):
-            present = set(files)
-            for name in files:
-                if not _is_leftover(name, present):
-                    continue
-                path = os.path.join(directory, name)
-                relative = os.path.relpath(path, self.root).replace(os.sep, "/")
-                if relative.startswith(prefix):
-                    try:
-                        yield relative, _mtime(os.stat(path))
-                    except FileNotFoundError:
-                        continue
+        for relative, path, name, siblings in self._walk(prefix):
+            if _is_leftover(name, siblings):
+                yield from _with_mtime(relative, path)
 
     def remove_leftover(self, name):
         """Remove a file iter_leftovers() yielded, unless it has become part of an object since."""
@@ -121,6 +104,16 @@ class LocalStore(ObjectStore):
         except OSError as error:
             raise StorageError(f"Could not remove {name}: {error}") from error
 
+    def _walk(self, prefix):
+        """(key, path, file name, names in its directory) for every file under ``prefix``."""
+        for directory, _dirs, files in os.walk(self.root):
+            siblings = set(files)
+            for name in files:
+                path = os.path.join(directory, name)
+                key = os.path.relpath(path, self.root).replace(os.sep, "/")
+                if key.startswith(prefix):
+                    yield key, path, name, siblings
+
     def check(self):
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"{self.root} is not writable.")
@@ -130,6 +123,13 @@ def _is_leftover(name, names_in_directory):
     if name.startswith(TEMP_PREFIX):
         return True
     return name.endswith(META_SUFFIX) and name[: -len(META_SUFFIX)] not in names_in_directory
+
+
+def _with_mtime(key, path):
+    try:
+        yield key, _mtime(os.stat(path))
+    except FileNotFoundError:
+        pass  # deleted while we walked
 
 
 def _mtime(stat):

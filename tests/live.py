@@ -16,6 +16,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 
 
+def backend_settings(request, tmp_path):
+    """Service settings for a fixture param: "sqlite-local", or "postgres-s3" on the session's servers."""
+    if request.param == "sqlite-local":
+        settings = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}
+    else:
+        endpoint_url, bucket = request.getfixturevalue("s3_bucket")
+        settings = {"DATABASE_URL": request.getfixturevalue("postgres_url"), "S3_BUCKET": bucket,
+                    "S3_ENDPOINT_URL": endpoint_url}
+    settings["WORKSPACES_ROOT"] = str(tmp_path / "workspaces")
+    return settings
+
+
 class GunicornServer(_ServerProcess):
     """``gunicorn -c gunicorn.conf.py wsgi:app`` bound to loopback, with ``env`` on top of ours.
 

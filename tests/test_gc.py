@@ -23,7 +23,7 @@ import models
 import storage
 from storage import StorageError, get_storage, object_key
 from tests.imaging import make_image
-from tests.live import GunicornServer
+from tests.live import GunicornServer, backend_settings
 from tests.test_files import upload
 
 LATER = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
@@ -365,13 +365,7 @@ def is_dead(pid):
 
 @pytest.fixture(params=["sqlite-local", "postgres-s3"])
 def one_worker_service(request, tmp_path):
-    if request.param == "sqlite-local":
-        settings = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}
-    else:
-        endpoint_url, bucket = request.getfixturevalue("s3_bucket")
-        settings = {"DATABASE_URL": request.getfixturevalue("postgres_url"), "S3_BUCKET": bucket,
-                    "S3_ENDPOINT_URL": endpoint_url}
-    settings["WORKSPACES_ROOT"] = str(tmp_path / "workspaces")
+    settings = backend_settings(request, tmp_path)
     server = GunicornServer({**settings, "WEB_CONCURRENCY": 1, "WEB_THREADS": 4}, work_dir=str(tmp_path))
     server.start()
     yield server, settings, config.load(settings)

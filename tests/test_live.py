@@ -10,24 +10,13 @@ import pytest
 import requests
 
 from tests.imaging import make_image
-from tests.live import GunicornServer
+from tests.live import GunicornServer, backend_settings
 from tests.wsclient import Closed, WatchClient
-
-
-def backend_env(request, tmp_path):
-    if request.param == "sqlite-local":
-        env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}
-    else:
-        endpoint_url, bucket = request.getfixturevalue("s3_bucket")
-        env = {"DATABASE_URL": request.getfixturevalue("postgres_url"), "S3_BUCKET": bucket,
-               "S3_ENDPOINT_URL": endpoint_url}
-    env["WORKSPACES_ROOT"] = str(tmp_path / "workspaces")
-    return env
 
 
 @pytest.fixture(params=["sqlite-local", "postgres-s3"])
 def live(request, tmp_path):
-    server = GunicornServer({**backend_env(request, tmp_path), "WEB_CONCURRENCY": 3, "WEB_THREADS": 8},
+    server = GunicornServer({**backend_settings(request, tmp_path), "WEB_CONCURRENCY": 3, "WEB_THREADS": 8},
                             work_dir=str(tmp_path))
     server.start()
     yield server
@@ -90,7 +79,7 @@ def test_concurrent_archives_across_workers_give_one_204(live):
 @pytest.fixture(params=["sqlite-local", "postgres-s3"])
 def procfile_live(request, tmp_path):
     """The service with the Procfile's own worker and thread counts."""
-    server = GunicornServer(backend_env(request, tmp_path), work_dir=str(tmp_path))
+    server = GunicornServer(backend_settings(request, tmp_path), work_dir=str(tmp_path))
     server.start()
     yield server
     server.stop()
