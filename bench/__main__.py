@@ -1,0 +1,239 @@
+"""``python -m bench``: run the benchmark and write docs/PERFORMANCE.md.
+
+Sections: grid (service / passthrough / boto3 side by side), conditional
+(304 vs 200), verify (Pillow), memory (one worker under 8 x 10 MiB),
+watch (git watch latency and idle CPU). With a subset of sections, or
+--quick, results go to var/bench/ only and docs/ is left alone unless
+--write-docs is given. ``--render FILE`` rebuilds the docs from saved results.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the service's modules (storage, images) and tests/ helpers
+
+from bench import procstat, report  # noqa: E402
+from bench.sample_images import cached_image, pixel_count  # noqa: E402
+
+SECTIONS = ("grid", "conditional", "verify", "memory", "watch")
+SIZES = {"10 KB": 10_000, "100 KB": 100_000, "1 MB": 1_000_000, "8 MB": 8_000_000}
+MEMORY_IMAGE = (10_200_000, 10 * 1024 * 1024)  # about 10 MiB, never over the default upload limit
+MEMORY_TYPES = ("image/jpeg", "image/png")
+VERIFY_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+CONDITIONAL_SIZE = "1 MB"
+WATCH_FILES = (1, 100, 1000)
+CACHE_DIR = ROOT / "var" / "bench" / "images"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ", ".join(SECTIONS))
+    parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of " + ", ".join(SIZES))
+    parser.add_argument("--concurrency", default="1,4,16", help="client threads per cell, comma-separated")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per cell (default 2)")
+    parser.add_argument("--max-requests", type=int, default=4000, help="request cap per cell")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (default 2)")
+    parser.add_argument("--format", default="image/jpeg", choices=VERIFY_TYPES, help="image type of the grid")
+    parser.add_argument("--database", default="sqlite", choices=("sqlite", "postgres"))
+    parser.add_argument("--watch-rounds", type=int, default=20, help="write→message rounds per workspace")
+    parser.add_argument("--idle-seconds", type=float, default=6, help="seconds per idle-CPU measurement")
+    parser.add_argument("--quick", action="store_true", help="short cells, for trying the benchmark out")
+    parser.add_argument("--write-docs", action="store_true", help="write docs/ even for a partial run")
+    parser.add_argument("--render", metavar="RESULTS_JSON", help="only rebuild docs/ from saved results")
+    args = parser.parse_args(argv)
+    args.sections = [name for name in args.sections.split(",") if name]
+    args.sizes = {label.strip(): SIZES[label.strip()] for label in args.sizes.split(",") if label.strip()}
+    args.concurrency = [int(value) for value in args.concurrency.split(",")]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    if args.quick:
+        args.duration, args.watch_rounds, args.idle_seconds = 0.7, 6, 3
+    return args
+
+
+def log(message):
+    print(message, flush=True)
+
+
+def machine_facts():
+    cpu_model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu_model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": memory_gib,
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+def gunicorn_facts():
+    """The Procfile's gunicorn settings, read in a child process: the file has side effects (env, temp dirs)."""
+    import subprocess
+
+    script = ("import json, runpy; s = runpy.run_path('gunicorn.conf.py'); "
+              "print(json.dumps({k: s[k] for k in ('workers', 'threads', 'worker_class', 'keepalive', 'timeout')}))")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": "/nonexistent-unused"}  # so it creates no metrics dir
+    output = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True,
+                            text=True).stdout
+    settings = json.loads(output)
+    return (f"{settings['workers']} workers × {settings['threads']} threads, worker_class {settings['worker_class']}, "
+            f"keepalive {settings['keepalive']} s, timeout {settings['timeout']} s")
+
+
+def run(args):
+    from bench.stack import Stack
+
+    started = time.perf_counter()
+    results = {"meta": {
+        **machine_facts(),
+        "command": " ".join(["scripts/bench", *sys.argv[1:]]),
+        "gunicorn": gunicorn_facts(),
+        "content_type": args.format,
+        "sizes": args.sizes,
+        "concurrencies": args.concurrency,
+        "duration_s": args.duration,
+        "max_requests": args.max_requests,
+        "rounds": args.rounds,
+        "load_before": procstat.load_average(),
+        "sections": args.sections,
+    }}
+    log("preparing images (cached in var/bench/images)")
+    grid_images = {label: cached_image(CACHE_DIR, args.format, size) for label, size in args.sizes.items()}
+    sample = grid_images[max(args.sizes, key=args.sizes.get)]
+    results["meta"]["bytes_per_pixel"] = round(len(sample) / pixel_count(sample), 2)
+
+    if "verify" in args.sections:
+        run_verify(args, results)
+
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        with Stack(work_dir, database=args.database) as stack:
+            log(f"starting moto, service and passthrough under {work_dir}")
+            stack.start()
+            results["meta"]["database"] = stack.database_label()
+            if "grid" in args.sections or "conditional" in args.sections:
+                run_grid(args, stack, grid_images, results)
+            if "memory" in args.sections:
+                run_memory(args, stack, results)
+            if "watch" in args.sections:
+                log("starting a single-worker service (WEB_CONCURRENCY=1) for the watch")
+                run_watch(args, stack.start_service("watch", WEB_CONCURRENCY=1), results)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    results["meta"]["elapsed_s"] = time.perf_counter() - started
+    results["meta"]["load_after"] = procstat.load_average()
+    results["meta"]["finished_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return results
+
+
+def run_verify(args, results):
+    import config
+    from bench.grid import time_verify
+
+    log("verify: images.verify_image per type and size")
+    images = {(content_type, label): cached_image(CACHE_DIR, content_type, size)
+              for content_type in VERIFY_TYPES for label, size in args.sizes.items()}
+    timings = time_verify(images, config.DEFAULTS["MAX_IMAGE_PIXELS"])
+    results["verify"] = []
+    for (content_type, label), seconds in timings.items():
+        data = images[content_type, label]
+        row = {"content_type": content_type, "size_label": label, "bytes": len(data), "pixels": pixel_count(data),
+               "ms": 1000 * seconds}
+        results["verify"].append(row)
+        log(f"  {content_type:11} {label:>7}: {row['ms']:8.2f} ms ({row['pixels'] / 1e6:.2f} Mpx)")
+
+
+def run_grid(args, stack, grid_images, results):
+    from bench.grid import Grid
+
+    grid = Grid(stack, args.format, args.duration, args.max_requests, rounds=args.rounds, log=log)
+    log("warming up the service and passthrough workers")
+    grid.warm_up(grid_images[min(args.sizes, key=args.sizes.get)])
+    if "grid" in args.sections:
+        log("grid: service / passthrough / boto3, uploads then downloads")
+        cells = grid.run(grid_images, args.concurrency)
+        results["grid"] = [{"system": system, "direction": direction, "size_label": label,
+                            "size_bytes": args.sizes[label], "concurrency": c, **cell.summary()}
+                           for (system, direction, label, c), cell in cells.items()]
+    if "conditional" in args.sections:
+        label = CONDITIONAL_SIZE if CONDITIONAL_SIZE in grid_images else next(iter(grid_images))
+        log(f"conditional: 304 against 200 at {label}")
+        cells = grid.conditional(grid_images[label], args.concurrency)
+        results["conditional_size_label"] = label
+        results["conditional"] = [{"status": status, "concurrency": c, **cell.summary()}
+                                  for (status, c), cell in cells.items()]
+
+
+def run_memory(args, stack, results):
+    from bench.memory import MemoryBench
+
+    log("memory: one worker (WEB_CONCURRENCY=1), 8 concurrent ~10 MiB uploads then downloads")
+    results["memory"] = []
+    for content_type in MEMORY_TYPES:
+        # A fresh service per type: what one type leaves allocated must not raise the next baseline.
+        service = stack.start_service(f"memory-{content_type.split('/')[1]}", WEB_CONCURRENCY=1)
+        small = cached_image(CACHE_DIR, content_type, 10_000)
+        big = cached_image(CACHE_DIR, content_type, *MEMORY_IMAGE)
+        bench = MemoryBench(service, content_type, small, log=log)
+        for measured in bench.run(big):
+            results["memory"].append({**measured.summary(), "timeline": [(round(t, 3), kib)
+                                                                         for t, kib in measured.timeline]})
+        stack.stop(service)
+
+
+def run_watch(args, service, results):
+    from bench.watch import WatchBench, WatchUnavailable
+
+    log("watch: write→message latency and idle CPU")
+    bench = WatchBench(service, log=log)
+    watch = {"available": True, "latency": []}
+    try:
+        for files in WATCH_FILES:
+            measured = bench.latency(files, args.watch_rounds, budget_seconds=30)
+            watch["latency"].append(measured.summary())
+        watch["idle"] = bench.idle_cpu(args.idle_seconds)
+    except WatchUnavailable as why:
+        watch = {"available": False, "reason": str(why)}
+        log(f"  git watch: not available: {why}")
+    results["watch"] = watch
+
+
+def save(results):
+    out_dir = ROOT / "var" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=1))
+    (out_dir / "results-latest.json").write_text(json.dumps(results, indent=1))
+    return path
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        log(f"wrote {report.write(results, ROOT / 'docs')}")
+        return 0
+    results = run(args)
+    log(f"results saved to {save(results)} ({results['meta']['elapsed_s']:.0f} s)")
+    complete = set(args.sections) == set(SECTIONS) and not args.quick
+    if complete or args.write_docs:
+        log(f"wrote {report.write(results, ROOT / 'docs')}")
+    else:
+        log("partial or quick run: docs/ left alone (use --write-docs to write it anyway)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""CPU time and memory of processes, read from /proc (Linux)."""
+
+import os
+import threading
+import time
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid, children=True):
+    """User + system CPU seconds of ``pid``; with ``children``, also of its reaped children (git runs)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        # The command name may contain spaces; the fields after it are fixed.
+        fields = handle.read().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+    ticks = utime + stime + (cutime + cstime if children else 0)
+    return ticks / CLOCK_TICKS
+
+
+def total_cpu_seconds(pids):
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass  # a worker that went away between listing and reading
+    return total
+
+
+def own_cpu_seconds():
+    """CPU seconds of this process, all threads."""
+    times = os.times()
+    return times.user + times.system
+
+
+def machine_busy_seconds():
+    """CPU seconds all processes on the machine have used since boot (all cores, /proc/stat)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def load_average():
+    with open("/proc/loadavg") as handle:
+        return [float(value) for value in handle.read().split()[:3]]
+
+
+def status_kib(pid, field):
+    """A ``VmRSS``/``VmHWM``-style field of /proc/<pid>/status, in KiB."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss(pid):
+    """Reset VmHWM to the current RSS (``echo 5 > clear_refs``); False when not permitted."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class RssSampler:
+    """Samples VmRSS of one process every ``interval`` seconds in a thread.
+
+    A backstop for VmHWM (which needs clear_refs to be reset) and the data
+    for the memory plot.
+    """
+
+    def __init__(self, pid, interval=0.005):
+        self.pid = pid
+        self.interval = interval
+        self.samples = []  # (seconds since start, KiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = None
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.perf_counter() - self._start, status_kib(self.pid, "VmRSS")))
+            except OSError:
+                return
+            self._stop.wait(self.interval)
+
+    @property
+    def peak_kib(self):
+        return max((kib for _, kib in self.samples), default=0)

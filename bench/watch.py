@@ -1,0 +1,198 @@
+"""Git watch: latency from a file write to the ``changes`` message, and the CPU an idle socket costs.
+
+Against ``GET /api/v2/chats/{chat}/git/watch`` (CONTRACT.md) on a
+single-worker service, so the worker's CPU time is the socket's cost. Each
+workspace is a git repository with N committed files, all N modified (N
+changed files); each round rewrites one of them with a fresh marker and
+times until a message whose diff carries that marker arrives.
+"""
+
+import json
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import procstat
+from bench.grid import TOKEN_HEADER, create_account
+
+RECEIVE_TIMEOUT = 10  # seconds a change may take before the round counts as lost
+INITIAL_TIMEOUT = 120  # the first scan of a large workspace
+
+
+class WatchUnavailable(Exception):
+    """The service has no working watch route (yet)."""
+
+
+@dataclass
+class LatencyResult:
+    changed_files: int
+    first_message_s: float
+    latencies: list = field(default_factory=list)
+    lost: int = 0
+    message_bytes: int = 0
+
+    def percentile(self, fraction):
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[max(1, min(len(ordered), round(fraction * len(ordered) + 0.5))) - 1]
+
+    def summary(self):
+        return {"changed_files": self.changed_files, "first_message_s": round(self.first_message_s, 3),
+                "rounds": len(self.latencies), "lost": self.lost, "message_bytes": self.message_bytes,
+                "p50_ms": round(1000 * self.percentile(0.5), 1), "p95_ms": round(1000 * self.percentile(0.95), 1),
+                "max_ms": round(1000 * max(self.latencies), 1) if self.latencies else None}
+
+
+def git(repo, *args):
+    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", *args], cwd=repo,
+                   check=True, capture_output=True)
+
+
+def make_workspace(root, name, files):
+    """A repository with ``files`` committed text files, every one of them modified."""
+    repo = Path(root) / name
+    repo.mkdir(parents=True, exist_ok=True)
+    git(repo, "init", "-q", "-b", "main")
+    for index in range(files):
+        (repo / f"file_{index:04d}.txt").write_text("".join(f"line {line} of file {index}\n" for line in range(20)))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
+    for index in range(files):
+        with open(repo / f"file_{index:04d}.txt", "a") as handle:
+            handle.write(f"changed {index}\n")
+    return repo
+
+
+class WatchBench:
+    def __init__(self, service, log=print):
+        self.service = service
+        self.log = log
+        self.root = Path(service.env["WORKSPACES_ROOT"])
+        self.account = create_account(service, "bench-watcher")
+        (self.worker_pid,) = service.worker_pids()
+
+    # -- plumbing --
+
+    def create_chat(self, workspace):
+        import requests
+
+        response = requests.post(f"{self.service.url}/api/v2/chats", json={"title": workspace, "workspace": workspace},
+                                 headers={TOKEN_HEADER: self.account.token}, timeout=30)
+        if response.status_code != 201:
+            raise RuntimeError(f"creating a chat failed: {response.status_code} {response.text[:300]}")
+        return response.json()["id"]
+
+    def connect(self, chat_id):
+        """An open socket and its first message; WatchUnavailable when the route does not answer as a WebSocket."""
+        import simple_websocket
+
+        url = f"ws://127.0.0.1:{self.service.port}/api/v2/chats/{chat_id}/git/watch"
+        try:
+            socket = simple_websocket.Client.connect(url, headers={TOKEN_HEADER: self.account.token},
+                                                     receive_bytes=256 * 1024)
+        except Exception as error:  # noqa: BLE001 - any failure to upgrade means "not there"
+            raise WatchUnavailable(f"WebSocket upgrade refused ({error!r}); {self._plain_get(chat_id)}") from None
+        started = time.perf_counter()
+        text = socket.receive(timeout=INITIAL_TIMEOUT)
+        if text is None:
+            socket.close()
+            raise WatchUnavailable(f"no first message within {INITIAL_TIMEOUT}s")
+        return socket, json.loads(text), time.perf_counter() - started
+
+    def _plain_get(self, chat_id):
+        import requests
+
+        response = requests.get(f"{self.service.url}/api/v2/chats/{chat_id}/git/watch",
+                                headers={TOKEN_HEADER: self.account.token}, timeout=10)
+        return f"a plain GET answers {response.status_code} {response.text[:120]!r}"
+
+    # -- latency --
+
+    def latency(self, changed_files, rounds, budget_seconds, seed=5):
+        workspace = f"ws-{changed_files}"
+        repo = make_workspace(self.root, workspace, changed_files)
+        chat_id = self.create_chat(workspace)
+        connect_started = time.perf_counter()
+        socket, first, _ = self.connect(chat_id)
+        result = LatencyResult(changed_files, time.perf_counter() - connect_started)
+        if first.get("type") != "changes":
+            socket.close()
+            raise WatchUnavailable(f"first message is not a changes message: {str(first)[:200]}")
+        jitter = random.Random(seed)
+        target = repo / "file_0000.txt"
+        deadline = time.monotonic() + budget_seconds
+        try:
+            for round_number in range(rounds):
+                if time.monotonic() > deadline:
+                    break
+                self._drain(socket)
+                marker = f"bench-marker-{round_number}-{jitter.random()}"
+                started = time.perf_counter()
+                target.write_text(f"{marker}\n" + "line\n" * 20)
+                message_bytes = self._wait_for(socket, marker)
+                if message_bytes is None:
+                    result.lost += 1
+                else:
+                    result.latencies.append(time.perf_counter() - started)
+                    result.message_bytes = message_bytes
+                # A random gap puts the next write at a random phase of the server's poll loop.
+                time.sleep(0.3 + 0.4 * jitter.random())
+        finally:
+            socket.close()
+        summary = result.summary()
+        self.log(f"  {changed_files:5d} changed files: first message {summary['first_message_s']} s, "
+                 f"p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms over {summary['rounds']} rounds"
+                 + (f", {result.lost} lost" if result.lost else ""))
+        return result
+
+    @staticmethod
+    def _drain(socket):
+        while socket.receive(timeout=0) is not None:
+            pass
+
+    @staticmethod
+    def _wait_for(socket, marker):
+        """Size of the first message carrying ``marker`` in a diff, or None after RECEIVE_TIMEOUT."""
+        deadline = time.perf_counter() + RECEIVE_TIMEOUT
+        while (left := deadline - time.perf_counter()) > 0:
+            text = socket.receive(timeout=left)
+            if text is None:
+                return None
+            if marker in text:  # cheap test first; parse only the candidate
+                message = json.loads(text)
+                if any(marker in repo.get("unified_diff", "") for repo in message.get("repositories", [])):
+                    return len(text)
+        return None
+
+    # -- idle CPU --
+
+    def idle_cpu(self, seconds, many=10):
+        """Worker CPU (incl. git children) per second with 0, 1 and ``many`` idle sockets."""
+        make_workspace(self.root, "ws-idle", 1)
+        chat_id = self.create_chat("ws-idle")
+        sockets = []
+        figures = {}
+        try:
+            figures[0] = self._cpu_rate(seconds)
+            for count in (1, many):
+                while len(sockets) < count:
+                    sockets.append(self.connect(chat_id)[0])
+                time.sleep(1)  # let the first scans and their git children finish
+                figures[count] = self._cpu_rate(seconds)
+        finally:
+            for socket in sockets:
+                socket.close()
+        per_socket = (figures[many] - figures[0]) / many
+        self.log(f"  idle worker CPU: {100 * figures[0]:.2f}% with no socket, {100 * figures[1]:.2f}% with 1, "
+                 f"{100 * figures[many]:.2f}% with {many}: {100 * per_socket:.3f}% of a core per socket")
+        return {"no_socket": figures[0], "one_socket": figures[1], "many_sockets": figures[many], "many": many,
+                "per_socket": per_socket, "seconds": seconds}
+
+    def _cpu_rate(self, seconds):
+        before = procstat.cpu_seconds(self.worker_pid)
+        time.sleep(seconds)
+        return (procstat.cpu_seconds(self.worker_pid) - before) / seconds
+
