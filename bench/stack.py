@@ -7,6 +7,7 @@ and on demand a single-worker service for the per-worker measurements.
 
 import contextlib
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -81,6 +82,7 @@ class Stack:
         if self.database == "postgres":
             base_dir = tempfile.mkdtemp(prefix="bench-postgres-")
             os.chmod(base_dir, 0o755)  # the postgres user must reach it
+            self._exit.callback(shutil.rmtree, base_dir, ignore_errors=True)  # runs after the server's close
             self.postgres = self._started(PostgresServer(base_dir))
         self.service = self.start_service("service")
         self.passthrough = self._started(PassthroughServer(self.s3_environment(), work_dir=self._dir("passthrough")))
