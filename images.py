@@ -99,6 +99,11 @@ def _decode_all_frames(data, content_type, max_pixels):
             decoded += image.size[0] * image.size[1]
             if decoded > max_pixels:
                 raise InvalidImage(f"The image has more than {max_pixels} pixels.")
+            if content_type == "image/jpeg":
+                # Decode at 1/8 scale: every block is still entropy-decoded (so
+                # truncation and corruption still fail) at twice the speed and
+                # 1/64 of the memory of a full decode.
+                image.draft(None, (max(1, width // 8), max(1, height // 8)))
             image.load()
         return width, height
 

@@ -1,7 +1,8 @@
 """Any S3-compatible endpoint through boto3.
 
-Clients are created lazily, one per thread (boto3 clients are not safe to
-create concurrently), with bounded timeouts and retries so an unreachable
+One client per process, created lazily and shared by all request threads
+(boto3 clients are thread-safe once made; a client per thread cost ~17 MiB
+and up to half a second each), with bounded timeouts and retries so an unreachable
 endpoint yields a StorageError within seconds rather than a hung worker:
 a stopped endpoint (connection refused) fails in well under a second, a hung
 one (accepts, never answers) after ATTEMPTS x READ_TIMEOUT, about 9 s.
@@ -36,32 +37,32 @@ CLIENT_CONFIG = Config(
 # Readiness probes want a quick answer, not retries: one short try.
 CHECK_CONFIG = CLIENT_CONFIG.merge(Config(read_timeout=2, retries={"total_max_attempts": 1, "mode": "standard"}))
 
-_client_lock = threading.Lock()
-
-
 class S3Store(ObjectStore):
     def __init__(self, bucket, endpoint_url=None, region="us-east-1"):
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region
-        self._local = threading.local()
+        self._clients = {}
+        self._clients_lock = threading.Lock()  # making a client is not thread-safe
 
     @property
     def client(self):
-        return self._thread_client("client", CLIENT_CONFIG)
+        return self._shared_client("requests", CLIENT_CONFIG)
 
     @property
     def check_client(self):
-        return self._thread_client("check_client", CHECK_CONFIG)
+        return self._shared_client("readiness", CHECK_CONFIG)
 
-    def _thread_client(self, name, config):
-        client = getattr(self._local, name, None)
+    def _shared_client(self, name, config):
+        client = self._clients.get(name)
         if client is None:
-            with _client_lock:  # session creation is not thread-safe
-                client = boto3.session.Session().client(
-                    "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
-                )
-            setattr(self._local, name, client)
+            with self._clients_lock:
+                client = self._clients.get(name)
+                if client is None:
+                    client = boto3.session.Session().client(
+                        "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
+                    )
+                    self._clients[name] = client
         return client
 
     def put(self, key, data, content_type, metadata):
