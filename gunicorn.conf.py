@@ -16,6 +16,8 @@ Shutdown: SIGTERM first closes the worker's watch WebSockets with 1001
 "going away" (shutdown.py), so the graceful wait is for real requests only.
 """
 
+import ctypes
+import ctypes.util
 import glob
 import json
 import os
@@ -80,6 +82,18 @@ def on_starting(server):
     os.makedirs(path, exist_ok=True)
     for stale in glob.glob(os.path.join(path, "*.db")):  # a previous run's workers
         os.remove(stale)
+
+
+def post_fork(server, worker):
+    # glibc keeps freed memory in its heap for reuse; image decodes free tens
+    # of megabytes at a time, which then never goes back to the OS. Buffers
+    # over 1 MiB are mmapped instead, so they are returned when freed.
+    libc_name = ctypes.util.find_library("c")
+    if libc_name and hasattr(ctypes.CDLL(libc_name), "mallopt"):
+        ctypes.CDLL(libc_name).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 def post_worker_init(worker):

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 CACHE_FOREVER = "private, max-age=31536000, immutable"
 # Decoding an image under the pixel budget may take ~160 MB; a worker has
-# dozens of threads, so only a few decode at once (2 cores do not go faster).
-DECODE_SLOTS = threading.BoundedSemaphore(4)
+# dozens of threads, so only two decode at once (more cores would not go
+# faster than the machine's two; raise this with the core count).
+DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 
 @bp.post("/api/v2/chats/files")
