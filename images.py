@@ -13,7 +13,6 @@ far above what real images use.
 """
 
 import io
-import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -160,7 +159,6 @@ def _png_end(data):
 # A marker: 0xFF (any number, fill bytes) then a code. Inside compressed data
 # 0xFF is followed by 0x00 (a stuffed byte) or a restart marker, so this
 # finds the next marker wherever the search starts.
-_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff\xd0-\xd7])")
 _JPEG_EOI, _JPEG_SOS = 0xD9, 0xDA
 _JPEG_WITHOUT_LENGTH = (0x01, 0xD8)  # TEM, SOI
 
@@ -169,20 +167,38 @@ def _jpeg_end(data):
     """Offset just past the first end-of-image marker, counting markers and scans on the way."""
     markers = scans = 0
     offset = 2
-    while (match := _JPEG_MARKER.search(data, offset)) is not None:
-        code = match[1][0]
+    while (marker := _next_jpeg_marker(data, offset)) is not None:
+        code, offset = marker
         if code == _JPEG_EOI:
-            return match.end()
+            return offset
         markers += 1
         scans += code == _JPEG_SOS
         if markers > MAX_JPEG_MARKERS:
             raise InvalidImage(f"The JPEG has more than {MAX_JPEG_MARKERS} markers.")
         if scans > MAX_JPEG_SCANS:
             raise InvalidImage(f"The JPEG has more than {MAX_JPEG_SCANS} scans.")
-        offset = match.end()
         if code not in _JPEG_WITHOUT_LENGTH:
             offset += int.from_bytes(data[offset : offset + 2], "big")  # a scan's data follows its header
     raise InvalidImage("The JPEG ends before its end-of-image marker.")
+
+
+def _next_jpeg_marker(data, offset):
+    """(code, offset past it) of the next marker, skipping stuffed 0xFF00 bytes and restart markers.
+
+    bytes.find jumps between 0xFF bytes at C speed; a regular expression over
+    the entropy-coded data was ten times slower (60 ms for an 8 MB photo).
+    """
+    while (offset := data.find(b"\xff", offset)) != -1:
+        offset += 1
+        while offset < len(data) and data[offset] == 0xFF:  # fill bytes before a marker
+            offset += 1
+        if offset == len(data):
+            return None
+        code = data[offset]
+        offset += 1
+        if code != 0x00 and not 0xD0 <= code <= 0xD7:
+            return code, offset
+    return None
 
 
 def _gif_end(data):
