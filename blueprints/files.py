@@ -1,5 +1,6 @@
 """Chat file attachments: upload an image, download it again."""
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
 CACHE_FOREVER = "private, max-age=31536000, immutable"
+# How long an upload waits for room in the worker's upload budget before a 503.
+BUDGET_WAIT_SECONDS = 30
 # Decoding an image under the pixel budget may take ~160 MB; a worker has
 # dozens of threads, so only two decode at once (more cores would not go
 # faster than the machine's two; raise this with the core count).
@@ -36,14 +39,20 @@ def upload():
     ).exists():
         raise ApiError(403, "You are not a member of this organization.")
     _check_declared_type()
+    limit = current_app.config["MAX_FILE_SIZE"]
+    if (request.content_length or 0) > limit:
+        raise _too_large(limit)
     release_connection()  # reading the body and storing it can be slow
 
-    data = _read_body(current_app.config["MAX_FILE_SIZE"])
-    if not data:
-        raise ApiError(400, "The file is empty.", "Send the image's bytes as the request body.")
-    info = _verify(data)
-    name = name_from_content_disposition(request.headers.get("Content-Disposition"))
-    file_id = _store(data, info, name, organization_id)
+    # A chunked body may be as large as the limit (plus the byte that proves it is over).
+    body_size = limit + 1 if request.content_length is None else request.content_length
+    with current_app.extensions["upload_budget"].reserve(body_size, BUDGET_WAIT_SECONDS):
+        data = _read_body(limit)
+        if not data:
+            raise ApiError(400, "The file is empty.", "Send the image's bytes as the request body.")
+        info = _verify(data)
+        name = name_from_content_disposition(request.headers.get("Content-Disposition"))
+        file_id = _store(data, info, name, organization_id)
     return jsonify(id=str(file_id)), 201
 
 
@@ -66,6 +75,40 @@ def download(file_id):
         return Response(status=200, headers=headers)
     stored = _open_object(row)
     return Response(_stream(stored), status=200, headers=headers, direct_passthrough=True)
+
+
+class UploadBudget:
+    """Bytes of upload bodies one worker holds in memory at once.
+
+    An upload reserves its body's size before reading it and gives it back
+    when done; one that does not fit waits for room, so a burst of large
+    uploads queues in the kernel's socket buffers instead of the worker's
+    memory. A single upload always fits, whatever its size.
+    """
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self._used = 0
+        self._room = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, size, timeout):
+        with self._room:
+            if not self._room.wait_for(lambda: self._used == 0 or self._used + size <= self.capacity, timeout):
+                raise ApiError(503, "Too many uploads in progress.", "Try again in a moment.",
+                               headers={"Retry-After": "1", "Connection": "close"})
+            self._used += size
+        try:
+            yield
+        finally:
+            with self._room:
+                self._used -= size
+                self._room.notify_all()
+
+
+@bp.record_once
+def _create_upload_budget(state):
+    state.app.extensions["upload_budget"] = UploadBudget(state.app.config["UPLOAD_MEMORY_BUDGET"])
 
 
 @bp.errorhandler(PeeweeException)
@@ -107,9 +150,7 @@ def _read_body(limit):
 
 
 def _read_limited(limit):
-    declared_length = request.content_length
-    if declared_length is not None and declared_length > limit:
-        raise _too_large(limit)
+    declared_length = request.content_length  # upload() refused one over the limit
     stream = request.stream
     if declared_length is not None:
         return _read_exactly(stream, declared_length)

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import struct
+import threading
 import uuid
 import zlib
 
@@ -407,3 +408,49 @@ def test_download_when_storage_fails_is_json_500(app, client, auth, uploaded, mo
 
     monkeypatch.setattr(app.extensions["storage"], "open", broken_open)
     assert_error(client.get(f"/api/v2/chats/files/{uploaded[0]}", headers=auth), 500)
+
+
+def test_upload_budget_queues_bodies_beyond_its_capacity():
+    from blueprints.files import UploadBudget
+
+    budget = UploadBudget(capacity=100)
+    order = []
+
+    def second_upload():
+        with budget.reserve(60, timeout=5):
+            order.append("second")
+
+    with budget.reserve(60, timeout=5):
+        waiter = threading.Thread(target=second_upload)
+        waiter.start()
+        waiter.join(0.2)
+        assert order == []  # 60 + 60 > 100: it waits
+        order.append("first done")
+    waiter.join(5)
+    assert order == ["first done", "second"]
+
+
+def test_upload_budget_lets_a_single_oversized_body_through_and_times_out_others():
+    from blueprints.files import UploadBudget
+    from errors import ApiError
+
+    budget = UploadBudget(capacity=10)
+    with budget.reserve(50, timeout=1):
+        with pytest.raises(ApiError) as busy:
+            with budget.reserve(1, timeout=0.1):
+                pass
+    assert busy.value.status == 503
+    with budget.reserve(1, timeout=0.1):
+        pass  # room again once the first is done
+
+
+def test_upload_waiting_too_long_for_budget_is_json_503(app, client, auth, user, monkeypatch):
+    import blueprints.files
+
+    monkeypatch.setattr(blueprints.files, "BUDGET_WAIT_SECONDS", 0.1)
+    budget = app.extensions["upload_budget"]
+    with budget.reserve(budget.capacity, timeout=1):  # another upload holds all of it
+        response = upload(client, auth, make_image(), organization=user["organization_id"])
+    assert_error(response, 503, "Too many uploads in progress.")
+    assert response.headers["Retry-After"] == "1"
+    assert row_count(app) == 0
