@@ -15,9 +15,9 @@ DEFAULTS = {
     "S3_PREFIX": "chat-files/",
     "LOCAL_STORAGE_ROOT": "var/objects",
     "MAX_FILE_SIZE": 10 * 1024 * 1024,
-    # Upload bodies one worker process holds in memory at once (about three at
-    # the default limit); further uploads wait for room.
-    "UPLOAD_MEMORY_BUDGET": 32 * 1024 * 1024,
+    # Upload bodies one worker process holds in memory at once (two at the
+    # default limit); further uploads wait for room.
+    "UPLOAD_MEMORY_BUDGET": 20 * 1024 * 1024,
     # Decoded pixels allowed per image (all frames of an animation together).
     # 40 MP of RGBA is 160 MB of decoder memory: the bound on a bomb's cost.
     "MAX_IMAGE_PIXELS": 40_000_000,

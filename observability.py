@@ -76,6 +76,7 @@ REJECTION_BY_MESSAGE = {
     "The file is empty.": "empty",
     "Invalid image file.": "invalid_image",
     "Failed to save chat file.": "storage_error",  # the object store or the database
+    "Too many uploads in progress.": "busy",  # the worker's upload memory budget stayed full
 }
 REJECTION_REASONS = ("bad_request", "internal_error", *REJECTION_BY_STATUS.values(), *REJECTION_BY_MESSAGE.values())
 for _reason in REJECTION_REASONS:

@@ -308,6 +308,16 @@ def _reject_storage(client, monkeypatch):
     monkeypatch.setattr(type(client.application.extensions["storage"]), "put", failing_put)
 
 
+def _fill_upload_budget(client, monkeypatch):
+    import blueprints.files
+
+    monkeypatch.setattr(blueprints.files, "BUDGET_WAIT_SECONDS", 0.05)
+    budget = client.application.extensions["upload_budget"]
+    holder = budget.reserve(budget.capacity, timeout=1)  # a (pretend) upload holds all of it
+    holder.__enter__()
+    monkeypatch.setattr(budget, "held_for_test", holder, raising=False)  # kept alive until the test ends
+
+
 REJECTIONS = {
     # reason: (token?, organization, content type, body, setup)
     "unauthenticated": (False, "org", "image/png", make_image(), None),
@@ -319,6 +329,7 @@ REJECTIONS = {
     "empty": (True, "org", "image/png", b"", None),
     "invalid_image": (True, "org", "image/png", make_image()[:60], None),
     "storage_error": (True, "org", "image/png", make_image(), _reject_storage),
+    "busy": (True, "org", "image/png", make_image(), _fill_upload_budget),
 }
 
 
