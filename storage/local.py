@@ -63,12 +63,7 @@ class LocalStore(ObjectStore):
     def delete(self, key):
         path = self._path(key)
         for name in (path, path + META_SUFFIX):
-            try:
-                os.remove(name)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                raise StorageError(f"Could not delete {key}: {error}") from error
+            _remove_if_present(name, key)
 
     def iter_objects(self, prefix=""):
         for key, path, name, _siblings in self._walk(prefix):
@@ -97,12 +92,7 @@ class LocalStore(ObjectStore):
             raise StorageError(f"{name!r} is an object, not a leftover file.")
         if base.endswith(META_SUFFIX) and os.path.exists(path[: -len(META_SUFFIX)]):
             return  # its bytes arrived since: a whole object now
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            raise StorageError(f"Could not remove {name}: {error}") from error
+        _remove_if_present(path, name)
 
     def _walk(self, prefix):
         """(key, path, file name, names in its directory) for every file under ``prefix``."""
@@ -123,6 +113,15 @@ def _is_leftover(name, names_in_directory):
     if name.startswith(TEMP_PREFIX):
         return True
     return name.endswith(META_SUFFIX) and name[: -len(META_SUFFIX)] not in names_in_directory
+
+
+def _remove_if_present(path, what):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise StorageError(f"Could not remove {what}: {error}") from error
 
 
 def _with_mtime(key, path):
