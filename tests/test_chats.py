@@ -1,11 +1,11 @@
 """Chats: creation with workspace checks, listing, archive and unarchive."""
 
 import os
-import threading
 import uuid
 
 import pytest
 
+from tests.concurrency import run_at_once
 from tests.test_files import assert_error
 
 pytestmark = pytest.mark.parametrize("storage_config", ["local"], indirect=True)
@@ -117,17 +117,7 @@ def test_archive_bad_id_unknown_and_foreign(client, auth, other_user, chat, acti
 
 
 def test_ten_concurrent_archives_give_one_204_and_nine_400(app, auth, chat):
-    barrier = threading.Barrier(10)
-    statuses = []
-
     def archive():
-        client = app.test_client()
-        barrier.wait()
-        statuses.append(client.post(f"/api/v2/chats/{chat['id']}/archive", headers=auth).status_code)
+        return app.test_client().post(f"/api/v2/chats/{chat['id']}/archive", headers=auth).status_code
 
-    threads = [threading.Thread(target=archive) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(statuses) == [204] + [400] * 9
+    assert sorted(run_at_once(archive, 10)) == [204] + [400] * 9

@@ -4,11 +4,11 @@ import hashlib
 import json
 import os
 import signal
-import threading
 
 import pytest
 import requests
 
+from tests.concurrency import run_at_once
 from tests.imaging import make_image
 from tests.live import GunicornServer, backend_settings
 from tests.wsclient import Closed, WatchClient
@@ -59,21 +59,12 @@ def test_concurrent_archives_across_workers_give_one_204(live):
     account = live.flask("create-user", "alice", "--org", "acme")
     headers = {"Coder-Session-Token": account["token"]}
     chat = requests.post(f"{live.url}/api/v2/chats", json={"title": "race"}, headers=headers, timeout=10).json()
-    barrier = threading.Barrier(10)
-    statuses = []
 
     def archive():
         with requests.Session() as session:  # one connection each, spread over the workers
-            barrier.wait()
-            statuses.append(session.post(f"{live.url}/api/v2/chats/{chat['id']}/archive", headers=headers,
-                                         timeout=30).status_code)
+            return session.post(f"{live.url}/api/v2/chats/{chat['id']}/archive", headers=headers, timeout=30).status_code
 
-    threads = [threading.Thread(target=archive) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(statuses) == [204] + [400] * 9
+    assert sorted(run_at_once(archive, 10)) == [204] + [400] * 9
 
 
 @pytest.fixture(params=["sqlite-local", "postgres-s3"])
