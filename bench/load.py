@@ -55,9 +55,6 @@ class CellResult:
         rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
         return ordered[rank - 1]
 
-    def per_request_ms(self, cpu_seconds):
-        return 1000 * cpu_seconds / self.requests if self.requests else float("nan")
-
     def summary(self):
         return {
             "requests": self.requests,
@@ -282,16 +279,6 @@ def merge(rounds):
         machine_cpu=sum(result.machine_cpu for result in rounds),
         first_error=first_errors[0] if first_errors else "",
     )
-
-
-def run_cell(call_kind, concurrency, duration, max_requests, server_pids=(), storage_pids=()):
-    """A single-round cell."""
-    cell = Cell(call_kind, concurrency, server_pids, storage_pids)
-    try:
-        cell.run(duration, max_requests)
-    finally:
-        cell.close()
-    return cell.result()
 
 
 def _cpu_snapshot(server_pids, storage_pids):
