@@ -14,12 +14,13 @@ import time
 
 from flask import Blueprint, current_app, g, request
 from flask_sock import Sock
+from wsproto.utilities import RemoteProtocolError
 
 import gitwatch
 import observability
 from auth import authenticate
 from blueprints.chats import owned_chat
-from errors import ApiError
+from errors import ApiError, error_response
 from models import Chat, db, release_connection
 from workspaces import WorkspaceError, resolve
 
@@ -61,6 +62,12 @@ class _CloseRequest:
 
     def close(self, reason=None, message=None):
         self.code, self.reason = reason, message
+
+
+@bp.errorhandler(RemoteProtocolError)
+def bad_handshake(error):
+    # Raised while flask-sock answers the upgrade: the client's handshake is broken, not the server.
+    return error_response(400, "Invalid WebSocket handshake.", str(error))
 
 
 @sock.route(WATCH_PATH, bp=bp)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -107,6 +108,16 @@ def test_real_client_gets_json_401_before_upgrade(server, chat):
         WatchClient(f"{server}/api/v2/chats/{chat['id']}/git/watch")
     assert rejected.value.status == 401
     assert json.loads(rejected.value.body)["message"]
+
+
+def test_broken_handshake_is_json_400(server, chat, user):
+    request = (f"GET /api/v2/chats/{chat['id']}/git/watch HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+               f"Upgrade: websocket\r\nCoder-Session-Token: {user['token']}\r\n\r\n")  # no key, no version
+    with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1])), timeout=WAIT) as sock:
+        sock.sendall(request.encode())
+        head, _, body = sock.recv(65536).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["message"] == "Invalid WebSocket handshake."
 
 
 # After the upgrade: the message protocol.
