@@ -12,7 +12,7 @@ def normalize(relative_path):
     """Validate a client-given workspace path and return its normal form."""
     if not isinstance(relative_path, str) or not relative_path.strip():
         raise WorkspaceError("The workspace must be a non-empty relative path.")
-    if "\0" in relative_path or "\\" in relative_path:
+    if "\0" in relative_path or "\\" in relative_path or not _encodable(relative_path):
         raise WorkspaceError("The workspace path has a forbidden character.")
     if relative_path.startswith("/"):
         raise WorkspaceError("The workspace must be relative to the workspaces root, not absolute.")
@@ -22,6 +22,15 @@ def normalize(relative_path):
     if normal == ".":
         raise WorkspaceError("The workspace must be a directory below the workspaces root.")
     return normal
+
+
+def _encodable(text):
+    # JSON can carry lone surrogates; no file system (or database) can store them.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def resolve(root, relative_path):

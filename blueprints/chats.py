@@ -116,11 +116,10 @@ def _json_object():
 
 
 def _valid_workspace(path):
-    if isinstance(path, str) and not _storable(path):
-        raise _invalid("workspace", UNSTORABLE_TEXT)
     try:
-        resolve(current_app.config["WORKSPACES_ROOT"], path)
-        return normalize(path)
+        normal = normalize(path)
+        resolve(current_app.config["WORKSPACES_ROOT"], normal)
+        return normal
     except WorkspaceError as error:
         raise _invalid("workspace", str(error)) from None
 
