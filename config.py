@@ -25,6 +25,8 @@ DEFAULTS = {
     "PROXY_HOPS": 0,
     # Seconds between WebSocket pings; a client missing a pong is disconnected.
     "WATCH_PING_INTERVAL": 25,
+    # Open watch sockets per user per instance; one more is refused with 429.
+    "WATCH_MAX_PER_USER": 16,
     "TOKEN_LIFETIME_DAYS": 90,
     "DATABASE_POOL_SIZE": 20,
     "LOG_LEVEL": "INFO",
@@ -38,6 +40,7 @@ INTEGER_SETTINGS = (
     "TOKEN_LIFETIME_DAYS",
     "DATABASE_POOL_SIZE",
     "WATCH_PING_INTERVAL",
+    "WATCH_MAX_PER_USER",
 )
 
 

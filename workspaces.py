@@ -1,4 +1,5 @@
-"""Chat workspaces: relative paths that must stay inside WORKSPACES_ROOT."""
+"""Chat workspaces: paths relative to the owner's directory, ``WORKSPACES_ROOT/<user id>/``,
+that must stay inside it (so one user can never name another's workspace)."""
 
 import os
 import posixpath
@@ -15,12 +16,12 @@ def normalize(relative_path):
     if "\0" in relative_path or "\\" in relative_path or not _encodable(relative_path):
         raise WorkspaceError("The workspace path has a forbidden character.")
     if relative_path.startswith("/"):
-        raise WorkspaceError("The workspace must be relative to the workspaces root, not absolute.")
+        raise WorkspaceError("The workspace must be relative to your workspaces directory, not absolute.")
     if ".." in relative_path.split("/"):
         raise WorkspaceError("The workspace path must not contain '..'.")
     normal = posixpath.normpath(relative_path)
     if normal == ".":
-        raise WorkspaceError("The workspace must be a directory below the workspaces root.")
+        raise WorkspaceError("The workspace must be a directory below your workspaces directory.")
     return normal
 
 
@@ -33,10 +34,35 @@ def _encodable(text):
     return True
 
 
-def resolve(root, relative_path):
-    """The absolute path of a workspace, refusing any that a symlink leads out of the root."""
+def user_dir(root, user_id):
+    """The real path of a user's workspaces directory (it need not exist yet).
+
+    It must be the directory itself, not a symlink: one pointing at another
+    user's directory would hand over every workspace in it.
+    """
     real_root = os.path.realpath(root)
-    real_path = os.path.realpath(os.path.join(real_root, normalize(relative_path)))
-    if not real_path.startswith(real_root + os.sep):
-        raise WorkspaceError("The workspace path leads outside the workspaces root.")
+    path = os.path.join(real_root, str(user_id))
+    if os.path.realpath(path) != path:
+        raise WorkspaceError("Your workspaces directory is a symlink; ask an administrator to fix it.")
+    return path
+
+
+def create_user_dir(root, user_id):
+    """Create ``WORKSPACES_ROOT/<user id>/`` (what a provisioning tool fills) and return it."""
+    path = user_dir(root, user_id)
+    os.makedirs(path, mode=0o750, exist_ok=True)
+    return path
+
+
+def resolve(base_dir, relative_path):
+    """The absolute path of a workspace below ``base_dir``, refusing any that a symlink leads out of."""
+    real_base = os.path.realpath(base_dir)
+    real_path = os.path.realpath(os.path.join(real_base, normalize(relative_path)))
+    if not real_path.startswith(real_base + os.sep):
+        raise WorkspaceError("The workspace path leads outside your workspaces directory.")
     return real_path
+
+
+def resolve_for_user(root, user_id, relative_path):
+    """A user's workspace, confined to that user's directory."""
+    return resolve(user_dir(root, user_id), relative_path)

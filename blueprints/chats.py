@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from auth import login_required
 from errors import ApiError
 from models import Chat, utcnow
-from workspaces import WorkspaceError, normalize, resolve
+from workspaces import WorkspaceError, normalize, resolve_for_user
 
 bp = Blueprint("chats", __name__)
 
@@ -118,7 +118,8 @@ def _json_object():
 def _valid_workspace(path):
     try:
         normal = normalize(path)
-        resolve(current_app.config["WORKSPACES_ROOT"], normal)
+        # Relative to the caller's own directory: no spelling reaches another user's.
+        resolve_for_user(current_app.config["WORKSPACES_ROOT"], g.user.id, normal)
         return normal
     except WorkspaceError as error:
         raise _invalid("workspace", str(error)) from None

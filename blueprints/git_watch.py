@@ -4,7 +4,8 @@ Every check that can fail happens before the upgrade, so failures are plain
 JSON responses. After it the route only moves JSON between the socket and
 gitwatch.WatchSession; the database is asked every few seconds whether the
 chat was archived (by any instance: it is the only shared state), and the
-connection it used is given back at once.
+connection it used is given back at once. The workspace is confined to the
+owner's directory and resolved again before every scan (by the session).
 """
 
 import functools
@@ -18,11 +19,12 @@ from wsproto.utilities import RemoteProtocolError
 
 import gitwatch
 import observability
+from gitwatch.limits import acquire_slot
 from auth import authenticate
 from blueprints.chats import owned_chat
 from errors import ApiError, error_response
 from models import Chat, db, release_connection
-from workspaces import WorkspaceError, resolve
+from workspaces import WorkspaceError, resolve, user_dir
 
 bp = Blueprint("git_watch", __name__)
 sock = Sock()
@@ -39,12 +41,26 @@ def check_before_upgrade():
     chat = owned_chat(request.view_args["chat_id"])
     if not chat.workspace:
         raise ApiError(400, "Chat has no workspace to watch.")
+    root = current_app.config["WORKSPACES_ROOT"]
     try:
-        g.workspace_dir = resolve(current_app.config["WORKSPACES_ROOT"], chat.workspace)
+        g.owner_dir = user_dir(root, chat.owner_id)
+        g.workspace_dir = resolve(g.owner_dir, chat.workspace)
     except WorkspaceError as error:  # a symlink changed after the chat was made
         raise ApiError(400, "Chat has no workspace to watch.", str(error)) from None
     g.chat_id = chat.id
+    g.workspace = chat.workspace
     release_connection()  # a socket may stay open for hours
+    g.watch_slot = acquire_slot(str(chat.owner_id), current_app.config["WATCH_MAX_PER_USER"])
+    if g.watch_slot is None:
+        raise ApiError(429, "Too many open watches.",
+                       f"At most {current_app.config['WATCH_MAX_PER_USER']} watch sockets per user; close one first.")
+
+
+@bp.teardown_request
+def release_watch_slot(exc):
+    slot = g.pop("watch_slot", None)
+    if slot is not None:
+        slot.release()
 
 
 @bp.get(WATCH_PATH, endpoint="not_upgraded")
@@ -73,7 +89,10 @@ def bad_handshake(error):
 @sock.route(WATCH_PATH, bp=bp)
 def watch(ws, chat_id):
     close_request = _CloseRequest()
-    with gitwatch.WatchSession(g.workspace_dir) as session, observability.watch_socket(close_request):
+    # Resolved again before every scan: a swap to a symlink pointing out is noticed.
+    resolve_now = functools.partial(resolve, g.owner_dir, g.workspace)
+    session = gitwatch.WatchSession(g.workspace_dir, boundary=g.owner_dir, resolve=resolve_now)
+    with session, observability.watch_socket(close_request):
         ws.send(json.dumps(session.initial_message()))
         next_archive_check = time.monotonic() + ARCHIVE_CHECK_INTERVAL
         while ws.connected:

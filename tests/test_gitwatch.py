@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 
 import gitwatch
+import gitwatch.notify
+import gitwatch.scan
+import gitwatch.session
 from gitwatch import (
     MAX_DIFF_BYTES,
     RepoState,
@@ -350,12 +353,11 @@ def test_commands_from_repository_config_are_not_run(tmp_path: Path, workspace: 
     assert "+changed" in state.unified_diff
 
 
-def test_git_failure_in_one_repository_does_not_break_the_others(workspace: Path) -> None:
+def test_corrupt_repository_does_not_break_the_others(workspace: Path) -> None:
     make_repo(workspace / "good")
     (workspace / "good" / "new.txt").write_text("new\n")
-    broken = workspace / "broken"
-    broken.mkdir()
-    (broken / ".git").write_text("gitdir: /nowhere/at/all\n")
+    broken = make_repo(workspace / "broken")
+    (broken / ".git" / "HEAD").write_text("garbage\n")
 
     states = scan_workspace(workspace)
 
@@ -374,21 +376,19 @@ def test_invalid_git_dir_never_reads_an_enclosing_repository(tmp_path: Path) -> 
     assert state.branch == "" and state.unified_diff == "" and state.error
 
 
-def test_git_timeout_is_reported_not_raised(workspace: Path) -> None:
-    make_repo(workspace / "a")
-    make_repo(workspace / "b")
+def test_scan_time_budget_reads_the_rest_first_next_time(workspace: Path) -> None:
+    for name in ("a", "b", "c"):
+        make_repo(workspace / name)
+        (workspace / name / "new.txt").write_text(f"{name}\n")
 
-    states = scan_workspace(workspace, git_timeout=1e-6)
+    first = gitwatch.scan.scan(workspace, time_budget=0)
+    second = gitwatch.scan.scan(workspace, time_budget=0, previous=first)
 
-    assert list(states) == ["a", "b"]
-    assert all("timed out" in state.error and state.unified_diff == "" for state in states.values())
-
-
-def test_hanging_command_is_killed_at_the_deadline() -> None:
-    hang = [sys.executable, "-c", "import time; time.sleep(30)"]
-
-    with pytest.raises(gitwatch.GitError, match="timed out"):
-        gitwatch._run_bounded(hang, os.getcwd(), dict(os.environ), time.monotonic() + 0.2, keep=100)
+    # The first repository of a scan is always read whole: every scan makes progress.
+    assert list(first.states) == ["a"] and first.skipped == ("b", "c")
+    assert "b/new.txt" in first.states["a"].unified_diff
+    assert set(second.states) == {"a", "b"} and second.skipped == ("c", "a")  # "a" kept from before
+    assert "c" in gitwatch.scan.scan(workspace, time_budget=0, previous=second).states
 
 
 # --------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def test_session_rescans_periodically_without_events(workspace: Path, monkeypatc
     with WatchSession(workspace, rescan_interval=0) as session:
         session.initial_message()
         scans = []
-        monkeypatch.setattr(gitwatch, "scan_workspace", lambda *a, **k: scans.append(1) or {})
+        monkeypatch.setattr(gitwatch.scan, "scan", lambda *a, **k: scans.append(1) or gitwatch.scan.Scan({}))
         message = session.poll()
 
     assert scans == [1]
@@ -514,7 +514,7 @@ def test_failed_repository_keeps_its_last_good_state() -> None:
     failed = RepoState("a", "main", "", "", error="git timed out")
     new_failed = RepoState("b", "", "", "", error="git timed out")
 
-    kept = gitwatch._keep_previous_on_error({"a": good}, {"a": failed, "b": new_failed})
+    kept = gitwatch.session._keep_previous_on_error({"a": good}, {"a": failed, "b": new_failed})
 
     assert kept == {"a": good, "b": new_failed}
 
@@ -589,7 +589,7 @@ def test_watcher_falls_back_to_polling(workspace: Path, monkeypatch) -> None:
     def no_watches_left(*args):
         raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
-    monkeypatch.setattr(gitwatch._REGISTRY, "acquire", no_watches_left)
+    monkeypatch.setattr(gitwatch.notify._REGISTRY, "acquire", no_watches_left)
     with WorkspaceWatcher(workspace, poll_interval=0.2) as watcher:
         assert watcher.mode == "polling"
         assert watcher.wait_for_change(GENEROUS) is True

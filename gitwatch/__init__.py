@@ -1,0 +1,47 @@
+"""The git watch engine behind ``GET /api/v2/chats/{chat}/git/watch`` (see the
+README's "Git watch sockets"). Flask-free: the route only moves JSON between
+a ``WatchSession`` and the socket. One concern a file:
+
+- ``repository.py``: reading one repository, the trust boundary (nothing it
+  reads may run code or reach outside the owner's directory).
+- ``scan.py``: finding a workspace's repositories; the ceilings; shared scans.
+- ``notify.py``: noticing changes (inotify via watchdog, polling fallback),
+  shared by every socket of the worker.
+- ``session.py``: one socket's view: first message, deltas, messages.
+- ``limits.py``: open watch sockets per user.
+"""
+
+from gitwatch.notify import WorkspaceWatcher
+from gitwatch.repository import MAX_DIFF_BYTES, RepositoryRefused, RepoState, read_repository
+from gitwatch.scan import (
+    DEFAULT_MAX_DEPTH,
+    MAX_MESSAGE_DIFF_BYTES,
+    MAX_REPOSITORIES,
+    find_repositories,
+    scan_workspace,
+)
+from gitwatch.session import (
+    WatchSession,
+    changes_message,
+    diff_states,
+    error_message,
+    parse_client_message,
+)
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "MAX_DIFF_BYTES",
+    "MAX_MESSAGE_DIFF_BYTES",
+    "MAX_REPOSITORIES",
+    "RepoState",
+    "RepositoryRefused",
+    "WatchSession",
+    "WorkspaceWatcher",
+    "changes_message",
+    "diff_states",
+    "error_message",
+    "find_repositories",
+    "parse_client_message",
+    "read_repository",
+    "scan_workspace",
+]
