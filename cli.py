@@ -10,12 +10,14 @@ from peewee import IntegrityError, PeeweeException
 import auth
 import gc_storage
 import migrations
-from models import Membership, Organization, User, create_tables, db
+import workspaces
+from models import Membership, Organization, User, db
 from storage import StorageError, get_storage
 
 
 def create_user(name, org_name, lifetime_days):
-    """Create the user (and the organization if new), add the membership, issue a token."""
+    """Create the user (and the organization if new), add the membership, issue a token,
+    and create the user's workspaces directory (the only place its chats may watch)."""
     with db.atomic():
         organization, _ = Organization.get_or_create(name=org_name)
         try:
@@ -25,7 +27,9 @@ def create_user(name, org_name, lifetime_days):
             raise click.ClickException(f"User {name!r} already exists; use create-token for a new token.") from None
         Membership.create(user=user, organization=organization)
         token = auth.issue_token(user, lifetime_days)
-    return {"user_id": str(user.id), "organization_id": str(organization.id), "token": token}
+        workspaces_dir = workspaces.create_user_dir(current_app.config["WORKSPACES_ROOT"], user.id)
+    return {"user_id": str(user.id), "organization_id": str(organization.id), "token": token,
+            "workspaces_dir": workspaces_dir}
 
 
 def create_token(name, lifetime_days):
@@ -57,7 +61,7 @@ def describe_schema_change(change):
 def init_db_command(as_json):
     """Create the schema, or migrate an existing database to the latest version (safe to run again)."""
     try:
-        change = create_tables()
+        change = migrations.upgrade()
     except migrations.SchemaError as error:
         raise click.ClickException(str(error)) from None
     except PeeweeException as error:

@@ -14,13 +14,14 @@ version and a concurrent one waits, then finds nothing left to do.
 """
 
 import contextlib
+import uuid
 from dataclasses import dataclass
 
-from peewee import DateTimeField, IntegerField, PostgresqlDatabase, fn
+from peewee import DateTimeField, IntegerField, PostgresqlDatabase, Table, fn
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as run_operations
 
-from models import MODELS, BaseModel, db, utcnow
+from models import MODELS, BaseModel, db, utcnow  # one way only: models never imports this module
 
 BASELINE = 1
 BASELINE_TABLES = frozenset({"organization", "user", "membership", "apikey", "chatfile", "chat"})
@@ -52,8 +53,33 @@ def _index_chatfiles_by_owner_and_date(migrator):
     ]
 
 
+class _RowChange:
+    """A migration step that rewrites rows, run in the same transaction as schema operations."""
+
+    def __init__(self, function):
+        self.run = function
+
+
+def _chat_workspaces_relative_to_owner(migrator):
+    """Workspaces became relative to ``WORKSPACES_ROOT/<owner id>/``. A path that
+    already started with the owner's directory loses that prefix (it is the owner
+    directory itself: cleared, a chat cannot watch all of them); any other path
+    keeps its text, now below the owner's directory (the README says what to move)."""
+
+    def rewrite():
+        chat = Table("chat", ("id", "owner_id", "workspace")).bind(db)
+        for row in chat.select().where(chat.workspace.is_null(False)).dicts():
+            owner = str(uuid.UUID(str(row["owner_id"])))
+            if row["workspace"] == owner or row["workspace"].startswith(owner + "/"):
+                relative = row["workspace"][len(owner) + 1:] or None
+                chat.update({chat.workspace: relative}).where(chat.id == row["id"]).execute()
+
+    return [_RowChange(rewrite)]
+
+
 MIGRATIONS = {
     2: _index_chatfiles_by_owner_and_date,
+    3: _chat_workspaces_relative_to_owner,
 }
 LATEST = max(MIGRATIONS, default=BASELINE)
 

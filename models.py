@@ -143,13 +143,6 @@ def connect_database(url, pool_size=20):
     )
 
 
-def create_tables():
-    """Create the schema, or migrate an existing database to the latest version."""
-    import migrations  # it imports this module
-
-    return migrations.upgrade()
-
-
 def release_connection():
     """Give this thread's connection back to the pool.
 

@@ -9,6 +9,7 @@ by marking themselves; the servers start once per session, only when needed.
 import pytest
 
 import cli
+import migrations
 import models
 from app import create_app
 
@@ -42,7 +43,7 @@ def make_app(database_url, storage_config, tmp_path, **overrides):
         **overrides,
     }
     app = create_app(settings)
-    models.create_tables()
+    migrations.upgrade()
     return app
 
 

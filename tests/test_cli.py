@@ -1,6 +1,7 @@
 """The admin CLI, through click's runner, exactly as an operator calls it."""
 
 import json
+import os
 import uuid
 
 import pytest
@@ -24,8 +25,11 @@ def test_init_db_is_idempotent(runner):
 
 def test_create_user_prints_json_and_the_token_works(app, runner):
     output = json.loads(invoke(runner, "create-user", "carol", "--org", "initech", "--json"))
-    assert set(output) == {"user_id", "organization_id", "token"}
+    assert set(output) == {"user_id", "organization_id", "token", "workspaces_dir"}
     uuid.UUID(output["user_id"]), uuid.UUID(output["organization_id"])
+    # The user's own directory below WORKSPACES_ROOT, created for the provisioning tool to fill.
+    assert output["workspaces_dir"] == os.path.join(os.path.realpath(app.config["WORKSPACES_ROOT"]), output["user_id"])
+    assert os.path.isdir(output["workspaces_dir"])
     response = app.test_client().get(
         f"/api/v2/chats/files/{uuid.uuid4()}", headers={"Coder-Session-Token": output["token"]}
     )

@@ -215,12 +215,13 @@ def test_init_db_upgrades_a_version_1_database_keeping_its_rows(legacy):
     before = row_counts(legacy.app)
     assert before == {table: 1 for table in TABLES}
 
-    assert init_db(legacy.app) == {"from_version": 1, "version": 2, "applied": [2]}
-    assert init_db(legacy.app) == {"from_version": 2, "version": 2, "applied": []}
+    latest = migrations.LATEST
+    assert init_db(legacy.app) == {"from_version": 1, "version": latest, "applied": sorted(migrations.MIGRATIONS)}
+    assert init_db(legacy.app) == {"from_version": latest, "version": latest, "applied": []}
 
     assert row_counts(legacy.app) == before
     with legacy.app.app_context():
-        assert recorded_versions() == [1, 2]
+        assert recorded_versions() == [1, *sorted(migrations.MIGRATIONS)]
         assert "chatfile_owner_id_created_at" in index_names("chatfile")
         assert "chatfile_owner_id" not in index_names("chatfile")
         assert migrations.current_version() == migrations.LATEST
@@ -228,8 +229,9 @@ def test_init_db_upgrades_a_version_1_database_keeping_its_rows(legacy):
 
 def test_init_db_prints_what_it_did(legacy):
     runner = legacy.app.test_cli_runner()
-    assert runner.invoke(args=["init-db"]).output == "Upgraded the database schema from version 1 to 2.\n"
-    assert runner.invoke(args=["init-db"]).output == "Database schema is up to date (version 2).\n"
+    latest = migrations.LATEST
+    assert runner.invoke(args=["init-db"]).output == f"Upgraded the database schema from version 1 to {latest}.\n"
+    assert runner.invoke(args=["init-db"]).output == f"Database schema is up to date (version {latest}).\n"
 
 
 def test_the_app_serves_old_rows_and_new_uploads_after_the_upgrade(legacy):
@@ -261,7 +263,7 @@ def test_an_upgraded_database_has_the_schema_a_fresh_one_gets(legacy, storage_co
     models.close_all_connections()
 
     fresh_app = bare_app(other_database_url, storage_config, tmp_path)
-    assert init_db(fresh_app) == {"from_version": None, "version": 2, "applied": []}
+    assert init_db(fresh_app) == {"from_version": None, "version": migrations.LATEST, "applied": []}
     fresh = describe_schema(fresh_app)
     assert upgraded == fresh
 
@@ -300,8 +302,9 @@ def test_a_failing_migration_leaves_the_database_as_it_was(legacy, monkeypatch):
 
         return [migrator.add_column("chat", "pinned", IntegerField(null=True)), migrator.drop_index("chat", "nope")]
 
-    monkeypatch.setitem(migrations.MIGRATIONS, 3, add_a_column_then_fail)
-    monkeypatch.setattr(migrations, "LATEST", 3)
+    failing = migrations.LATEST + 1
+    monkeypatch.setitem(migrations.MIGRATIONS, failing, add_a_column_then_fail)
+    monkeypatch.setattr(migrations, "LATEST", failing)
     before = describe_schema(legacy.app)
 
     result = legacy.app.test_cli_runner().invoke(args=["init-db"])
@@ -331,6 +334,26 @@ def test_concurrent_init_db_runs_migrate_once(legacy):
     for thread in threads:
         thread.join(timeout=30)
     assert errors == []
-    assert sorted(change.applied for change in changes) == [(), (2,)]
+    assert sorted(change.applied for change in changes) == [(), tuple(sorted(migrations.MIGRATIONS))]
     with legacy.app.app_context():
-        assert recorded_versions() == [1, 2]
+        assert recorded_versions() == [1, *sorted(migrations.MIGRATIONS)]
+
+
+def test_chat_workspaces_become_relative_to_their_owners_directory(legacy):
+    """Migration 3: a workspace that named the owner's directory loses that prefix."""
+    owner = str(legacy.user_id)
+    rows = {uuid.uuid4(): f"{owner}/proj/one", uuid.uuid4(): owner, uuid.uuid4(): "shared/proj"}
+    database = models.db.obj
+    with legacy.app.app_context(), models.db.connection_context():
+        for chat_id, workspace in rows.items():
+            database.execute_sql(
+                'INSERT INTO "chat" ("id", "owner_id", "title", "archived", "workspace", "created_at", "updated_at") '
+                f"VALUES ({', '.join([database.param] * 7)})",
+                (chat_id.hex, legacy.user_id.hex, "t", False, workspace, "2024-05-01 12:00:00", "2024-05-01 12:00:00"),
+            )
+
+    init_db(legacy.app)
+
+    with legacy.app.app_context(), models.db.connection_context():
+        after = {chat.id: chat.workspace for chat in models.Chat.select().where(models.Chat.id.in_(list(rows)))}
+    assert after == dict(zip(rows, ["proj/one", None, "shared/proj"]))
