@@ -45,19 +45,44 @@ def test_workspace_escaping_the_root_is_400(client, auth, workspace):
     assert response.json["validations"][0]["field"] == "workspace"
 
 
-def test_workspace_symlink_pointing_out_is_400(app, client, auth, tmp_path):
-    root = app.config["WORKSPACES_ROOT"]
-    os.makedirs(root, exist_ok=True)
-    os.symlink(tmp_path, os.path.join(root, "escape"))
+def test_workspace_symlink_pointing_out_is_400(client, auth, user, tmp_path):
+    os.symlink(tmp_path, os.path.join(user["workspaces_dir"], "escape"))
     assert_error(create_chat(client, auth, title="x", workspace="escape"), 400, "Invalid workspace.")
     assert_error(create_chat(client, auth, title="x", workspace="escape/sub"), 400, "Invalid workspace.")
 
 
-def test_workspace_symlink_inside_the_root_is_fine(app, client, auth):
-    root = app.config["WORKSPACES_ROOT"]
-    os.makedirs(os.path.join(root, "real"))
-    os.symlink(os.path.join(root, "real"), os.path.join(root, "alias"))
+def test_workspace_symlink_inside_the_owners_directory_is_fine(client, auth, user):
+    mine = user["workspaces_dir"]
+    os.makedirs(os.path.join(mine, "real"))
+    os.symlink(os.path.join(mine, "real"), os.path.join(mine, "alias"))
     assert create_chat(client, auth, title="x", workspace="alias").status_code == 201
+
+
+def test_another_users_workspace_cannot_be_named_in_any_spelling(client, auth, user, other_user):
+    """Workspaces are relative to the owner's directory: bob's is out of alice's reach."""
+    bobs = os.path.join(other_user["workspaces_dir"], "project")
+    os.makedirs(bobs)
+    mine = user["workspaces_dir"]
+    os.symlink(bobs, os.path.join(mine, "to-bob"))
+    os.symlink(other_user["workspaces_dir"], os.path.join(mine, "to-bobs-dir"))
+    spellings = [
+        f"../{other_user['user_id']}/project",
+        f"./../{other_user['user_id']}/project",
+        bobs,
+        f"//{bobs}",
+        "to-bob",
+        "to-bobs-dir/project",
+    ]
+    for spelling in spellings:
+        assert_error(create_chat(client, auth, title="x", workspace=spelling), 400, "Invalid workspace.")
+    # The same relative path names alice's own directory, never bob's.
+    assert create_chat(client, auth, title="x", workspace="project").status_code == 201
+
+
+def test_a_users_directory_that_is_a_symlink_is_refused(app, client, auth, user, other_user):
+    os.rmdir(user["workspaces_dir"])
+    os.symlink(other_user["workspaces_dir"], user["workspaces_dir"])
+    assert_error(create_chat(client, auth, title="x", workspace="project"), 400, "Invalid workspace.")
 
 
 @pytest.mark.parametrize("body", [None, [], "text", {"title": 5}])

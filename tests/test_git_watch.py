@@ -40,8 +40,8 @@ def server(app):
 
 
 @pytest.fixture
-def workspace(app):
-    path = Path(app.config["WORKSPACES_ROOT"]) / "proj"
+def workspace(user):
+    path = Path(user["workspaces_dir"]) / "proj"
     path.mkdir(parents=True)
     return path
 
