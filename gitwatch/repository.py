@@ -299,8 +299,9 @@ def _patch_text(patch: pygit2.Patch, delta: pygit2.DiffDelta) -> str:
     data = patch.data
     if b"\0" in data:  # binary past libgit2's 8000-byte sniff: still one line
         header = data.split(b"\n--- ", 1)[0].rstrip(b"\n")
-        data = header + b"\nBinary files %s and %s differ\n" % (
-            _quoted(b"a/", delta.old_file.path_raw), _quoted(b"b/", delta.new_file.path_raw))
+        old = b"/dev/null" if delta.status in _NEW_FILES else _quoted(b"a/", delta.old_file.raw_path)
+        new = b"/dev/null" if delta.status == DeltaStatus.DELETED else _quoted(b"b/", delta.new_file.raw_path)
+        data = header + b"\nBinary files %s and %s differ\n" % (old, new)
     return _unquote_utf8_names(data).decode("utf-8", "replace")
 
 

@@ -118,7 +118,8 @@ class WatchSession:
         self._watching_since = time.monotonic()
         self._previous: dict[str, RepoState] = {}
         self._last_scan = float("-inf")
-        self._dirty = False
+        self._dirty = False  # the last scan ran out of time: scan again
+        self._changed_at: float | None = None  # a change wait() saw, not scanned yet
         self._refused = False
 
     def initial_message(self) -> dict[str, Any]:
@@ -128,7 +129,7 @@ class WatchSession:
 
     def next_message(self, *, always: bool = False, asked_at: float | None = None) -> dict[str, Any] | None:
         """Scan now (or take a shared scan newer than ``asked_at``); None when nothing changed."""
-        self._dirty = False
+        self._dirty, self._changed_at = False, None
         self._last_scan = time.monotonic()
         scanned_at = datetime.now(timezone.utc)
         try:
@@ -165,8 +166,10 @@ class WatchSession:
         now = time.monotonic()
         if refresh or self._dirty:
             return self.next_message(always=refresh)
-        if self.watcher.changed():
-            return self.next_message(asked_at=self.watcher.last_change_at)
+        if self._changed_at is not None or self.watcher.changed():
+            # Any scan that began after the change will do, another socket's too.
+            changed_at = self._changed_at if self._changed_at is not None else self.watcher.last_change_at
+            return self.next_message(asked_at=changed_at)
         if now - self._last_scan >= self._rescan_interval:
             # Any scan of this workspace younger than the interval will do.
             return self.next_message(asked_at=now - self._rescan_interval)
@@ -174,9 +177,9 @@ class WatchSession:
 
     def wait(self, timeout: float) -> bool:
         """Block until the workspace changed; the next ``poll()`` then scans."""
-        if self.watcher.wait_for_change(timeout):
-            self._dirty = True
-        return self._dirty
+        if self.watcher.wait_for_change(timeout) and self._changed_at is None:
+            self._changed_at = self.watcher.last_change_at
+        return self._changed_at is not None or self._dirty
 
     def close(self) -> None:
         if self._owns_watcher:

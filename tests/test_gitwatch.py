@@ -625,3 +625,99 @@ def test_many_workspaces_each_notified(tmp_path: Path) -> None:
     finally:
         for watcher in watchers:
             watcher.close()
+
+
+# --------------------------------------------------------------------------
+# names, binaries, submodules
+# --------------------------------------------------------------------------
+
+
+def test_names_that_are_not_utf8_appear_git_quoted(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    (repo / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name\n")
+
+    diff = scan_workspace(workspace)["."].unified_diff
+
+    assert '+++ "b/caf\\351.txt"' in diff and "+latin-1 name" in diff
+
+
+def test_binary_file_is_one_line_without_nul_bytes_even_past_the_sniffed_start(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    (repo / "late.bin").write_bytes(b"text\n" * 4000 + b"\0binary tail\n")  # NUL after 20,000 bytes
+
+    diff = scan_workspace(workspace)["."].unified_diff
+
+    assert "\0" not in diff
+    assert "Binary files /dev/null and b/late.bin differ" in diff
+    assert "+text" not in diff
+
+
+def test_submodule_is_a_commit_change_only(tmp_path: Path, workspace: Path) -> None:
+    source = make_repo(tmp_path / "source")
+    parent = make_repo(workspace)
+    git(parent, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(source), "sub")
+    git(parent, "commit", "-q", "-m", "sub")
+    sub = parent / "sub"
+    (sub / "README.md").write_text("moved on\n")
+    git(sub, "-c", "user.name=Test", "-c", "user.email=test@example.com", "commit", "-q", "-am", "moved on")
+    (sub / "dirty.txt").write_text("uncommitted in the submodule\n")
+    old = git(parent, "rev-parse", "HEAD:sub").strip()
+    new = git(sub, "rev-parse", "HEAD").strip()
+
+    states = scan_workspace(workspace)
+
+    parent_diff = states["."].unified_diff
+    assert f"-Subproject commit {old}\n+Subproject commit {new}\n" in parent_diff
+    assert "uncommitted in the submodule" not in parent_diff and "moved on" not in parent_diff
+    assert "b/dirty.txt" in states["sub"].unified_diff  # its own changes, under its own root
+
+
+# --------------------------------------------------------------------------
+# ceilings
+# --------------------------------------------------------------------------
+
+
+def test_more_than_64_repositories_are_truncated(workspace: Path) -> None:
+    for number in range(gitwatch.MAX_REPOSITORIES + 3):
+        (workspace / f"r{number:03d}" / ".git").mkdir(parents=True)  # found, not read
+    with WatchSession(workspace) as session:
+        message = session.initial_message()
+
+    assert message["truncated"] is True
+    assert len(message["repositories"]) == gitwatch.MAX_REPOSITORIES
+    assert message["repositories"][-1]["repo_root"] == "r063"
+
+
+def test_diff_text_per_message_is_capped_and_later_repositories_get_the_note(workspace: Path) -> None:
+    line = "z" * 99 + "\n"
+    for name in ("a", "b", "c", "d"):
+        make_repo(workspace / name)
+        (workspace / name / "big.txt").write_text(line * 25_000)  # 2.5 MB each, 10 MB together
+
+    states = scan_workspace(workspace)
+
+    total = sum(len(state.unified_diff.encode()) for state in states.values())
+    assert total <= gitwatch.MAX_MESSAGE_DIFF_BYTES
+    assert [state.unified_diff.startswith("diff --git") for state in states.values()] == [True, True, True, False]
+    assert re.fullmatch(r"Diff too large to display \(\d+ bytes\)\.", states["d"].unified_diff)
+
+
+def test_sockets_on_one_workspace_share_scans(workspace: Path, monkeypatch) -> None:
+    make_repo(workspace)
+    scans = []
+    real_scan = gitwatch.scan.scan
+    monkeypatch.setattr(gitwatch.scan, "scan", lambda *a, **k: scans.append(1) or real_scan(*a, **k))
+    sessions = [WatchSession(workspace, rescan_interval=3600) for _ in range(5)]
+    try:
+        firsts = [session.initial_message() for session in sessions]
+        assert len(scans) == 1  # all five were watching before the one scan began
+        assert all(first["repositories"] == firsts[0]["repositories"] for first in firsts)
+        (workspace / "new.txt").write_text("new\n")
+        assert all(session.wait(GENEROUS) for session in sessions)
+        sessions[0].poll()
+        assert len(scans) == 2
+        assert all("b/new.txt" in str(session.poll()) for session in sessions[1:])
+        assert len(scans) == 2  # the others noticed the same change: the scan that followed it serves them
+    finally:
+        for session in sessions:
+            session.close()
