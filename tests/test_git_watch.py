@@ -115,9 +115,21 @@ def test_broken_handshake_is_json_400(server, chat, user):
                f"Upgrade: websocket\r\nCoder-Session-Token: {user['token']}\r\n\r\n")  # no key, no version
     with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1])), timeout=WAIT) as sock:
         sock.sendall(request.encode())
-        head, _, body = sock.recv(65536).partition(b"\r\n\r\n")
+        head, _, body = _read_response(sock)
     assert head.startswith(b"HTTP/1.1 400")
     assert json.loads(body)["message"] == "Invalid WebSocket handshake."
+
+
+def _read_response(sock):
+    """Head and body of one HTTP response; the two may arrive in separate segments."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, separator, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, separator, body
 
 
 # After the upgrade: the message protocol.
@@ -268,3 +280,65 @@ def test_server_notices_a_client_that_went_away(server, chat, user, workspace):
     while time.monotonic() < deadline and any(thread.is_alive() for thread in handlers):
         time.sleep(0.1)
     assert not any(thread.is_alive() for thread in handlers)
+
+
+# Ownership and ceilings.
+
+
+def test_one_watch_more_than_the_per_user_limit_is_429_before_the_upgrade(server, chat, user, workspace, app):
+    app.config["WATCH_MAX_PER_USER"] = 2
+    open_sockets = [connect(server, chat, user) for _ in range(2)]
+    try:
+        for ws in open_sockets:
+            receive(ws)
+        with pytest.raises(Rejected) as rejected:
+            connect(server, chat, user)
+        assert rejected.value.status == 429
+        assert json.loads(rejected.value.body)["message"] == "Too many open watches."
+    finally:
+        for ws in open_sockets:
+            ws.close()
+    deadline = time.monotonic() + WAIT  # the server frees a slot once it has seen the close
+    while True:
+        try:
+            ws = connect(server, chat, user)
+            break
+        except Rejected:
+            assert time.monotonic() < deadline, "slots were not given back"
+            time.sleep(0.1)
+    assert receive(ws)["type"] == "changes"
+    ws.close()
+
+
+def test_another_users_watches_do_not_count_against_mine(server, client, chat, user, other_user, app):
+    app.config["WATCH_MAX_PER_USER"] = 1
+    Path(other_user["workspaces_dir"], "proj").mkdir()
+    bobs_chat = client.post("/api/v2/chats", json={"title": "b", "workspace": "proj"},
+                            headers={"Coder-Session-Token": other_user["token"]}).json
+    mine, bobs = connect(server, chat, user), connect(server, bobs_chat, other_user)
+    try:
+        assert receive(mine)["type"] == "changes" and receive(bobs)["type"] == "changes"
+    finally:
+        mine.close(), bobs.close()
+
+
+def test_workspace_swapped_for_a_symlink_while_open_sends_an_error_and_nothing_outside(
+    server, chat, user, workspace, tmp_path
+):
+    secret = f"SECRET-{uuid.uuid4().hex}"
+    outside = make_repo(tmp_path / "elsewhere" / "repo")
+    (outside / "secret.txt").write_text(secret + "\n")
+    make_repo(workspace)
+    ws = connect(server, chat, user)
+    try:
+        assert "." in by_root(receive(ws))
+        shutil.rmtree(workspace)
+        workspace.symlink_to(outside.parent, target_is_directory=True)
+        ws.send_json({"type": "refresh"})
+        message = receive(ws)
+        assert message["type"] == "error" and message["message"]
+        assert secret not in json.dumps(message)
+        ws.send_json({"type": "refresh"})
+        assert receive(ws)["type"] == "error"
+    finally:
+        ws.close()
