@@ -264,31 +264,59 @@ def redact_credentials(url: str) -> str:
 def _limited_diff(repo: pygit2.Repository, boundary: str, max_bytes: int, deadline: float) -> str:
     """Staged (HEAD -> index), then unstaged and untracked (index -> work tree), under ``max_bytes``.
 
-    Past the limit no more text is made: the remaining files count by their
-    size, so the note's size is exact up to the limit and estimated after it.
-    Raises _OutOfTime past ``deadline`` (checked between files).
+    Making text costs a file read per file, so it is avoided when the answer
+    is known to be the size note: when the least text the files can make is
+    over the limit already (30,000 untracked files), and past the limit. Sizes
+    past the limit are estimated from file sizes. Raises _OutOfTime past
+    ``deadline`` (checked between files).
     """
     head = repo.get(EMPTY_TREE) if repo.head_is_unborn else repo.head.peel(pygit2.Tree)
     staged = repo.index.diff_to_tree(head)
     # Submodules are left to _submodule_changes: libgit2 would open them, wherever their .git points.
     unstaged = repo.index.diff_to_workdir(_UNTRACKED | DiffOption.IGNORE_SUBMODULES)
+    deltas = [(diff, index, delta) for diff in (staged, unstaged) for index, delta in enumerate(diff.deltas)]
+    least = sum(_least_text_size(delta) for _, _, delta in deltas)
+    if least > max_bytes:
+        return too_large_note(least)
     parts, size = [], 0
-    for diff in (staged, unstaged):
-        for index, delta in enumerate(diff.deltas):
-            if time.monotonic() > deadline:
-                raise _OutOfTime()
-            if size > max_bytes or (delta.status in _NEW_FILES and size + delta.new_file.size > max_bytes):
-                size += delta.old_file.size + delta.new_file.size  # no text made: a new file is never read whole
-                continue
-            text = _patch_text(diff[index], delta)
-            size += len(text.encode("utf-8"))
-            parts.append(text)
+    for diff, index, delta in deltas:
+        if time.monotonic() > deadline:
+            raise _OutOfTime()
+        too_big = delta.status in _NEW_FILES and size + delta.new_file.size > max_bytes
+        if size > max_bytes or (too_big and not _looks_binary(repo.workdir, delta.new_file.raw_path)):
+            size += delta.old_file.size + delta.new_file.size  # no text made: never read whole
+            continue
+        text = _patch_text(diff[index], delta)
+        size += len(text.encode("utf-8"))
+        parts.append(text)
     for text in _submodule_changes(repo, boundary):
         size += len(text)
         parts.append(text)
     if size > max_bytes:
         return too_large_note(size)
     return "".join(parts)
+
+
+def _least_text_size(delta: pygit2.DiffDelta) -> int:
+    """A lower bound of git's text for one file: its header lines, plus all of a new or
+    deleted file of at most 1 MiB (larger ones may be binary, a one-line note)."""
+    header = 4 * len(delta.new_file.raw_path) + 60
+    if delta.status in _NEW_FILES or delta.status == DeltaStatus.DELETED:
+        content = max(delta.new_file.size, delta.old_file.size)
+        return header + (content if content <= 1024 * 1024 else 0)
+    return header
+
+
+def _looks_binary(workdir: str, raw_path: bytes) -> bool:
+    """git's test (a NUL in the first 8000 bytes) on a work tree file; a symlink is not followed."""
+    try:
+        handle = os.open(os.path.join(os.fsencode(workdir), raw_path), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        return b"\0" in os.read(handle, 8000)
+    finally:
+        os.close(handle)
 
 
 def too_large_note(size: int) -> str:

@@ -22,6 +22,7 @@ import pytest
 
 import gitwatch
 import gitwatch.notify
+import gitwatch.repository
 import gitwatch.scan
 import gitwatch.session
 from gitwatch import (
@@ -721,3 +722,29 @@ def test_sockets_on_one_workspace_share_scans(workspace: Path, monkeypatch) -> N
     finally:
         for session in sessions:
             session.close()
+
+
+def test_a_binary_file_larger_than_the_limit_is_still_one_line(workspace: Path) -> None:
+    repo = make_repo(workspace)
+    (repo / "photo.raw").write_bytes(b"\0" * (MAX_DIFF_BYTES + 1000))
+    (repo / "README.md").write_text("hello\nedited\n")
+
+    diff = scan_workspace(workspace)["."].unified_diff
+
+    assert "Binary files /dev/null and b/photo.raw differ" in diff and "+edited" in diff
+
+
+def test_thousands_of_untracked_files_give_the_note_without_reading_each(workspace: Path, monkeypatch) -> None:
+    repo = make_repo(workspace)
+    for directory in range(4):
+        (repo / f"d{directory}").mkdir()
+        for number in range(8000):
+            (repo / f"d{directory}" / f"f{number}.txt").write_text("x\n")
+    patches = []
+    real = gitwatch.repository._patch_text
+    monkeypatch.setattr(gitwatch.repository, "_patch_text", lambda *a: patches.append(1) or real(*a))
+
+    diff = scan_workspace(workspace)["."].unified_diff
+
+    assert re.fullmatch(r"Diff too large to display \(\d+ bytes\)\.", diff)
+    assert patches == []  # known from the file list alone: no file was read for text

@@ -70,7 +70,8 @@ def test_concurrent_archives_across_workers_give_one_204(live):
 @pytest.fixture(params=["sqlite-local", "postgres-s3"])
 def procfile_live(request, tmp_path):
     """The service with the Procfile's own worker and thread counts."""
-    server = GunicornServer(backend_settings(request, tmp_path), work_dir=str(tmp_path))
+    # One user opens fifty sockets below: above the default per-user limit on purpose.
+    server = GunicornServer({**backend_settings(request, tmp_path), "WATCH_MAX_PER_USER": "64"}, work_dir=str(tmp_path))
     server.start()
     yield server
     server.stop()
@@ -80,7 +81,7 @@ def test_fifty_watch_sockets_while_uploads_and_downloads_answer_then_archive_clo
     live = procfile_live
     account = live.flask("create-user", "alice", "--org", "acme")
     headers = {"Coder-Session-Token": account["token"]}
-    os.makedirs(os.path.join(live.env["WORKSPACES_ROOT"], "proj"))
+    os.makedirs(os.path.join(account["workspaces_dir"], "proj"))
     chat = requests.post(f"{live.url}/api/v2/chats", json={"title": "w", "workspace": "proj"}, headers=headers,
                          timeout=10).json()
     ws_url = live.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
@@ -117,7 +118,7 @@ def test_sigterm_closes_watch_sockets_with_going_away_and_exits_promptly(tmp_pat
     live = GunicornServer(env, work_dir=str(tmp_path))
     live.start()
     account = live.flask("create-user", "alice", "--org", "acme")
-    os.makedirs(os.path.join(env["WORKSPACES_ROOT"], "proj"))
+    os.makedirs(os.path.join(account["workspaces_dir"], "proj"))
     chat = requests.post(f"{live.url}/api/v2/chats", json={"title": "w", "workspace": "proj"},
                          headers={"Coder-Session-Token": account["token"]}, timeout=10).json()
     ws_url = live.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
