@@ -47,6 +47,10 @@ def parse_args(argv):
     parser.add_argument("--database", default="sqlite", choices=("sqlite", "postgres"))
     parser.add_argument("--watch-rounds", type=int, default=20, help="write→message rounds per workspace")
     parser.add_argument("--idle-seconds", type=float, default=6, help="seconds per idle-CPU measurement")
+    parser.add_argument("--scale-seconds", type=float, default=12,
+                        help="seconds per CPU window of the large-workspace cases (over the 10 s rescan)")
+    parser.add_argument("--watch-only", action="store_true",
+                        help="run only the watch section and rewrite only its part of docs/PERFORMANCE.md")
     parser.add_argument("--quick", action="store_true", help="short cells, for trying the benchmark out")
     parser.add_argument("--write-docs", action="store_true", help="write docs/ even for a partial run")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only rebuild docs/ from saved results")
@@ -58,7 +62,9 @@ def parse_args(argv):
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     if args.quick:
-        args.duration, args.watch_rounds, args.idle_seconds = 0.7, 6, 3
+        args.duration, args.watch_rounds, args.idle_seconds, args.scale_seconds = 0.7, 6, 3, 4
+    if args.watch_only:
+        args.sections = ["watch"]
     return args
 
 
@@ -194,7 +200,7 @@ def run_memory(args, stack, results):
 
 
 def run_watch(args, service, results):
-    from bench.watch import WatchBench, WatchUnavailable
+    from bench.watch import SCALE_CASES, SCALE_SOCKETS, WatchBench, WatchUnavailable
 
     log("watch: write→message latency and idle CPU")
     bench = WatchBench(service, log=log)
@@ -204,6 +210,9 @@ def run_watch(args, service, results):
             measured = bench.latency(files, args.watch_rounds, budget_seconds=30)
             watch["latency"].append(measured.summary())
         watch["idle"] = bench.idle_cpu(args.idle_seconds)
+        log(f"watch: large workspaces, {SCALE_SOCKETS} sockets each")
+        watch["scale"] = [bench.scale(label, repositories, untracked, args.scale_seconds)
+                          for label, repositories, untracked in SCALE_CASES]
     except WatchUnavailable as why:
         watch = {"available": False, "reason": str(why)}
         log(f"  git watch: not available: {why}")
@@ -228,7 +237,9 @@ def main(argv=None):
     results = run(args)
     log(f"results saved to {save(results)} ({results['meta']['elapsed_s']:.0f} s)")
     complete = set(args.sections) == set(SECTIONS) and not args.quick
-    if complete or args.write_docs:
+    if args.watch_only:
+        log(f"wrote the watch section of {report.write_section(results, ROOT / 'docs', 'watch')}")
+    elif complete or args.write_docs:
         log(f"wrote {report.write(results, ROOT / 'docs')}")
     else:
         log("partial or quick run: docs/ left alone (use --write-docs to write it anyway)")

@@ -1,14 +1,21 @@
-"""Git watch: latency from a file write to the ``changes`` message, and the CPU an idle socket costs.
+"""Git watch: latency from a file write to the ``changes`` message, the CPU an idle socket costs,
+and the cost of large workspaces (1, 100 and 400 repositories; 30,000 untracked files).
 
 Against ``GET /api/v2/chats/{chat}/git/watch`` (CONTRACT.md) on a
 single-worker service, so the worker's CPU time is the socket's cost. Each
 workspace is a git repository with N committed files, all N modified (N
 changed files); each round rewrites one of them with a fresh marker and
 times until a message whose diff carries that marker arrives.
+
+Scale cases (``WatchBench.scale``): the first message's latency, the time a
+refresh takes to be answered (a fresh scan: the scan time), and the worker's
+CPU per socket with four sockets on the workspace, idle (periodic rescans
+only) and with one write a second.
 """
 
 import json
 import random
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -18,6 +25,13 @@ from bench import procstat
 from bench.grid import TOKEN_HEADER, create_account
 
 RECEIVE_TIMEOUT = 10  # seconds a change may take before the round counts as lost
+SCALE_CASES = (  # label, repositories, untracked files in the (first) repository
+    ("1 repository", 1, 0),
+    ("100 repositories", 100, 0),
+    ("400 repositories", 400, 0),
+    ("30,000 untracked files", 1, 30_000),
+)
+SCALE_SOCKETS = 4
 INITIAL_TIMEOUT = 120  # the first scan of a large workspace
 
 
@@ -66,32 +80,54 @@ def make_workspace(root, name, files):
     return repo
 
 
+def make_repositories(root, name, count, untracked):
+    """A workspace of ``count`` small repositories (one modified file each), copied from one
+    template; the first also holds ``untracked`` new files, 1,000 per directory."""
+    workspace = Path(root) / name
+    template = make_workspace(Path(root) / f".template-{name}", "repo", 1)
+    for number in range(count):
+        shutil.copytree(template, workspace / f"repo{number:03d}", symlinks=True)
+    shutil.rmtree(template.parent)
+    first = workspace / "repo000"
+    for number in range(untracked):
+        directory = first / f"new{number // 1000:02d}"
+        directory.mkdir(exist_ok=True)
+        (directory / f"file{number % 1000:03d}.txt").write_text(f"untracked {number}\n")
+    return workspace
+
+
 class WatchBench:
     def __init__(self, service, log=print):
         self.service = service
         self.log = log
-        self.root = Path(service.env["WORKSPACES_ROOT"])
         self.account = create_account(service, "bench-watcher")
+        self.root = self._workspaces_dir(self.account)
         (self.worker_pid,) = service.worker_pids()
+
+    def _workspaces_dir(self, account):
+        # Workspaces live in the owner's own directory, WORKSPACES_ROOT/<user id>/ (create-user made it).
+        return Path(self.service.env["WORKSPACES_ROOT"]) / account.user_id
 
     # -- plumbing --
 
-    def create_chat(self, workspace):
+    def create_chat(self, workspace, account=None):
         import requests
 
+        account = account or self.account
         response = requests.post(f"{self.service.url}/api/v2/chats", json={"title": workspace, "workspace": workspace},
-                                 headers={TOKEN_HEADER: self.account.token}, timeout=30)
+                                 headers={TOKEN_HEADER: account.token}, timeout=30)
         if response.status_code != 201:
             raise RuntimeError(f"creating a chat failed: {response.status_code} {response.text[:300]}")
         return response.json()["id"]
 
-    def connect(self, chat_id):
+    def connect(self, chat_id, account=None):
         """An open socket and its first message; WatchUnavailable when the route does not answer as a WebSocket."""
         import simple_websocket
 
+        account = account or self.account
         url = f"ws://127.0.0.1:{self.service.port}/api/v2/chats/{chat_id}/git/watch"
         try:
-            socket = simple_websocket.Client.connect(url, headers={TOKEN_HEADER: self.account.token},
+            socket = simple_websocket.Client.connect(url, headers={TOKEN_HEADER: account.token},
                                                      receive_bytes=256 * 1024)
         except Exception as error:  # noqa: BLE001 - any failure to upgrade means "not there"
             raise WatchUnavailable(f"WebSocket upgrade refused ({error!r}); {self._plain_get(chat_id)}") from None
@@ -196,3 +232,55 @@ class WatchBench:
         time.sleep(seconds)
         return (procstat.cpu_seconds(self.worker_pid) - before) / seconds
 
+
+    # -- scale --
+
+    def scale(self, label, repositories, untracked, window_seconds):
+        """First message, scan time and CPU per socket for one large workspace."""
+        account = create_account(self.service, f"bench-scale-{repositories}-{untracked}")
+        name = f"scale-{repositories}-{untracked}"
+        workspace = make_repositories(self._workspaces_dir(account), name, repositories, untracked)
+        chat_id = self.create_chat(name, account)
+        connect_started = time.perf_counter()
+        socket, first, _ = self.connect(chat_id, account)
+        first_message_s = time.perf_counter() - connect_started
+        sockets = [socket] + [self.connect(chat_id, account)[0] for _ in range(SCALE_SOCKETS - 1)]
+        try:
+            scans = [self._refresh_seconds(socket) for _ in range(3)]
+            idle = self._cpu_rate(window_seconds) / SCALE_SOCKETS
+            busy = self._cpu_with_writes(workspace / "repo000" / "repo-bench.txt", window_seconds, sockets)
+        finally:
+            for each in sockets:
+                each.close()
+        row = {"label": label, "repositories": repositories, "untracked": untracked,
+               "reported": len(first.get("repositories", [])), "truncated": bool(first.get("truncated")),
+               "first_message_s": round(first_message_s, 3), "scan_s": round(sorted(scans)[1], 3),
+               "idle_cpu_per_socket": idle, "busy_cpu_per_socket": busy / SCALE_SOCKETS,
+               "sockets": SCALE_SOCKETS, "window_s": window_seconds}
+        self.log(f"  {label}: first message {row['first_message_s']} s, scan {row['scan_s']} s, "
+                 f"{row['reported']} reported{' (truncated)' if row['truncated'] else ''}, CPU per socket "
+                 f"{100 * idle:.2f}% idle, {100 * row['busy_cpu_per_socket']:.2f}% with a write a second")
+        return row
+
+    def _refresh_seconds(self, socket):
+        self._drain(socket)
+        started = time.perf_counter()
+        socket.send(json.dumps({"type": "refresh"}))
+        while True:
+            text = socket.receive(timeout=INITIAL_TIMEOUT)
+            if text is None:
+                raise WatchUnavailable(f"no answer to a refresh within {INITIAL_TIMEOUT}s")
+            if json.loads(text).get("type") == "changes":
+                return time.perf_counter() - started
+
+    def _cpu_with_writes(self, path, seconds, sockets):
+        before = procstat.cpu_seconds(self.worker_pid)
+        started = time.monotonic()
+        number = 0
+        while time.monotonic() - started < seconds:
+            path.write_text(f"write {number}\n")
+            number += 1
+            time.sleep(1)
+            for socket in sockets:
+                self._drain(socket)
+        return (procstat.cpu_seconds(self.worker_pid) - before) / (time.monotonic() - started)
