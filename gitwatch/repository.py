@@ -96,7 +96,7 @@ def read_repository(
     git_dir = _checked_git_dir(repo_dir, boundary)
     try:
         repo = pygit2.Repository(git_dir, RepositoryOpenFlag.NO_SEARCH | RepositoryOpenFlag.NO_DOTGIT)
-        _check_opened(repo, repo_dir, boundary)
+        _check_opened(repo, repo_dir, boundary, deadline)
         state = RepoState(
             repo_root,
             branch=_branch(repo),
@@ -130,6 +130,13 @@ def _require_inside(path: str, boundary: str, what: str) -> str:
 
 def _checked_git_dir(repo_dir: str, boundary: str) -> str:
     """The real git dir of ``repo_dir`` once every pointer out of it is checked."""
+    try:
+        return _follow_git_dir_pointers(repo_dir, boundary)
+    except OSError as error:  # vanished or unreadable while we looked: nothing to report
+        raise RepositoryRefused(f"cannot check the repository: {error}") from None
+
+
+def _follow_git_dir_pointers(repo_dir: str, boundary: str) -> str:
     _require_inside(repo_dir, boundary, "the repository")
     dot_git = os.path.join(repo_dir, ".git")
     mode = os.lstat(dot_git).st_mode
@@ -206,7 +213,7 @@ def _check_alternates(objects_dir: str, boundary: str) -> None:
                 pending.append((other, depth + 1))
 
 
-def _check_opened(repo: pygit2.Repository, repo_dir: str, boundary: str) -> None:
+def _check_opened(repo: pygit2.Repository, repo_dir: str, boundary: str, deadline: float) -> None:
     """What libgit2 takes from the config once open: the work tree and extra ignore/attribute files."""
     if repo.is_bare or os.path.realpath(repo.workdir) != os.path.realpath(repo_dir):
         raise RepositoryRefused("core.worktree points elsewhere")
@@ -216,13 +223,15 @@ def _check_opened(repo: pygit2.Repository, repo_dir: str, boundary: str) -> None
             _require_inside(os.path.join(repo_dir, os.path.expanduser(config[key])), boundary, key)
     if "core.symlinks" in config and not config.get_bool("core.symlinks"):
         raise RepositoryRefused("core.symlinks=false would read symlink targets")
-    _check_worktree_symlinks(repo_dir, boundary)
+    _check_worktree_symlinks(repo_dir, boundary, deadline)
 
 
-def _check_worktree_symlinks(repo_dir: str, boundary: str) -> None:
+def _check_worktree_symlinks(repo_dir: str, boundary: str, deadline: float) -> None:
     """libgit2 follows a symlinked .gitignore/.gitattributes/.gitmodules when it reads them."""
     pending = [os.fsencode(repo_dir)]
     while pending:
+        if time.monotonic() > deadline:
+            raise _OutOfTime()
         directory = pending.pop()
         try:
             entries = list(os.scandir(directory))

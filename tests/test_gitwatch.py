@@ -748,3 +748,17 @@ def test_thousands_of_untracked_files_give_the_note_without_reading_each(workspa
 
     assert re.fullmatch(r"Diff too large to display \(\d+ bytes\)\.", diff)
     assert patches == []  # known from the file list alone: no file was read for text
+
+
+def test_a_repository_vanishing_during_the_scan_is_left_out(workspace: Path, monkeypatch) -> None:
+    make_repo(workspace / "a")
+    make_repo(workspace / "b")
+    real = gitwatch.scan.read_repository
+
+    def delete_b_first(repo_dir, *args, **kwargs):
+        shutil.rmtree(workspace / "b", ignore_errors=True)
+        return real(repo_dir, *args, **kwargs)
+
+    monkeypatch.setattr(gitwatch.scan, "read_repository", delete_b_first)
+
+    assert list(scan_workspace(workspace)) == ["a"]
