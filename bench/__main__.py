@@ -219,12 +219,13 @@ def run_watch(args, service, results):
     results["watch"] = watch
 
 
-def save(results):
+def save(results, latest=True):
     out_dir = ROOT / "var" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=1))
-    (out_dir / "results-latest.json").write_text(json.dumps(results, indent=1))
+    if latest:  # what --render rebuilds the whole page from: a watch-only run must not replace it
+        (out_dir / "results-latest.json").write_text(json.dumps(results, indent=1))
     return path
 
 
@@ -235,7 +236,7 @@ def main(argv=None):
         log(f"wrote {report.write(results, ROOT / 'docs')}")
         return 0
     results = run(args)
-    log(f"results saved to {save(results)} ({results['meta']['elapsed_s']:.0f} s)")
+    log(f"results saved to {save(results, latest=not args.watch_only)} ({results['meta']['elapsed_s']:.0f} s)")
     complete = set(args.sections) == set(SECTIONS) and not args.quick
     if args.watch_only:
         log(f"wrote the watch section of {report.write_section(results, ROOT / 'docs', 'watch')}")

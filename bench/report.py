@@ -340,7 +340,7 @@ def _watch(results, image_names):
     idle = watch.get("idle")
     if idle:
         out += [
-            f"Idle sockets: worker CPU (its own plus reaped git children) over {idle['seconds']} s: "
+            f"Idle sockets: worker CPU (the watch starts no process: libgit2 runs inside it) over {idle['seconds']} s: "
             f"{100 * idle['no_socket']:.2f}% of a core with no socket, {100 * idle['one_socket']:.2f}% with one, "
             f"{100 * idle['many_sockets']:.2f}% with {idle['many']}: **{100 * idle['per_socket']:.3f}% of a core "
             "per idle socket**.", "",

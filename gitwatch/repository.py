@@ -103,10 +103,12 @@ def read_repository(
             remote_origin=_origin(repo),
             unified_diff=_limited_diff(repo, boundary, max_diff_bytes, deadline),
         )
+    except RepositoryRefused:
+        raise
     except _OutOfTime:
         state = RepoState(repo_root, error=OUT_OF_TIME)
-    except (pygit2.GitError, OSError, ValueError, KeyError) as error:
-        state = RepoState(repo_root, error=str(error) or type(error).__name__)
+    except Exception as error:  # a corrupt or odd repository must never end the socket
+        state = RepoState(repo_root, error=f"{type(error).__name__}: {error}")
     if _checked_git_dir(repo_dir, boundary) != git_dir:  # swapped while we read
         raise RepositoryRefused("the repository changed while it was read")
     return state
