@@ -360,3 +360,15 @@ def test_a_workspace_swapped_without_resolve_is_still_confined(tmp_path: Path, o
     scan = gitwatch.scan.scan(owner_dir / "proj", boundary=owner_dir)
 
     assert scan.states == {}
+
+
+def test_libgit2_reads_no_system_global_or_xdg_config_and_no_home() -> None:
+    """The service user's own git config (credential helpers, excludesFile, includes) must not apply."""
+    import pygit2
+    from pygit2.enums import ConfigLevel
+
+    import gitwatch.repository  # noqa: F401 - its import fixes the settings
+
+    for level in (ConfigLevel.SYSTEM, ConfigLevel.GLOBAL, ConfigLevel.XDG):
+        assert pygit2.settings.search_path[level] == os.devnull
+    assert pygit2.settings.homedir == os.devnull
