@@ -9,6 +9,7 @@ import errors
 import models
 import observability
 import storage
+import uploads
 from blueprints import chats, files, git_watch, health, openapi
 
 
@@ -16,6 +17,8 @@ def create_app(overrides=None):
     app = Flask(__name__, static_folder=None)
     app.config.update(config.load(overrides))
     app.json.sort_keys = False
+    # Innermost middleware: every body read through it, its drain counted in the request's log line.
+    uploads.init_app(app)
     # First: JSON logging for everything after it; its middleware must end up inside ProxyFix.
     observability.init_app(app)
 
