@@ -8,6 +8,7 @@ import config
 import errors
 import models
 import observability
+import origins
 import storage
 import uploads
 from blueprints import chats, files, git_watch, health, openapi
@@ -25,6 +26,7 @@ def create_app(overrides=None):
     models.init_app(app)
     storage.init_app(app)
     errors.init_app(app)
+    origins.init_app(app)  # before every blueprint's own hooks (the watch route authenticates in one)
     cli.init_app(app)
     for blueprint in (files.bp, chats.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)

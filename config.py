@@ -7,6 +7,8 @@ message naming the variable, instead of failing on the first request.
 
 import os
 
+import origins
+
 DEFAULTS = {
     "DATABASE_URL": "sqlite:///var/chatfiles.db",
     "S3_BUCKET": None,
@@ -29,6 +31,9 @@ DEFAULTS = {
     "BODY_READ_TIMEOUT": 20,
     "WORKSPACES_ROOT": "var/workspaces",
     "PROXY_HOPS": 0,
+    # Other origins (the chat frontend's, "https://chat.example.com") allowed to
+    # make cookie-authenticated unsafe requests and WebSocket upgrades.
+    "ALLOWED_ORIGINS": "",
     # Seconds between WebSocket pings; a client missing a pong is disconnected.
     "WATCH_PING_INTERVAL": 25,
     "TOKEN_LIFETIME_DAYS": 90,
@@ -66,6 +71,10 @@ def load(overrides=None):
 
 
 def validate(settings):
+    try:
+        settings["ALLOWED_ORIGINS"] = origins.parse_allowed_origins(settings["ALLOWED_ORIGINS"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for name in INTEGER_SETTINGS:
         try:
             settings[name] = int(settings[name])

@@ -44,7 +44,9 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "jsonlog.JsonFormatter"}},
-    "handlers": {"json": {"class": "jsonlog.JsonLineHandler", "formatter": "json"}},
+    # gunicorn's warnings about malformed requests quote them: query strings, cookies, tokens.
+    "filters": {"scrub": {"()": "jsonlog.ScrubSecrets"}},
+    "handlers": {"json": {"class": "jsonlog.JsonLineHandler", "formatter": "json", "filters": ["scrub"]}},
     "root": {"handlers": []},  # the app configures the root logger itself, in each worker
     "loggers": {
         "gunicorn.error": {"handlers": ["json"], "propagate": False},
