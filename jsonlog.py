@@ -108,7 +108,7 @@ class _DropRequestLines(logging.Filter):
 _SECRETS = (
     (re.compile(r"\?[^\s'\"]+"), "?[redacted]"),
     (re.compile(r"(cookie|authorization|coder[-_]session[-_]token)\b[^'\"\r\n]*", re.IGNORECASE), r"\1 [redacted]"),
-    (re.compile(r"\b[0-9a-f]{10}-[A-Za-z0-9_-]{16,}"), "[redacted token]"),
+    (re.compile(r"[0-9a-f]{10}-[A-Za-z0-9_-]{16,}"), "[redacted token]"),
 )
 
 
