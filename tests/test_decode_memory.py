@@ -24,8 +24,8 @@ MiB = 1024 * 1024
 def test_estimate_covers_the_measured_peak_and_is_not_far_above_it(entry):
     row = measure(*entry)
     assert row["estimate"] >= row["measured"], row
-    # Generous, so the estimate refuses nothing for want of precision: twice the peak, plus the fixed part.
-    assert row["estimate"] <= 2 * row["measured"] + images.DECODE_BASE_MEMORY, row
+    # Generous: the estimate may not refuse an image for want of precision (APNG without disposal: 2x).
+    assert row["estimate"] <= 3 * row["measured"] + images.DECODE_BASE_MEMORY, row
 
 
 @pytest.fixture
