@@ -1,7 +1,8 @@
 """Proving that bytes are the image they claim to be.
 
 ``verify_image`` is pure: sniff the leading bytes, walk the container's
-structure, then make Pillow decode every pixel of every frame under a pixel
+structure, estimate the decoder's memory from the header (refused over a
+budget), then make Pillow decode every pixel of every frame under a pixel
 budget. Anything that is not a complete, well-formed PNG, JPEG, GIF or WebP
 raises :class:`InvalidImage`.
 

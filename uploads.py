@@ -91,13 +91,17 @@ class BodyInput:
             and environ.get("HTTP_EXPECT", "").lower() == "100-continue"
         )
         self._stall_timeout = stall_timeout
+        self._remaining = _declared_length(environ)  # None: until the server's stream ends (chunked)
         self.bytes_read = 0
-        self.at_end = False
+        self.at_end = self._remaining == 0
         self.failed = False
 
     def read(self, size=-1):
         if self.failed or self.at_end:
             return b""
+        if self._remaining is not None:
+            # Never past the declared end: a dev server's input is the raw socket.
+            size = self._remaining if size is None or size < 0 else min(size, self._remaining)
         if self._continue_owed:
             self._continue_owed = False
             self._socket.sendall(CONTINUE)
@@ -114,7 +118,9 @@ class BodyInput:
             self.failed = True
             raise _malformed(error) from None
         self.bytes_read += len(data)
-        if not data and size != 0:
+        if self._remaining is not None:
+            self._remaining -= len(data)
+        if (not data and size != 0) or self._remaining == 0:
             self.at_end = True
         return data
 
@@ -168,6 +174,14 @@ class BodyInput:
         finally:
             with contextlib.suppress(OSError):
                 self._socket.settimeout(previous)
+
+
+def _declared_length(environ):
+    """The body's length: Content-Length, None for a server-terminated (chunked) stream, else 0 (PEP 3333)."""
+    try:
+        return max(0, int(environ.get("CONTENT_LENGTH") or ""))
+    except ValueError:
+        return None if environ.get("wsgi.input_terminated") else 0
 
 
 class BodyMiddleware:
