@@ -20,8 +20,8 @@ DEFAULTS = {
     # Upload bodies one worker process holds in memory at once (two at the
     # default limit); further uploads wait for room.
     "UPLOAD_MEMORY_BUDGET": 20 * 1024 * 1024,
-    # Decoded pixels allowed per image (all frames of an animation together).
-    # 40 MP of RGBA is 160 MB of decoder memory: the bound on a bomb's cost.
+    # Decoded pixels allowed per image (all frames of an animation together);
+    # what a decode may cost in memory is MAX_DECODE_MEMORY's to bound.
     "MAX_IMAGE_PIXELS": 40_000_000,
     # Estimated decoder memory above which an image is refused (images.decode_memory_estimate).
     "MAX_DECODE_MEMORY": 256 * 1024 * 1024,

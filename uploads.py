@@ -58,7 +58,8 @@ def init_app(app):
 
 
 def too_large(limit):
-    # The rest of the body is drained after the answer, but the connection is not reused.
+    # Connection: close where the server honours it; gunicorn keeps a connection
+    # whose body was drained whole and ends the others (BodyInput.linger).
     return ApiError(413, "File too large.", f"Maximum file size is {limit} bytes.", headers={"Connection": "close"})
 
 
@@ -96,7 +97,18 @@ class BodyInput:
         self.at_end = self._remaining == 0
         self.failed = False
 
+    @property
+    def continue_owed(self):
+        """The client waits for "100 Continue" before sending its body, and has not had it."""
+        return self._continue_owed
+
     def read(self, size=-1):
+        return self._read(self._stream.read, size)
+
+    def readline(self, size=-1):
+        return self._read(self._stream.readline, size)
+
+    def _read(self, method, size):
         if self.failed or self.at_end:
             return b""
         if self._remaining is not None:
@@ -107,7 +119,7 @@ class BodyInput:
             self._socket.sendall(CONTINUE)
         try:
             with self._socket_timeout(self._stall_timeout):
-                data = self._stream.read(size)
+                data = method(size)
         except TimeoutError:
             self.failed = True
             raise _timed_out(self._stall_timeout) from None
@@ -124,17 +136,13 @@ class BodyInput:
             self.at_end = True
         return data
 
-    def readline(self, size=-1):
-        # PEP 3333 asks for it; nothing here reads bodies by lines, so a bounded read will do.
-        return self.read(READ_CHUNK if size is None or size < 0 else size)
-
     def __iter__(self):
         return iter(lambda: self.read(READ_CHUNK), b"")
 
     def drain(self, limit, seconds):
-        """Read and discard the rest of the body; True when it all came (or none was ever to come)."""
+        """Read and discard the rest of the body; True when it all came."""
         if self._continue_owed:
-            return True  # the client waits for a 100 Continue that will never come: nothing to read
+            return self.at_end  # the client waits for a 100 Continue that will not come: nothing to read
         deadline = time.monotonic() + seconds
         try:
             while not self.at_end and not self.failed and self.bytes_read < limit:
@@ -146,9 +154,16 @@ class BodyInput:
         return self.at_end
 
     def linger(self, seconds):
-        """Half-close, then read what the client still sends for a moment, so closing does not reset."""
+        """Half-close, then read what the client still sends for a moment, so closing does not reset.
+
+        gunicorn ignores an application's ``Connection: close``: the half-close
+        is what ends the connection with the answer. A client still waiting
+        for "100 Continue" sends nothing more: no lingering for it.
+        """
         if self._socket is None:
             return
+        if self._continue_owed:
+            seconds = 0
         try:
             self._socket.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + seconds

@@ -133,9 +133,11 @@ def _verify(body):
     """Decode the spooled body in one of the worker's decode slots, its bytes counted in the memory budget."""
     config = current_app.config
     try:
-        with _decode_slot(config["DECODE_WAIT_TIMEOUT"]), \
-                current_app.extensions["upload_budget"].reserve(body.size, BUDGET_WAIT_SECONDS), \
-                body.mapped() as data:
+        with (
+            _decode_slot(config["DECODE_WAIT_TIMEOUT"]),
+            current_app.extensions["upload_budget"].reserve(body.size, BUDGET_WAIT_SECONDS),
+            body.mapped() as data,
+        ):
             return images.verify_image(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"])
     except images.UnsupportedType as error:
         raise ApiError(400, "Unsupported file type.", str(error)) from None

@@ -142,10 +142,11 @@ def test_expect_100_continue_gets_the_413_without_sending_the_body(live):
         assert_json_error(read_response(sock), 413, "File too large.")
 
 
-def test_expect_100_continue_gets_the_401_without_sending_the_body(live):
+def test_expect_100_continue_gets_the_401_without_sending_the_body_and_the_connection_closes(live):
     with connect(live) as sock:
         sock.sendall(upload_head(live, MiB, token="", extra=["Expect: 100-continue"]))
         assert_json_error(read_response(sock), 401)
+        assert sock.recv(1) == b""  # closed: where the next request would start (after a body or not) is unknown
 
 
 def test_expect_100_continue_is_answered_when_the_body_is_wanted(live):

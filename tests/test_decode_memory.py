@@ -15,6 +15,7 @@ import images
 from bench.decode_memory import CORPUS, corpus_file, measure
 from blueprints import files
 from tests.conftest import _create_user, make_app
+from tests.single_backend import database_url, storage_config  # noqa: F401 (fixtures)
 from tests.test_files import assert_error, object_count, row_count, upload
 
 MiB = 1024 * 1024
@@ -26,16 +27,6 @@ def test_estimate_covers_the_measured_peak_and_is_not_far_above_it(entry):
     assert row["estimate"] >= row["measured"], row
     # Generous: the estimate may not refuse an image for want of precision (APNG without disposal: 2x).
     assert row["estimate"] <= 3 * row["measured"] + images.DECODE_BASE_MEMORY, row
-
-
-@pytest.fixture
-def database_url(tmp_path):
-    return f"sqlite:///{tmp_path}/chatfiles.db"
-
-
-@pytest.fixture
-def storage_config(tmp_path):
-    return {"LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}
 
 
 def webp_lossless(side):

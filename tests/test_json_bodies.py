@@ -5,17 +5,8 @@ Chunked and malformed-chunked bodies are in test_bodies_live.py (they need gunic
 
 import pytest
 
+from tests.single_backend import database_url, storage_config  # noqa: F401 (fixtures)
 from tests.test_files import assert_error
-
-
-@pytest.fixture
-def database_url(tmp_path):
-    return f"sqlite:///{tmp_path}/chatfiles.db"
-
-
-@pytest.fixture
-def storage_config(tmp_path):
-    return {"LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}
 
 
 def post_chat(client, auth, data):
