@@ -127,7 +127,11 @@ class ScrubSecrets(logging.Filter):
     """
 
     def filter(self, record):
-        record.msg = scrub(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the format: keep the format only
+            message = str(record.msg)
+        record.msg = scrub(message)
         record.args = None
         if record.exc_info:
             record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))

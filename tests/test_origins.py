@@ -3,7 +3,8 @@
 import pytest
 
 import config
-from origins import cross_origin_problem, parse_allowed_origins
+from config import parse_allowed_origins
+from origins import cross_origin_problem
 from tests.conftest import _create_user, make_app
 from tests.single_backend import database_url, storage_config  # noqa: F401 (fixtures)
 from tests.test_files import assert_error
