@@ -6,6 +6,7 @@ message naming the variable, instead of failing on the first request.
 """
 
 import os
+import urllib.parse
 
 DEFAULTS = {
     "DATABASE_URL": "sqlite:///var/chatfiles.db",
@@ -18,11 +19,20 @@ DEFAULTS = {
     # Upload bodies one worker process holds in memory at once (two at the
     # default limit); further uploads wait for room.
     "UPLOAD_MEMORY_BUDGET": 20 * 1024 * 1024,
-    # Decoded pixels allowed per image (all frames of an animation together).
-    # 40 MP of RGBA is 160 MB of decoder memory: the bound on a bomb's cost.
+    # Decoded pixels allowed per image (all frames of an animation together);
+    # what a decode may cost in memory is MAX_DECODE_MEMORY's to bound.
     "MAX_IMAGE_PIXELS": 40_000_000,
+    # Estimated decoder memory above which an image is refused (images.decode_memory_estimate).
+    "MAX_DECODE_MEMORY": 256 * 1024 * 1024,
+    # Seconds an upload waits for one of the worker's two decode slots before a 503.
+    "DECODE_WAIT_TIMEOUT": 30,
+    # Seconds without a byte of the request body before the request ends with 408.
+    "BODY_READ_TIMEOUT": 20,
     "WORKSPACES_ROOT": "var/workspaces",
     "PROXY_HOPS": 0,
+    # Other origins (the chat frontend's, "https://chat.example.com") allowed to
+    # make cookie-authenticated unsafe requests and WebSocket upgrades.
+    "ALLOWED_ORIGINS": "",
     # Seconds between WebSocket pings; a client missing a pong is disconnected.
     "WATCH_PING_INTERVAL": 25,
     # Open watch sockets per user per instance; one more is refused with 429.
@@ -36,6 +46,9 @@ INTEGER_SETTINGS = (
     "MAX_FILE_SIZE",
     "UPLOAD_MEMORY_BUDGET",
     "MAX_IMAGE_PIXELS",
+    "MAX_DECODE_MEMORY",
+    "DECODE_WAIT_TIMEOUT",
+    "BODY_READ_TIMEOUT",
     "PROXY_HOPS",
     "TOKEN_LIFETIME_DAYS",
     "DATABASE_POOL_SIZE",
@@ -60,6 +73,10 @@ def load(overrides=None):
 
 
 def validate(settings):
+    try:
+        settings["ALLOWED_ORIGINS"] = parse_allowed_origins(settings["ALLOWED_ORIGINS"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for name in INTEGER_SETTINGS:
         try:
             settings[name] = int(settings[name])
@@ -69,6 +86,8 @@ def validate(settings):
             raise ConfigError(f"{name} must not be negative, got {settings[name]}.")
     if settings["MAX_FILE_SIZE"] == 0:
         raise ConfigError("MAX_FILE_SIZE must be at least 1 byte.")
+    if settings["BODY_READ_TIMEOUT"] == 0:
+        raise ConfigError("BODY_READ_TIMEOUT must be at least 1 second.")
     url = settings["DATABASE_URL"]
     if not url.startswith(("sqlite:", "postgres://", "postgresql://", "postgresql+pool://", "postgres+pool://")):
         raise ConfigError(f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got {url!r}.")
@@ -76,3 +95,22 @@ def validate(settings):
     if prefix.startswith("/") or ".." in prefix.split("/"):
         raise ConfigError(f"S3_PREFIX must be a relative key prefix, got {prefix!r}.")
     return settings
+
+
+def parse_allowed_origins(value):
+    """``ALLOWED_ORIGINS`` (comma-separated, or a list) as a frozenset of ``scheme://host[:port]``; ValueError."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    origins = set()
+    for item in (item.strip() for item in items):
+        if not item:
+            continue
+        parts = urllib.parse.urlsplit(item)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+                or parts.path not in ("", "/") or parts.query or parts.fragment):
+            raise ValueError(f"ALLOWED_ORIGINS entries must look like https://chat.example.com[:port], got {item!r}.")
+        origins.add(f"{parts.scheme}://{parts.netloc.lower()}")
+    return frozenset(origins)
