@@ -16,11 +16,20 @@ version and a concurrent one waits, then finds nothing left to do.
 import contextlib
 from dataclasses import dataclass
 
-from peewee import DateTimeField, IntegerField, PostgresqlDatabase, fn
-from playhouse.migrate import SchemaMigrator
+from peewee import (
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    PostgresqlDatabase,
+    fn,
+)
+from playhouse.migrate import Operation, SchemaMigrator
 from playhouse.migrate import migrate as run_operations
 
-from models import MODELS, BaseModel, db, utcnow
+from models import MODELS, BaseModel, ChatFile, db, utcnow
 
 BASELINE = 1
 BASELINE_TABLES = frozenset({"organization", "user", "membership", "apikey", "chatfile", "chat"})
@@ -52,8 +61,32 @@ def _index_chatfiles_by_owner_and_date(migrator):
     ]
 
 
+def _add_file_variants(migrator):
+    """Thumbnails and previews (variants.py): one row per variant of a file, and whether a file is animated."""
+
+    class ChatFileVariant(BaseModel):  # as version 3 made it
+        file = ForeignKeyField(ChatFile, on_delete="CASCADE", index=False)
+        variant = CharField(max_length=32)
+        original = BooleanField(default=False)
+        content_type = CharField(max_length=64)
+        width = IntegerField()
+        height = IntegerField()
+        size = BigIntegerField()
+        sha256 = CharField(max_length=64)
+
+        class Meta:
+            table_name = "chatfilevariant"
+            indexes = ((("file", "variant"), True),)
+
+    return [
+        migrator.add_column("chatfile", "animated", BooleanField(default=False)),
+        Operation(migrator, lambda _migrator: ChatFileVariant.create_table(safe=False)),
+    ]
+
+
 MIGRATIONS = {
     2: _index_chatfiles_by_owner_and_date,
+    3: _add_file_variants,  # a self-contained entry: renumber freely when merging
 }
 LATEST = max(MIGRATIONS, default=BASELINE)
 

@@ -215,12 +215,13 @@ def test_init_db_upgrades_a_version_1_database_keeping_its_rows(legacy):
     before = row_counts(legacy.app)
     assert before == {table: 1 for table in TABLES}
 
-    assert init_db(legacy.app) == {"from_version": 1, "version": 2, "applied": [2]}
-    assert init_db(legacy.app) == {"from_version": 2, "version": 2, "applied": []}
+    latest = migrations.LATEST
+    assert init_db(legacy.app) == {"from_version": 1, "version": latest, "applied": list(range(2, latest + 1))}
+    assert init_db(legacy.app) == {"from_version": latest, "version": latest, "applied": []}
 
     assert row_counts(legacy.app) == before
     with legacy.app.app_context():
-        assert recorded_versions() == [1, 2]
+        assert recorded_versions() == list(range(1, latest + 1))
         assert "chatfile_owner_id_created_at" in index_names("chatfile")
         assert "chatfile_owner_id" not in index_names("chatfile")
         assert migrations.current_version() == migrations.LATEST
@@ -228,8 +229,9 @@ def test_init_db_upgrades_a_version_1_database_keeping_its_rows(legacy):
 
 def test_init_db_prints_what_it_did(legacy):
     runner = legacy.app.test_cli_runner()
-    assert runner.invoke(args=["init-db"]).output == "Upgraded the database schema from version 1 to 2.\n"
-    assert runner.invoke(args=["init-db"]).output == "Database schema is up to date (version 2).\n"
+    latest = migrations.LATEST
+    assert runner.invoke(args=["init-db"]).output == f"Upgraded the database schema from version 1 to {latest}.\n"
+    assert runner.invoke(args=["init-db"]).output == f"Database schema is up to date (version {latest}).\n"
 
 
 def test_the_app_serves_old_rows_and_new_uploads_after_the_upgrade(legacy):
@@ -241,6 +243,14 @@ def test_the_app_serves_old_rows_and_new_uploads_after_the_upgrade(legacy):
     assert old_file.status_code == 200
     assert old_file.data == legacy.image
     assert old_file.headers["Content-Disposition"] == 'inline; filename="old.png"'
+    # Variants came after version 1: none until generate-variants makes them.
+    info = client.get(f"/api/v2/chats/files/{legacy.file_id}/info", headers=headers).json
+    assert (info["animated"], info["thumbnail"], info["preview"]) == (False, None, None)
+    assert client.get(f"/api/v2/chats/files/{legacy.file_id}/thumbnail", headers=headers).status_code == 404
+    backfill = legacy.app.test_cli_runner().invoke(args=["generate-variants", "--json"])
+    assert json.loads(backfill.output)["generated"] == 1, backfill.output
+    thumbnail = client.get(f"/api/v2/chats/files/{legacy.file_id}/thumbnail", headers=headers)
+    assert (thumbnail.status_code, thumbnail.headers["Content-Type"]) == (200, "image/webp")
     chats = client.get("/api/v2/chats", headers=headers)
     assert [chat["id"] for chat in chats.json] == [str(legacy.chat_id)]
 
@@ -261,7 +271,7 @@ def test_an_upgraded_database_has_the_schema_a_fresh_one_gets(legacy, storage_co
     models.close_all_connections()
 
     fresh_app = bare_app(other_database_url, storage_config, tmp_path)
-    assert init_db(fresh_app) == {"from_version": None, "version": 2, "applied": []}
+    assert init_db(fresh_app) == {"from_version": None, "version": migrations.LATEST, "applied": []}
     fresh = describe_schema(fresh_app)
     assert upgraded == fresh
 
@@ -300,14 +310,14 @@ def test_a_failing_migration_leaves_the_database_as_it_was(legacy, monkeypatch):
 
         return [migrator.add_column("chat", "pinned", IntegerField(null=True)), migrator.drop_index("chat", "nope")]
 
-    monkeypatch.setitem(migrations.MIGRATIONS, 3, add_a_column_then_fail)
-    monkeypatch.setattr(migrations, "LATEST", 3)
+    monkeypatch.setitem(migrations.MIGRATIONS, migrations.LATEST + 1, add_a_column_then_fail)
+    monkeypatch.setattr(migrations, "LATEST", migrations.LATEST + 1)
     before = describe_schema(legacy.app)
 
     result = legacy.app.test_cli_runner().invoke(args=["init-db"])
     assert result.exit_code == 1
     assert "Database error, nothing was changed" in result.output
-    assert describe_schema(legacy.app) == before  # migration 2, the version table and the column all rolled back
+    assert describe_schema(legacy.app) == before  # the migrations, the version table and the column all rolled back
     assert row_counts(legacy.app) == {table: 1 for table in TABLES}
 
 
@@ -331,6 +341,6 @@ def test_concurrent_init_db_runs_migrate_once(legacy):
     for thread in threads:
         thread.join(timeout=30)
     assert errors == []
-    assert sorted(change.applied for change in changes) == [(), (2,)]
+    assert sorted(change.applied for change in changes) == [(), tuple(range(2, migrations.LATEST + 1))]
     with legacy.app.app_context():
-        assert recorded_versions() == [1, 2]
+        assert recorded_versions() == list(range(1, migrations.LATEST + 1))
