@@ -129,7 +129,7 @@ def gc_storage_command(older_than, dry_run, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def generate_variants_command(as_json):
     """Make the missing thumbnails and previews of stored files (safe to run again, and after a kill)."""
-    progress = _progress_line if sys.stdout.isatty() else None
+    progress = _progress_line if stdout_is_terminal() else None
     try:
         with db.connection_context():
             result = generate_variants.generate_missing(get_storage(), progress)
@@ -148,6 +148,10 @@ def generate_variants_command(as_json):
         click.echo(result.summary())
     if result.failed:
         raise click.ClickException(f"{len(result.failed)} files failed; see above.")
+
+
+def stdout_is_terminal():
+    return sys.stdout.isatty()
 
 
 def _progress_line(result, total):

@@ -286,7 +286,7 @@ def _store(data, sha256, info, still, made, name, organization_id):
     try:
         storage.put(key, data, info.content_type, metadata)
         written.append(key)
-        written += store_variants(storage, organization_id, file_id, made)
+        store_variants(storage, organization_id, file_id, made, written)
     except StorageError:
         log.exception("storing %s or its variants failed", key)
         for done in written:
@@ -315,10 +315,11 @@ def _store(data, sha256, info, still, made, name, organization_id):
     return file_id
 
 
-def store_variants(storage, organization_id, file_id, made):
-    """Put each made variant that is not the original; return the keys written. Raises StorageError."""
+def store_variants(storage, organization_id, file_id, made, written=None):
+    """Put each made variant that is not the original; return the keys written, also appended to ``written``
+    as they go (so a caller can undo them when a later put raises StorageError)."""
     prefix = current_app.config["VARIANTS_PREFIX"]
-    written = []
+    written = [] if written is None else written
     for variant in made:
         if variant.original:
             continue
