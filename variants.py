@@ -11,8 +11,9 @@ itself when that is animated or already fits: it is not stored twice.
 Memory: ``images.verify_image`` hands over its decoded first frame (a JPEG's
 already decoded near the preview's scale, ``images.DRAFT_BOUND``), which is
 shrunk once to the largest variant's box before anything else touches it; the
-smaller variants come from that. The only full-size copy made is of a palette
-or bilevel frame, converted to RGB(A) because Pillow cannot resample it.
+smaller variants come from that. The only full-size copy made is the one
+Pillow needs to resample: a palette or bilevel frame converted to RGB(A), an
+RGBA one premultiplied (tests/test_variants.py counts them).
 """
 
 import hashlib

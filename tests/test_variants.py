@@ -25,7 +25,7 @@ from tests.imaging import (
     smooth_image,
 )
 from tests.test_files import assert_error, upload
-from tests.test_image_corpus import make_animation
+from tests.test_image_corpus import VariantMemory, make_animation
 
 FILES = "/api/v2/chats/files"
 
@@ -300,6 +300,24 @@ def test_variants_of_every_format_and_mode(sqlite_app, content_type, mode):
         got.load()
         assert got.size == size
         assert got.mode == "RGB" or (got.mode == "RGBA" and mode in ("LA",))
+
+
+@pytest.mark.parametrize("mode, copies", [("RGB", 0), ("RGBA", 1), ("L", 0), ("P", 1)])
+def test_variants_shrink_the_frame_before_any_other_full_size_work(sqlite_app, monkeypatch, mode, copies):
+    """Orientation, colour profile and alpha are all dealt with at the preview's size: the only
+    full-size image made is the one Pillow needs to resample the frame (RGBA premultiplied, a
+    palette expanded)."""
+    memory = VariantMemory(monkeypatch)
+    exif = Image.Exif()
+    exif[variants.ORIENTATION_TAG] = 6
+    image = half_transparent(3000, 2000).convert(mode) if mode != "P" else smooth_image(3000, 2000).quantize(64)
+    data = encode(image, "image/png", exif=exif.tobytes(),
+                  icc_profile=rgb_profile(SRGB_RED, SRGB_GREEN, SRGB_BLUE) if mode != "L" else None)
+    first_frame = variants.FirstFrame()
+    images.verify_image(data, 10**8, first_frame)
+    assert (first_frame.still.width, first_frame.still.height) == (2000, 3000)
+    assert len(memory.larger_than_box) == copies
+    assert memory.problems == []
 
 
 # --- headers, auth, layout ----------------------------------------------------------
