@@ -40,9 +40,10 @@ NAMES = tuple(spec.name for spec in VARIANTS)
 # The first frame is shrunk to this once; every variant is made from that.
 WORKING_BOX = (max(spec.max_width for spec in VARIANTS), max(spec.max_height for spec in VARIANTS))
 
-# WebP at quality 80, libwebp's default effort: bench/variants.py measured it
-# against JPEG and other efforts (docs/PERFORMANCE.md, "Variants").
-ENCODING = ("WEBP", "image/webp", {"quality": 80, "method": 4})
+# WebP at quality 75 (libvips' default, what Zulip serves) and libwebp's
+# default effort: bench/variants.py measured it against JPEG and other
+# qualities and efforts (docs/PERFORMANCE.md, "Variants").
+ENCODING = ("WEBP", "image/webp", {"quality": 75, "method": 4})
 EXTENSIONS = {"image/webp": ".webp", "image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif"}
 
 # Orientation tag values 2-8 and the transposition that makes them upright (EXIF 2.3, tag 0x0112).

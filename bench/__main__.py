@@ -2,7 +2,8 @@
 
 Sections: grid (service / passthrough / boto3 side by side), conditional
 (304 vs 200), verify (Pillow), memory (one worker under 8 x 10 MiB),
-watch (git watch latency and idle CPU). With a subset of sections, or
+watch (git watch latency and idle CPU); a complete run then runs
+``scripts/bench variants`` (bench/variants.py), which also runs alone. With a subset of sections, or
 --quick, results go to var/bench/ only and docs/ is left alone unless
 --write-docs is given. ``--render FILE`` rebuilds the docs from saved results.
 """
@@ -220,7 +221,12 @@ def save(results):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["variants"]:  # `scripts/bench variants`: only the variants, in their own section
+        from bench import variants
+
+        return variants.main(argv[1:])
+    args = parse_args(argv)
     if args.render:
         results = json.loads(Path(args.render).read_text())
         log(f"wrote {report.write(results, ROOT / 'docs')}")
@@ -230,6 +236,10 @@ def main(argv=None):
     complete = set(args.sections) == set(SECTIONS) and not args.quick
     if complete or args.write_docs:
         log(f"wrote {report.write(results, ROOT / 'docs')}")
+    if complete:
+        from bench import variants
+
+        log(f"wrote {variants.write(variants.run(log), ROOT / 'docs')}")
     else:
         log("partial or quick run: docs/ left alone (use --write-docs to write it anyway)")
     return 0
