@@ -40,10 +40,15 @@ NAMES = tuple(spec.name for spec in VARIANTS)
 # The first frame is shrunk to this once; every variant is made from that.
 WORKING_BOX = (max(spec.max_width for spec in VARIANTS), max(spec.max_height for spec in VARIANTS))
 
-# WebP at quality 75 (libvips' default, what Zulip serves) and libwebp's
-# default effort: bench/variants.py measured it against JPEG and other
-# qualities and efforts (docs/PERFORMANCE.md, "Variants").
-ENCODING = ("WEBP", "image/webp", {"quality": 75, "method": 4})
+# WebP at quality 75 (libvips' default, what Zulip serves), effort 2 of 6:
+# bench/variants.py measured it against JPEG and the other qualities and
+# efforts (docs/PERFORMANCE.md, "Variants"): JPEG is 20 times faster but
+# twice the bytes, libwebp's default effort (4) 10% smaller but twice the time.
+ENCODING = ("WEBP", "image/webp", {"quality": 75, "method": 2})
+# Shrinking the decoded frame to the working box: Hamming costs half of
+# Lanczos and differs from it by less than the eye sees (bench/variants.py:
+# 44 dB PSNR); the last step to each variant's box is Lanczos, on small images.
+SHRINK_FILTER = Image.Resampling.HAMMING
 EXTENSIONS = {"image/webp": ".webp", "image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif"}
 
 # Orientation tag values 2-8 and the transposition that makes them upright (EXIF 2.3, tag 0x0112).
@@ -122,7 +127,7 @@ def still_of(frame, size):
     target = displayed_size(fit(width, height, *WORKING_BOX), turn)  # in the frame's own orientation
     image = _resamplable(frame)
     if image.size != target:
-        image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        image = image.resize(target, SHRINK_FILTER, reducing_gap=2.0)
     if turn in UPRIGHT:
         image = image.transpose(UPRIGHT[turn])
     image = _to_srgb(image, frame.info.get("icc_profile"))
@@ -140,7 +145,7 @@ def make(still, content_type, animated, size, sha256):
         width, height = fit(still.width, still.height, spec.max_width, spec.max_height)
         image = still.image
         if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.LANCZOS)
+            image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
         data = _encode(image)
         made.append(Made(spec.name, ENCODING[1], width, height, len(data), hashlib.sha256(data).hexdigest(), data))
     return made
