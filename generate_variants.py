@@ -15,6 +15,7 @@ Files are visited in id order, ``BATCH_SIZE`` rows per query.
 from dataclasses import asdict, dataclass, field
 
 from flask import current_app
+from peewee import IntegrityError
 
 import images
 import variants
@@ -83,10 +84,13 @@ def _complete(storage, row, result):
     made = [variant for variant in variants.make(first_frame.still, info.content_type, info.animated, len(data),
                                                  row.sha256) if variant.name in missing]
     result.variants_stored += len(store_variants(storage, row.organization_id, row.id, made))
-    with db.atomic():
-        record_variants(row.id, made)
-        ChatFile.update(width=first_frame.still.width, height=first_frame.still.height,
-                        animated=info.animated).where(ChatFile.id == row.id).execute()
+    try:
+        with db.atomic():
+            record_variants(row.id, made)
+            ChatFile.update(width=first_frame.still.width, height=first_frame.still.height,
+                            animated=info.animated).where(ChatFile.id == row.id).execute()
+    except IntegrityError:
+        return  # the file was deleted meanwhile: gc-storage removes the objects just stored
     result.generated += 1
 
 

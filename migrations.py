@@ -65,7 +65,7 @@ def _add_file_variants(migrator):
     """Thumbnails and previews (variants.py): one row per variant of a file, and whether a file is animated."""
 
     class ChatFileVariant(BaseModel):  # as version 3 made it
-        file = ForeignKeyField(ChatFile, on_delete="CASCADE", index=False)
+        file = ForeignKeyField(ChatFile, backref="+", on_delete="CASCADE", index=False)  # no backref on ChatFile
         variant = CharField(max_length=32)
         original = BooleanField(default=False)
         content_type = CharField(max_length=64)

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import threading
 import uuid
 
 import pytest
@@ -412,6 +413,14 @@ def test_variants_prefix_is_configurable(tmp_path):
     models.close_all_connections()
 
 
+@pytest.mark.parametrize("prefix", ["chat-files/", "/abs/", "a/../b/"])
+def test_a_variants_prefix_clashing_with_the_originals_or_escaping_is_refused_at_start_up(prefix):
+    import config
+
+    with pytest.raises(config.ConfigError, match="VARIANTS_PREFIX"):
+        config.load({"VARIANTS_PREFIX": prefix})
+
+
 def test_a_variant_that_cannot_be_stored_fails_the_upload_leaving_nothing(app, client, auth, user, monkeypatch):
     store = app.extensions["storage"]
     real_put = store.put
@@ -613,3 +622,29 @@ def test_generate_variants_shows_a_progress_line_on_a_terminal(app, client, auth
     assert "\r1/1 files checked, 0 given variants" in result.output
     assert result.output.endswith("Checked 1 files: 1 already complete, 0 given their missing variants "
                                   "(0 objects stored).\n")
+
+
+def test_generate_variants_passes_over_a_file_deleted_while_it_works(app, client, auth, photo, monkeypatch):
+    file_id, _ = photo
+    forget_variants(app, [file_id])
+    real_store = generate_variants.store_variants
+
+    def store_then_delete(*args):
+        written = real_store(*args)
+        # Another request (its own thread and connection) deletes the file meanwhile.
+        statuses = []
+        deleter = threading.Thread(target=lambda: statuses.append(
+            client.delete(f"{FILES}/{file_id}", headers=auth).status_code))
+        deleter.start()
+        deleter.join(timeout=30)
+        assert statuses == [204]
+        return written
+
+    monkeypatch.setattr(generate_variants, "store_variants", store_then_delete)
+    result, summary = backfill(app)
+    assert summary is not None, result.output
+    assert (summary["generated"], summary["failed"]) == (0, [])
+    assert len(variant_keys(app)) <= 2  # whatever the delete missed, gc-storage removes
+    result = app.test_cli_runner().invoke(args=["gc-storage", "--older-than", "0"])
+    assert result.exit_code == 0, result.output
+    assert variant_keys(app) == []
