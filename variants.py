@@ -128,6 +128,7 @@ def still_of(frame, size):
     image = _resamplable(frame)
     if image.size != target:
         image = image.resize(target, SHRINK_FILTER, reducing_gap=2.0)
+    image = _eight_bit(image)
     if turn in UPRIGHT:
         image = image.transpose(UPRIGHT[turn])
     image = _to_srgb(image, frame.info.get("icc_profile"))
@@ -161,12 +162,18 @@ def renamed(name, content_type):
 
 def _resamplable(frame):
     """The frame in a mode Pillow resamples smoothly; a palette or bilevel frame becomes RGB(A)."""
-    if frame.mode in ("RGB", "RGBA", "L", "LA", "CMYK"):
+    if frame.mode in ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F") or frame.mode.startswith("I;16"):
         return frame
-    if frame.mode.startswith("I;16") or frame.mode in ("I", "F"):
-        # 16- and 32-bit grey: keep the top 8 bits, as a browser shows it.
-        return frame.point(lambda value: value / 256).convert("L") if frame.mode != "F" else frame.convert("L")
     return frame.convert("RGBA" if frame.has_transparency_data else "RGB")
+
+
+def _eight_bit(image):
+    """16- and 32-bit grey (a 16-bit PNG) as 8-bit grey, keeping the top 8 bits as a browser shows it."""
+    if image.mode == "F":
+        return image.convert("L")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        return image.point(lambda value: value / 256).convert("L")
+    return image
 
 
 def _to_srgb(image, icc_profile):
