@@ -3,8 +3,8 @@
 Sections: grid (service / passthrough / boto3 side by side), conditional
 (304 vs 200), verify (Pillow), memory (one worker under 8 x 10 MiB),
 watch (git watch latency and idle CPU); a complete run then runs
-``scripts/bench variants`` (bench/variants.py), which also runs alone. With a subset of sections, or
---quick, results go to var/bench/ only and docs/ is left alone unless
+``scripts/bench variants`` (bench/variants.py, which also runs alone).
+With a subset of sections, or --quick, results go to var/bench/ only and docs/ is left alone unless
 --write-docs is given. ``--render FILE`` rebuilds the docs from saved results.
 """
 
@@ -236,12 +236,12 @@ def main(argv=None):
     complete = set(args.sections) == set(SECTIONS) and not args.quick
     if complete or args.write_docs:
         log(f"wrote {report.write(results, ROOT / 'docs')}")
+    else:
+        log("partial or quick run: docs/ left alone (use --write-docs to write it anyway)")
     if complete:
         from bench import variants
 
         log(f"wrote {variants.write(variants.run(log), ROOT / 'docs')}")
-    else:
-        log("partial or quick run: docs/ left alone (use --write-docs to write it anyway)")
     return 0
 
 
