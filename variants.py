@@ -47,7 +47,7 @@ WORKING_BOX = (max(spec.max_width for spec in VARIANTS), max(spec.max_height for
 ENCODING = ("WEBP", "image/webp", {"quality": 75, "method": 2})
 # Shrinking the decoded frame to the working box: Hamming costs half of
 # Lanczos and differs from it by less than the eye sees (bench/variants.py:
-# 44 dB PSNR); the last step to each variant's box is Lanczos, on small images.
+# 44-48 dB PSNR); the last step to each variant's box is Lanczos, on small images.
 SHRINK_FILTER = Image.Resampling.HAMMING
 EXTENSIONS = {"image/webp": ".webp", "image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif"}
 

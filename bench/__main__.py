@@ -4,8 +4,9 @@ Sections: grid (service / passthrough / boto3 side by side), conditional
 (304 vs 200), verify (Pillow), memory (one worker under 8 x 10 MiB),
 watch (git watch latency and idle CPU); a complete run then runs
 ``scripts/bench variants`` (bench/variants.py, which also runs alone).
-With a subset of sections, or --quick, results go to var/bench/ only and docs/ is left alone unless
---write-docs is given. ``--render FILE`` rebuilds the docs from saved results.
+With a subset of sections, or --quick, results go to var/bench/ only and
+docs/ is left alone unless --write-docs is given. ``--render FILE`` rebuilds
+the docs from saved results.
 """
 
 import argparse
