@@ -1,6 +1,7 @@
 """Admin commands: ``flask --app wsgi <command>``. Each wraps a function tests call directly."""
 
 import json
+import sys
 
 import click
 from flask import current_app
@@ -9,6 +10,7 @@ from peewee import IntegrityError, PeeweeException
 
 import auth
 import gc_storage
+import generate_variants
 import migrations
 import workspaces
 from models import Membership, Organization, User, db
@@ -108,10 +110,11 @@ def create_token_command(name, as_json):
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def gc_storage_command(older_than, dry_run, as_json):
-    """Delete stored objects that have no database row (uploads cut short between the two writes)."""
+    """Delete stored objects (originals and variants) that have no database row (uploads cut short, failed deletions)."""
     try:
         with db.connection_context():
-            result = gc_storage.collect_orphans(get_storage(), current_app.config["S3_PREFIX"], older_than, dry_run)
+            result = gc_storage.collect_orphans(get_storage(), current_app.config["S3_PREFIX"], older_than, dry_run,
+                                                variants_prefix=current_app.config["VARIANTS_PREFIX"])
     except StorageError as error:
         raise click.ClickException(f"Storage error, stopped: {error}") from None
     except PeeweeException as error:
@@ -125,6 +128,41 @@ def gc_storage_command(older_than, dry_run, as_json):
         raise click.ClickException(f"{len(result.failed)} deletions failed; run gc-storage again.")
 
 
+@click.command("generate-variants")
+@with_appcontext
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def generate_variants_command(as_json):
+    """Make the missing thumbnails and previews of stored files (safe to run again, and after a kill)."""
+    progress = _progress_line if stdout_is_terminal() else None
+    try:
+        with db.connection_context():
+            result = generate_variants.generate_missing(get_storage(), progress)
+    except StorageError as error:
+        raise click.ClickException(f"Storage error, stopped: {error}") from None
+    except PeeweeException as error:
+        raise click.ClickException(f"Database error, stopped (run it again to go on): {error}") from None
+    finally:
+        if progress is not None:
+            click.echo("\r\033[K", nl=False)  # the progress line gives way to the result
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        for failure in result.failed:
+            click.echo(f"failed {failure['id']}: {failure['error']}")
+        click.echo(result.summary())
+    if result.failed:
+        raise click.ClickException(f"{len(result.failed)} files failed; see above.")
+
+
+def stdout_is_terminal():
+    return sys.stdout.isatty()
+
+
+def _progress_line(result, total):
+    click.echo(f"\r{result.files}/{total} files checked, {result.generated} given variants", nl=False)
+
+
 def init_app(app):
-    for command in (init_db_command, create_user_command, create_token_command, gc_storage_command):
+    for command in (init_db_command, create_user_command, create_token_command, gc_storage_command,
+                    generate_variants_command):
         app.cli.add_command(command)

@@ -14,6 +14,7 @@ DEFAULTS = {
     "S3_ENDPOINT_URL": None,
     "S3_REGION": "us-east-1",
     "S3_PREFIX": "chat-files/",
+    "VARIANTS_PREFIX": "chat-file-variants/",
     "LOCAL_STORAGE_ROOT": "var/objects",
     "MAX_FILE_SIZE": 10 * 1024 * 1024,
     # Upload bodies one worker process holds in memory at once (two at the
@@ -91,9 +92,12 @@ def validate(settings):
     url = settings["DATABASE_URL"]
     if not url.startswith(("sqlite:", "postgres://", "postgresql://", "postgresql+pool://", "postgres+pool://")):
         raise ConfigError(f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got {url!r}.")
-    prefix = settings["S3_PREFIX"] or ""
-    if prefix.startswith("/") or ".." in prefix.split("/"):
-        raise ConfigError(f"S3_PREFIX must be a relative key prefix, got {prefix!r}.")
+    for name in ("S3_PREFIX", "VARIANTS_PREFIX"):
+        prefix = settings[name] or ""
+        if prefix.startswith("/") or ".." in prefix.split("/"):
+            raise ConfigError(f"{name} must be a relative key prefix, got {prefix!r}.")
+    if (settings["VARIANTS_PREFIX"] or "") == (settings["S3_PREFIX"] or ""):
+        raise ConfigError("VARIANTS_PREFIX must differ from S3_PREFIX: variants live apart from originals.")
     return settings
 
 

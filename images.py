@@ -37,6 +37,12 @@ MAX_JPEG_MARKERS = 10_000
 MAX_PNG_CHUNKS = 50_000  # a 10 MiB PNG in 8 KiB IDATs has 1,300
 MAX_GIF_BLOCKS = 200_000  # blocks and sub-blocks; 10 MiB of pixels is 41,000
 
+# A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
+# scaling, Pillow's draft). The verifying decode goes only as small as still
+# covers the largest variant (variants.py: the 1280 x 1280 preview), so the
+# same decode feeds the variants.
+DRAFT_BOUND = 1280
+
 
 class UnsupportedType(ValueError):
     """The leading bytes are not one of the allowed image types."""
@@ -51,6 +57,7 @@ class ImageInfo:
     content_type: str
     width: int
     height: int
+    animated: bool = False  # more than one frame
 
 
 def sniff(data):
@@ -67,60 +74,86 @@ def sniff(data):
     return None
 
 
-def verify_image(data, max_pixels, max_memory=None):
+def verify_image(data, max_pixels, max_memory=None, on_first_frame=None):
     """Return the detected type and size of ``data`` (any bytes-like: bytes, an mmap), or raise.
 
     Raises UnsupportedType when the leading bytes are no allowed image, and
     InvalidImage when Pillow cannot decode all of it within ``max_pixels``,
     or when decoding it would take more than ``max_memory`` bytes (estimated
     from its header, before decoding; None: no limit).
+    ``on_first_frame(image, (width, height))``, when given, is called with the
+    decoded first frame (a JPEG's at jpeg_draft_size) before the decode moves
+    on: what variants.py makes the thumbnail and preview from.
     """
     content_type = sniff(data)
     if content_type is None:
         raise UnsupportedType("The file content is not a PNG, JPEG, GIF or WebP image.")
     _check_container(data, content_type)
     try:
-        width, height = _decode_all_frames(data, content_type, max_pixels, max_memory)
+        width, height, frames = _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_frame)
     except InvalidImage:
         raise
     except UnidentifiedImageError:  # its message names the reader object, an address in memory
         raise InvalidImage(f"Pillow does not recognise it as a {PILLOW_FORMATS[content_type]} image.") from None
     except Exception as error:  # Pillow raises many types for corrupt input
         raise InvalidImage(f"The image could not be decoded: {error}.") from None
-    return ImageInfo(content_type, width, height)
+    return ImageInfo(content_type, width, height, animated=frames > 1)
 
 
-def _decode_all_frames(data, content_type, max_pixels, max_memory):
+def jpeg_draft_scale(width, height, bound=DRAFT_BOUND):
+    """The largest of 8, 4, 2, 1 by which a JPEG can be shrunk while decoding and still cover ``bound``.
+
+    Never more than the shorter side, so both sides keep a pixel and Pillow's
+    draft picks exactly this scale.
+    """
+    longest = max(width, height)
+    for scale in (8, 4, 2):
+        if longest / scale >= min(bound, longest) and min(width, height) >= scale:
+            return scale
+    return 1
+
+
+def jpeg_draft_size(width, height):
+    """The size Pillow decodes a ``width`` x ``height`` JPEG to (what its decoder memory follows)."""
+    scale = jpeg_draft_scale(width, height)
+    return -(-width // scale), -(-height // scale)
+
+
+def _draft_jpeg(image):
+    """Decode scaled down: every block is still entropy-decoded (so truncation
+    and corruption still fail), faster and in a fraction of the memory of a
+    full decode. Asking for the rounded-down size makes Pillow pick exactly
+    jpeg_draft_scale."""
+    width, height = image.size
+    scale = jpeg_draft_scale(width, height)
+    image.draft(None, (max(1, width // scale), max(1, height // scale)))
+
+
+def _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_frame=None):
     with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
         width, height = image.size
         if width * height == 0:
             raise InvalidImage("The image has no pixels.")
         if content_type == "image/jpeg":
-            # Every block is still entropy-decoded (so truncation and corruption
-            # still fail), at a fraction of the memory and time of a full decode.
-            image.draft(None, jpeg_draft_size(width, height))
+            _draft_jpeg(image)
         if max_memory is not None:
             estimate = decode_memory_estimate(image, content_type, data)
             if estimate > max_memory:
                 raise InvalidImage(f"The image is too large to decode: it would take about {estimate} bytes of "
                                    f"memory, more than the {max_memory} allowed.")
-        decoded = 0
-        for _frame in _seek_each_frame(image, content_type):
-            # Counted at the frame's own size, before decoding: a GIF frame may grow the canvas.
-            decoded += image.size[0] * image.size[1]
+        decoded = frames = 0
+        for frame in _seek_each_frame(image, content_type):
+            # Counted at the frame's own size, before decoding: a GIF frame may
+            # grow the canvas. The first at the header's size: a JPEG's draft shrank image.size.
+            decoded += width * height if frame == 0 else image.size[0] * image.size[1]
             if decoded > max_pixels:
                 raise InvalidImage(f"The image has more than {max_pixels} pixels.")
             image.load()
-        return width, height
+            frames += 1
+            if frame == 0 and on_first_frame is not None:
+                on_first_frame(image, (width, height))
+        return width, height, frames
 
-
-def jpeg_draft_size(width, height):
-    """The size a JPEG is decoded at (libjpeg scales by 1/2, 1/4 or 1/8 to at least this).
-
-    1/8 scale: twice the speed and 1/64 of the output memory of a full decode.
-    The decode and its memory estimate both ask here.
-    """
-    return max(1, width // 8), max(1, height // 8)
 
 
 # --- decoder memory, estimated from the header --------------------------------
@@ -136,7 +169,7 @@ def estimate_decode_memory(data):
     content_type = sniff(data)
     with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
         if content_type == "image/jpeg":
-            image.draft(None, jpeg_draft_size(*image.size))
+            _draft_jpeg(image)
         return decode_memory_estimate(image, content_type, data)
 
 

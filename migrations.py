@@ -17,11 +17,21 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 
-from peewee import DateTimeField, IntegerField, PostgresqlDatabase, Table, fn
-from playhouse.migrate import SchemaMigrator
+from peewee import (
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    PostgresqlDatabase,
+    Table,
+    fn,
+)
+from playhouse.migrate import Operation, SchemaMigrator
 from playhouse.migrate import migrate as run_operations
 
-from models import MODELS, BaseModel, db, utcnow  # one way only: models never imports this module
+from models import MODELS, BaseModel, ChatFile, db, utcnow  # one way only: models never imports this module
 
 BASELINE = 1
 BASELINE_TABLES = frozenset({"organization", "user", "membership", "apikey", "chatfile", "chat"})
@@ -77,9 +87,33 @@ def _chat_workspaces_relative_to_owner(migrator):
     return [_RowChange(rewrite)]
 
 
+def _add_file_variants(migrator):
+    """Thumbnails and previews (variants.py): one row per variant of a file, and whether a file is animated."""
+
+    class ChatFileVariant(BaseModel):  # as version 4 made it
+        file = ForeignKeyField(ChatFile, backref="+", on_delete="CASCADE", index=False)  # no backref on ChatFile
+        variant = CharField(max_length=32)
+        original = BooleanField(default=False)
+        content_type = CharField(max_length=64)
+        width = IntegerField()
+        height = IntegerField()
+        size = BigIntegerField()
+        sha256 = CharField(max_length=64)
+
+        class Meta:
+            table_name = "chatfilevariant"
+            indexes = ((("file", "variant"), True),)
+
+    return [
+        migrator.add_column("chatfile", "animated", BooleanField(default=False)),
+        Operation(migrator, lambda _migrator: ChatFileVariant.create_table(safe=False)),
+    ]
+
+
 MIGRATIONS = {
     2: _index_chatfiles_by_owner_and_date,
     3: _chat_workspaces_relative_to_owner,
+    4: _add_file_variants,
 }
 LATEST = max(MIGRATIONS, default=BASELINE)
 

@@ -72,12 +72,30 @@ class ChatFile(BaseModel):
     content_type = CharField(max_length=64)
     size = BigIntegerField()
     sha256 = CharField(max_length=64)
-    width = IntegerField()
+    width = IntegerField()  # as displayed: EXIF orientation applied
     height = IntegerField()
     created_at = DateTimeField(default=utcnow)
+    animated = BooleanField(default=False)
 
     class Meta:
         indexes = ((("owner", "created_at"), False),)
+
+
+class ChatFileVariant(BaseModel):
+    """A thumbnail or preview of a file (variants.VARIANTS). ``original``: the file's own bytes serve as it."""
+
+    # Indexed by (file, variant) below, which also serves lookups and the cascade by file alone.
+    file = ForeignKeyField(ChatFile, backref="variants", on_delete="CASCADE", index=False)
+    variant = CharField(max_length=32)
+    original = BooleanField(default=False)
+    content_type = CharField(max_length=64)
+    width = IntegerField()
+    height = IntegerField()
+    size = BigIntegerField()
+    sha256 = CharField(max_length=64)
+
+    class Meta:
+        indexes = ((("file", "variant"), True),)
 
 
 class Chat(BaseModel):
@@ -93,7 +111,7 @@ class Chat(BaseModel):
         indexes = ((("owner", "created_at"), False),)
 
 
-MODELS = [Organization, User, Membership, ApiKey, ChatFile, Chat]
+MODELS = [Organization, User, Membership, ApiKey, ChatFile, ChatFileVariant, Chat]
 
 
 # libpq settings that notice a server gone silent (a partition, a dead host)

@@ -2,9 +2,11 @@
 
 Sections: grid (service / passthrough / boto3 side by side), conditional
 (304 vs 200), verify (Pillow), memory (one worker under 8 x 10 MiB),
-watch (git watch latency and idle CPU). With a subset of sections, or
---quick, results go to var/bench/ only and docs/ is left alone unless
---write-docs is given. ``--render FILE`` rebuilds the docs from saved results.
+watch (git watch latency and idle CPU); a complete run then runs
+``scripts/bench variants`` (bench/variants.py, which also runs alone).
+With a subset of sections, or --quick, results go to var/bench/ only and
+docs/ is left alone unless --write-docs is given. ``--render FILE`` rebuilds
+the docs from saved results.
 """
 
 import argparse
@@ -230,7 +232,12 @@ def save(results, latest=True):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["variants"]:  # `scripts/bench variants`: only the variants, in their own section
+        from bench import variants
+
+        return variants.main(argv[1:])
+    args = parse_args(argv)
     if args.render:
         results = json.loads(Path(args.render).read_text())
         log(f"wrote {report.write(results, ROOT / 'docs')}")
@@ -244,6 +251,10 @@ def main(argv=None):
         log(f"wrote {report.write(results, ROOT / 'docs')}")
     else:
         log("partial or quick run: docs/ left alone (use --write-docs to write it anyway)")
+    if complete:
+        from bench import variants
+
+        log(f"wrote {variants.write(variants.run(log), ROOT / 'docs')}")
     return 0
 
 

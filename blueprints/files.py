@@ -1,4 +1,4 @@
-"""Chat file attachments: upload an image, download it again."""
+"""Chat file attachments: upload an image, download it, its thumbnail, preview and info; delete it."""
 
 import contextlib
 import logging
@@ -11,11 +11,13 @@ from playhouse.pool import MaxConnectionsExceeded
 
 import images
 import uploads
+import variants
 from auth import login_required
+from blueprints.chats import _rfc3339 as rfc3339
 from errors import ApiError, error_response
 from filenames import inline_content_disposition, name_from_content_disposition
-from models import ChatFile, Membership, release_connection
-from storage import StorageError, get_storage, object_key, object_metadata
+from models import ChatFile, ChatFileVariant, Membership, db, release_connection
+from storage import StorageError, get_storage, object_key, object_metadata, variant_key, variant_metadata
 
 bp = Blueprint("files", __name__)
 log = logging.getLogger(__name__)
@@ -44,9 +46,9 @@ def upload():
     with uploads.spooled_body(current_app.config["MAX_FILE_SIZE"]) as body:
         if not body.size:
             raise ApiError(400, "The file is empty.", "Send the image's bytes as the request body.")
-        info = _verify(body)
+        info, still, made = _verify(body)
         name = name_from_content_disposition(request.headers.get("Content-Disposition"))
-        file_id = _store(body, info, name, organization_id)
+        file_id = _store(body, info, still, made, name, organization_id)
     return jsonify(id=str(file_id)), 201
 
 
@@ -54,20 +56,97 @@ def upload():
 @login_required
 def download(file_id):
     row = _readable_file(file_id)
+    return _send(row.content_type, row.name, row.sha256, row.size, _original_key(row))
+
+
+def _download_variant(file_id, variant):
+    row = _readable_file(file_id)
+    stored = ChatFileVariant.get_or_none((ChatFileVariant.file == row.id) & (ChatFileVariant.variant == variant))
+    if stored is None:
+        raise ApiError(404, f"The file has no {variant} yet.",
+                       "Files uploaded before variants existed get them from the generate-variants command.")
+    if stored.original:
+        return _send(row.content_type, row.name, row.sha256, row.size, _original_key(row))
+    key = variant_key(current_app.config["VARIANTS_PREFIX"], row.organization_id, row.id, variant)
+    return _send(stored.content_type, variants.renamed(row.name, stored.content_type), stored.sha256, stored.size, key)
+
+
+# One route per variant (variants.VARIANTS): /thumbnail, /preview.
+for _spec in variants.VARIANTS:
+    bp.add_url_rule(
+        f"/api/v2/chats/files/<file_id>/{_spec.name}",
+        endpoint=f"download_{_spec.name}",
+        view_func=login_required(lambda file_id, _variant=_spec.name: _download_variant(file_id, _variant)),
+        methods=["GET", "HEAD"],
+    )
+
+
+@bp.get("/api/v2/chats/files/<file_id>/info")
+@login_required
+def file_info(file_id):
+    row = _readable_file(file_id)
+    stored = {variant.variant: variant for variant in row.variants}
+    return jsonify(
+        id=str(row.id),
+        organization_id=str(row.organization_id),
+        name=row.name,
+        content_type=row.content_type,
+        size=row.size,
+        sha256=row.sha256,
+        width=row.width,
+        height=row.height,
+        animated=row.animated,
+        created_at=rfc3339(row.created_at),
+        **{name: _variant_json(stored.get(name)) for name in variants.NAMES},
+    )
+
+
+def _variant_json(stored):
+    if stored is None:
+        return None  # not made yet: generate-variants makes it
+    return {"width": stored.width, "height": stored.height, "content_type": stored.content_type}
+
+
+@bp.delete("/api/v2/chats/files/<file_id>")
+@login_required
+def delete_file(file_id):
+    """The row goes first (every instance answers 404 at once), then the objects; gc-storage removes what fails."""
+    row = _readable_file(file_id)
+    if not ChatFile.delete().where((ChatFile.id == row.id) & (ChatFile.owner == g.user.id)).execute():
+        raise ApiError(404, "File not found.")  # a concurrent delete got there first
+    release_connection()
+    storage = get_storage()
+    for key in _all_keys(row):
+        _delete_quietly(storage, key)
+    return Response(status=204)
+
+
+def _original_key(row):
+    return object_key(current_app.config["S3_PREFIX"], row.organization_id, row.id)
+
+
+def _all_keys(row):
+    """The original's key and every variant's, stored or not (deleting an absent key is no error)."""
+    prefix = current_app.config["VARIANTS_PREFIX"]
+    return [_original_key(row)] + [variant_key(prefix, row.organization_id, row.id, name) for name in variants.NAMES]
+
+
+def _send(content_type, name, sha256, size, key):
+    """200 with the object's bytes streamed from storage, 304 for a matching If-None-Match, headers only for HEAD."""
     headers = {
-        "Content-Type": row.content_type,
-        "Content-Disposition": inline_content_disposition(row.name),
+        "Content-Type": content_type,
+        "Content-Disposition": inline_content_disposition(name),
         "Cache-Control": CACHE_FOREVER,
-        "ETag": f'"{row.sha256}"',
+        "ETag": f'"{sha256}"',
         "X-Content-Type-Options": "nosniff",
     }
     release_connection()
-    if request.if_none_match.contains_weak(row.sha256):
+    if request.if_none_match.contains_weak(sha256):
         return Response(status=304, headers=headers)
-    headers["Content-Length"] = str(row.size)
+    headers["Content-Length"] = str(size)
     if request.method == "HEAD":
         return Response(status=200, headers=headers)
-    stored = _open_object(row)
+    stored = _open_object(key)
     return Response(_stream(stored), status=200, headers=headers, direct_passthrough=True)
 
 
@@ -109,7 +188,8 @@ def _create_upload_budget(state):
 def database_unavailable(error):
     """The token and membership checks need the database too: their failure is this route's 500."""
     log.error("database failure during %s: %s", request.endpoint, error)
-    message = "Failed to save chat file." if request.endpoint == "files.upload" else "Failed to read chat file."
+    message = {"files.upload": "Failed to save chat file.", "files.delete_file": "Failed to delete chat file."}.get(
+        request.endpoint, "Failed to read chat file.")
     return error_response(500, message, "The database is unavailable; try again.")
 
 
@@ -138,7 +218,11 @@ def _verify(body):
             current_app.extensions["upload_budget"].reserve(body.size, BUDGET_WAIT_SECONDS),
             body.mapped() as data,
         ):
-            return images.verify_image(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"])
+            # One decode verifies the image and hands its first frame to the variants.
+            first_frame = variants.FirstFrame()
+            info = images.verify_image(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"], first_frame)
+            made = variants.make(first_frame.still, info.content_type, info.animated, body.size, body.sha256)
+            return info, first_frame.still, made
     except images.UnsupportedType as error:
         raise ApiError(400, "Unsupported file type.", str(error)) from None
     except images.InvalidImage as error:
@@ -160,35 +244,76 @@ def _busy():
                     headers={"Retry-After": "1", "Connection": "close"})
 
 
-def _store(body, info, name, organization_id):
-    """Write the object, then its row; undo the object if the row fails."""
+def _store(body, info, still, made, name, organization_id):
+    """Write the original and its variants, then the rows; undo the objects if anything fails.
+
+    Width and height are as displayed (EXIF orientation applied), in the row
+    and in the object metadata alike.
+    """
     file_id = uuid.uuid4()
     sha256 = body.sha256
     key = object_key(current_app.config["S3_PREFIX"], organization_id, file_id)
     storage = get_storage()
-    metadata = object_metadata(g.user.id, organization_id, sha256, info.width, info.height, name)
+    metadata = object_metadata(g.user.id, organization_id, sha256, still.width, still.height, name)
+    written = []
     try:
         storage.put(key, body.rewound(), info.content_type, metadata)
+        written.append(key)
+        store_variants(storage, organization_id, file_id, made, written)
     except StorageError:
-        log.exception("storing %s failed", key)
+        log.exception("storing %s or its variants failed", key)
+        for done in written:
+            _delete_quietly(storage, done)
         raise ApiError(500, "Failed to save chat file.", "The file store is unavailable; try again.") from None
     try:
-        ChatFile.create(
-            id=file_id,
-            owner=g.user.id,
-            organization=organization_id,
-            name=name,
-            content_type=info.content_type,
-            size=body.size,
-            sha256=sha256,
-            width=info.width,
-            height=info.height,
-        )
+        with db.atomic():
+            ChatFile.create(
+                id=file_id,
+                owner=g.user.id,
+                organization=organization_id,
+                name=name,
+                content_type=info.content_type,
+                size=body.size,
+                sha256=sha256,
+                width=still.width,
+                height=still.height,
+                animated=info.animated,
+            )
+            record_variants(file_id, made)
     except (PeeweeException, MaxConnectionsExceeded):
-        log.exception("recording %s failed; deleting its object", key)
-        _delete_quietly(storage, key)
+        log.exception("recording %s failed; deleting its objects", key)
+        for done in written:
+            _delete_quietly(storage, done)
         raise ApiError(500, "Failed to save chat file.", "The database is unavailable; try again.") from None
     return file_id
+
+
+def store_variants(storage, organization_id, file_id, made, written=None):
+    """Put each made variant that is not the original; return the keys written, also appended to ``written``
+    as they go (so a caller can undo them when a later put raises StorageError)."""
+    prefix = current_app.config["VARIANTS_PREFIX"]
+    written = [] if written is None else written
+    for variant in made:
+        if variant.original:
+            continue
+        key = variant_key(prefix, organization_id, file_id, variant.name)
+        metadata = variant_metadata(file_id, variant.name, variant.sha256, variant.width, variant.height)
+        storage.put(key, variant.data, variant.content_type, metadata)
+        written.append(key)
+    return written
+
+
+def record_variants(file_id, made):
+    """Insert or replace the variant rows of a file."""
+    for variant in made:
+        ChatFileVariant.insert(
+            file=file_id, variant=variant.name, original=variant.original, content_type=variant.content_type,
+            width=variant.width, height=variant.height, size=variant.size, sha256=variant.sha256,
+        ).on_conflict(
+            conflict_target=[ChatFileVariant.file, ChatFileVariant.variant],
+            preserve=[ChatFileVariant.original, ChatFileVariant.content_type, ChatFileVariant.width,
+                      ChatFileVariant.height, ChatFileVariant.size, ChatFileVariant.sha256],
+        ).execute()
 
 
 def _delete_quietly(storage, key):
@@ -209,12 +334,11 @@ def _readable_file(file_id):
     return row
 
 
-def _open_object(row):
-    key = object_key(current_app.config["S3_PREFIX"], row.organization_id, row.id)
+def _open_object(key):
     try:
         return get_storage().open(key)
     except FileNotFoundError:
-        log.error("row %s has no object at %s", row.id, key)
+        log.error("a row points to %s, which is missing", key)
         raise ApiError(500, "Failed to read chat file.", "The file's bytes are missing from storage.") from None
     except StorageError:
         log.exception("opening %s failed", key)

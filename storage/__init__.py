@@ -1,7 +1,8 @@
 """Object storage for file bytes: one interface, an S3 and a local backend.
 
 The object layout is a public interface read by other tools (CONTRACT.md,
-"Storage layout"): ``{S3_PREFIX}{organization_id}/{file_id}``, written once,
+"Storage layout"): ``{S3_PREFIX}{organization_id}/{file_id}`` (and variants at
+``{VARIANTS_PREFIX}{organization_id}/{file_id}/{variant}``), written once,
 never changed, with the stored type as Content-Type and the metadata below.
 Backends raise only ``FileNotFoundError`` or :class:`StorageError`.
 """
@@ -84,6 +85,15 @@ def object_metadata(owner_id, organization_id, sha256, width, height, filename):
         "height": str(height),
         "filename": urllib.parse.quote(filename or "", safe=""),
     }
+
+
+def variant_key(prefix, organization_id, file_id, variant):
+    """Where a file's thumbnail or preview lives: apart from the originals, under VARIANTS_PREFIX."""
+    return f"{prefix}{organization_id}/{file_id}/{variant}"
+
+
+def variant_metadata(file_id, variant, sha256, width, height):
+    return {"file-id": str(file_id), "variant": variant, "sha256": sha256, "width": str(width), "height": str(height)}
 
 
 def from_config(config):

@@ -21,7 +21,7 @@ import config
 import gc_storage
 import models
 import storage
-from storage import StorageError, get_storage, object_key
+from storage import StorageError, get_storage, object_key, variant_key
 from tests.imaging import make_image
 from tests.live import GunicornServer, backend_settings
 from tests.test_files import upload
@@ -115,11 +115,11 @@ def test_dry_run_reports_and_deletes_nothing(app):
 
 
 def test_gc_command_deletes_and_prints_each_key_and_a_summary(app, client, auth, user):
-    uploaded(app, client, auth, user)
+    uploaded(app, client, auth, user)  # the original and its thumbnail (the small original is its own preview)
     orphan = put_orphan(app)
     young = gc_command(app)  # default grace period: nothing old enough yet
     assert young.splitlines()[-1] == (
-        "Deleted 0 orphaned objects and 0 leftover files; kept 0 objects with a row and 2 younger than 3600 s; "
+        "Deleted 0 orphaned objects and 0 leftover files; kept 0 objects with a row and 3 younger than 3600 s; "
         "left 0 keys outside the layout alone."
     )
 
@@ -127,7 +127,7 @@ def test_gc_command_deletes_and_prints_each_key_and_a_summary(app, client, auth,
 
     assert lines == [
         f"deleted {orphan}",
-        "Deleted 1 orphaned object and 0 leftover files; kept 1 object with a row and 0 younger than 0 s; "
+        "Deleted 1 orphaned object and 0 leftover files; kept 2 objects with a row and 0 younger than 0 s; "
         "left 0 keys outside the layout alone.",
     ]
     assert not exists(app, orphan)
@@ -201,11 +201,16 @@ def test_a_crash_between_the_object_and_its_row_leaves_garbage_gc_removes(app, c
         assert models.ChatFile.get_or_none(models.ChatFile.id == interrupted["id"]) is None
     assert len(all_keys(app)) == 3
 
+    garbage_thumbnail = variant_key(app.config["VARIANTS_PREFIX"], interrupted["organization"], interrupted["id"],
+                                    "thumbnail")
+    assert exists(app, garbage_thumbnail)
+
     output = json.loads(gc_command(app, "--older-than", "0", "--json"))
 
-    assert output["deleted"] == [garbage]
-    assert output["kept_with_row"] == 2
+    assert output["deleted"] == [garbage, garbage_thumbnail]
+    assert output["kept_with_row"] == 4  # two originals and their thumbnails
     assert not exists(app, garbage)
+    assert not exists(app, garbage_thumbnail)
     for file_id in (before_crash, after_crash):
         assert client.get(f"/api/v2/chats/files/{file_id}", headers=auth).status_code == 200
 
@@ -399,12 +404,15 @@ def test_a_worker_killed_between_the_object_and_its_row_leaves_garbage_gc_remove
         request_thread.join(timeout=30)
         assert blocker.row_count() == 1
     assert outcome and isinstance(outcome[0], requests.ConnectionError)  # never acknowledged
+    variants_prefix = effective["VARIANTS_PREFIX"]
+    garbage_variants = [key for key, _ in store.iter_objects(variants_prefix) if kept not in key]
 
     report = server.flask("gc-storage", "--older-than", "0")
 
-    assert report["deleted"] == garbage
-    assert report["kept_with_row"] == 1
+    assert report["deleted"] == garbage + garbage_variants
+    assert report["kept_with_row"] == 2  # the kept file and its thumbnail
     assert [key for key, _ in store.iter_objects(prefix)] == [kept_key]
+    assert [key for key, _ in store.iter_objects(variants_prefix)] == [f"{variants_prefix}{kept_key[len(prefix):]}/thumbnail"]
     download = requests.get(f"{server.url}/api/v2/chats/files/{kept}", headers=headers, timeout=30)
     assert download.status_code == 200
 

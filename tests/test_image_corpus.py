@@ -4,9 +4,12 @@ Each base image (made with Pillow, in every allowed format, still and
 animated) is truncated, bit-flipped, given absurd dimensions, wrapped in
 other formats, and turned into the bombs a decoder fears. Every case ends
 in one of two ways: 400 with a JSON error, or, where the bytes are still a
-valid image, 201 and a download that gives back exactly the same bytes.
+valid image, 201 and a download that gives back exactly the same bytes, and a
+thumbnail and preview that are images within their boxes.
 Never a 5xx, and never a decode that runs for long or eats memory: the
-caps in images.py refuse those before Pillow starts.
+caps in images.py refuse those before Pillow starts. Making the variants
+allocates no image larger than the decoded first frame, and at most one
+larger than the preview (VariantMemory below; bench/variants.py times it).
 
 One app and one user per test; each test sends many cases and reports all
 that went wrong at once.
@@ -25,6 +28,7 @@ from PIL import Image
 import cli
 import images
 import models
+import variants
 from tests.imaging import make_animated_gif, make_image
 from tests.test_files import upload, with_png_dimensions
 from tests.test_hostile_input import without_disk_syncs
@@ -74,17 +78,80 @@ class Uploader:
         download = self.client.get(f"/api/v2/chats/files/{response.json['id']}", headers=self.auth)
         if download.status_code != 200 or download.data != data:
             return f"accepted, but the download is {download.status_code} with {len(download.data)} other bytes"
+        for spec in variants.VARIANTS:
+            wrong = self.wrong_variant(response.json["id"], spec)
+            if wrong:
+                return f"accepted, but its {spec.name} {wrong}"
         return KEPT
+
+    def wrong_variant(self, file_id, spec):
+        variant = self.client.get(f"/api/v2/chats/files/{file_id}/{spec.name}", headers=self.auth)
+        if variant.status_code != 200:
+            return f"is {variant.status_code}"
+        try:
+            with Image.open(io.BytesIO(variant.data)) as image:
+                image.load()
+                width, height = image.size
+        except Exception as error:
+            return f"does not decode: {error}"
+        if not spec.original_if_fits and (width > spec.max_width or height > spec.max_height):
+            return f"is {width}x{height}"
+        return None
 
     def message(self, data, content_type):
         return upload(self.client, self.auth, data, content_type, self.organization).json.get("message")
 
 
+class VariantMemory:
+    """Records the size of every image Pillow makes while a first frame becomes a variant still."""
+
+    def __init__(self, monkeypatch):
+        self.made = None  # a list while variants.still_of runs
+        self.problems = []
+        self.larger_than_box = []  # of the last still made
+        real_new, real_method, real_still_of = Image.new, Image.Image._new, variants.still_of
+
+        def new(*args, **kwargs):
+            return self._record(real_new(*args, **kwargs))
+
+        def method(image, core):
+            return self._record(real_method(image, core))
+
+        def still_of(frame, size):
+            self.made = []
+            try:
+                return real_still_of(frame, size)
+            finally:
+                self._check(frame, self.made)
+                self.made = None
+
+        monkeypatch.setattr(Image, "new", new)
+        monkeypatch.setattr(Image.Image, "_new", method)
+        monkeypatch.setattr(variants, "still_of", still_of)
+
+    def _record(self, image):
+        if self.made is not None:
+            self.made.append(image.size)
+        return image
+
+    def _check(self, frame, made):
+        decoded = frame.size[0] * frame.size[1]
+        larger_than_frame = [size for size in made if size[0] * size[1] > decoded]
+        self.larger_than_box = [size for size in made if size[0] * size[1] > BOX_PIXELS]
+        if larger_than_frame or len(self.larger_than_box) > 1:
+            self.problems.append(f"frame {frame.size}: made {made}")
+
+
+BOX_PIXELS = variants.WORKING_BOX[0] * variants.WORKING_BOX[1]
+
+
 @pytest.fixture
 def uploader(sqlite_app, monkeypatch):
     sqlite_app.config["PROPAGATE_EXCEPTIONS"] = False
+    memory = VariantMemory(monkeypatch)
     with without_disk_syncs(sqlite_app, monkeypatch):
         yield Uploader(sqlite_app)
+    assert memory.problems == []
 
 
 def assert_outcomes(uploader, cases, content_type, allowed):

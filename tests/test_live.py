@@ -41,6 +41,34 @@ def test_readme_flow_upload_and_download_over_http(live):
     assert download.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'
 
 
+def test_a_deleted_file_answers_404_on_every_instance_at_once(live, tmp_path):
+    """Two instances (3 and 2 workers) on one database and one store: a delete on one is seen by all."""
+    (tmp_path / "second").mkdir()
+    second = GunicornServer({**live.env, "WEB_CONCURRENCY": 2, "WEB_THREADS": 4}, work_dir=str(tmp_path / "second"))
+    second.start()
+    try:
+        account = live.flask("create-user", "alice", "--org", "acme")
+        headers = {"Coder-Session-Token": account["token"]}
+        response = requests.post(f"{live.url}/api/v2/chats/files", params={"organization": account["organization_id"]},
+                                 data=make_image("image/png", 300, 200),
+                                 headers={**headers, "Content-Type": "image/png"}, timeout=10)
+        file_url = f"/api/v2/chats/files/{response.json()['id']}"
+        paths = [file_url, f"{file_url}/thumbnail", f"{file_url}/preview", f"{file_url}/info"]
+        # Several requests per path and instance, so every worker has served the file before.
+        for server in (live, second):
+            for path in paths * 3:
+                assert requests.get(f"{server.url}{path}", headers=headers, timeout=10).status_code == 200, path
+
+        assert requests.delete(f"{second.url}{file_url}", headers=headers, timeout=10).status_code == 204
+
+        for server in (live, second):
+            for path in paths * 3:
+                gone = requests.get(f"{server.url}{path}", headers=headers, timeout=10)
+                assert (gone.status_code, gone.json()["message"]) == (404, "File not found."), path
+    finally:
+        second.stop()
+
+
 def test_chunked_upload_over_http(live):
     account = live.flask("create-user", "alice", "--org", "acme")
     data = make_image("image/jpeg", 300, 200)

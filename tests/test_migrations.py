@@ -243,6 +243,14 @@ def test_the_app_serves_old_rows_and_new_uploads_after_the_upgrade(legacy):
     assert old_file.status_code == 200
     assert old_file.data == legacy.image
     assert old_file.headers["Content-Disposition"] == 'inline; filename="old.png"'
+    # Variants came after version 1: none until generate-variants makes them.
+    info = client.get(f"/api/v2/chats/files/{legacy.file_id}/info", headers=headers).json
+    assert (info["animated"], info["thumbnail"], info["preview"]) == (False, None, None)
+    assert client.get(f"/api/v2/chats/files/{legacy.file_id}/thumbnail", headers=headers).status_code == 404
+    backfill = legacy.app.test_cli_runner().invoke(args=["generate-variants", "--json"])
+    assert json.loads(backfill.output)["generated"] == 1, backfill.output
+    thumbnail = client.get(f"/api/v2/chats/files/{legacy.file_id}/thumbnail", headers=headers)
+    assert (thumbnail.status_code, thumbnail.headers["Content-Type"]) == (200, "image/webp")
     chats = client.get("/api/v2/chats", headers=headers)
     assert [chat["id"] for chat in chats.json] == [str(legacy.chat_id)]
 
@@ -310,7 +318,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(legacy, monkeypatch):
     result = legacy.app.test_cli_runner().invoke(args=["init-db"])
     assert result.exit_code == 1
     assert "Database error, nothing was changed" in result.output
-    assert describe_schema(legacy.app) == before  # migration 2, the version table and the column all rolled back
+    assert describe_schema(legacy.app) == before  # the migrations, the version table and the column all rolled back
     assert row_counts(legacy.app) == {table: 1 for table in TABLES}
 
 

@@ -69,9 +69,10 @@ def test_document_and_url_map_name_the_same_routes(sqlite_app, document):
     assert documented - served == set(), "documented but not served"
 
 
-def test_head_is_documented_for_file_download_only(document):
+def test_head_is_documented_for_file_downloads_only(document):
     heads = {path for path, method, _ in operations(document) if method == "head"}
-    assert heads == {"/api/v2/chats/files/{file}"}
+    assert heads == {"/api/v2/chats/files/{file}", "/api/v2/chats/files/{file}/thumbnail",
+                     "/api/v2/chats/files/{file}/preview"}
 
 
 def test_path_parameters_are_declared(document):

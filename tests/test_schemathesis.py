@@ -132,6 +132,28 @@ def test_upload_and_download_conform(live, account):
         assert response.status_code == status, (method, if_none_match)
 
 
+def test_variants_info_and_delete_conform(live, account):
+    """A real file reaches 200 and 304 of its thumbnail and preview, 200 of its info, then 204 and the 404s."""
+    token = {"Coder-Session-Token": account["token"]}
+    created = call(live, SCHEMA_WITH_TOKEN["/api/v2/chats/files"]["POST"],
+                   query={"organization": account["organization_id"]}, headers=token,
+                   body=make_image("image/jpeg", 1400, 700), media_type="image/jpeg")
+    assert created.status_code == 201
+    file = {"file": created.json()["id"]}
+    for variant in ("thumbnail", "preview"):
+        operations = SCHEMA_WITH_TOKEN[f"/api/v2/chats/files/{{file}}/{variant}"]
+        etag = call(live, operations["GET"], path_parameters=file, headers=token).headers["etag"][0]
+        for method in ("GET", "HEAD"):
+            response = call(live, operations[method], path_parameters=file, headers={**token, "If-None-Match": etag})
+            assert response.status_code == 304, (variant, method)
+    info = SCHEMA_WITH_TOKEN["/api/v2/chats/files/{file}/info"]["GET"]
+    assert call(live, info, path_parameters=file, headers=token).json()["preview"]["width"] == 1280
+    delete = SCHEMA_WITH_TOKEN["/api/v2/chats/files/{file}"]["DELETE"]
+    assert call(live, delete, path_parameters=file, headers=token).status_code == 204
+    assert call(live, delete, path_parameters=file, headers=token).status_code == 404
+    assert call(live, info, path_parameters=file, headers=token).status_code == 404
+
+
 def test_chat_lifecycle_conforms(live, account):
     """Generated chat ids are never the caller's; a real chat reaches 200, 204 and the 400 conflicts."""
     token = {"Coder-Session-Token": account["token"]}

@@ -1,0 +1,126 @@
+"""Variants for files stored before they existed (``flask --app wsgi generate-variants``).
+
+A file needs work when one of its variants has no row, or has a row saying it
+is stored while its object is absent from storage (whatever the database
+says). Such a file is read, verified and decoded once, by the same code an
+upload runs; its missing variants are put, then their rows and the file's
+displayed width and height (EXIF orientation applied) and ``animated`` are
+written in one transaction: objects first, rows last, as an upload does. A run
+killed anywhere leaves at worst objects without rows, which the next run makes
+and records again, so running it again is always safe and finishes the job.
+
+Files are visited in id order, ``BATCH_SIZE`` rows per query.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+from flask import current_app
+from peewee import IntegrityError
+
+import images
+import variants
+from blueprints.files import record_variants, store_variants
+from models import ChatFile, db
+from storage import StorageError, object_key, variant_key
+
+BATCH_SIZE = 200
+
+
+@dataclass
+class BackfillResult:
+    files: int = 0  # files looked at
+    complete: int = 0  # already had every variant
+    generated: int = 0  # files given their missing variants
+    variants_stored: int = 0  # objects put
+    failed: list = field(default_factory=list)  # {"id", "error"} for files that could not be done
+
+    def as_dict(self):
+        return asdict(self)
+
+    def summary(self):
+        line = (f"Checked {self.files} files: {self.complete} already complete, {self.generated} given their "
+                f"missing variants ({self.variants_stored} objects stored).")
+        if self.failed:
+            line += f" {len(self.failed)} failed."
+        return line
+
+
+def generate_missing(storage, progress=None, batch_size=BATCH_SIZE):
+    """Make every file's missing variants. Needs a database connection and an app context.
+
+    ``progress(result, total)`` is called after each file. A file that cannot
+    be done (its original missing or no longer passing verification, storage
+    failing) is recorded in the result and the run goes on.
+    """
+    result = BackfillResult()
+    total = ChatFile.select().count()
+    last_id = None
+    while True:
+        query = ChatFile.select().order_by(ChatFile.id).limit(batch_size)
+        if last_id is not None:
+            query = query.where(ChatFile.id > last_id)
+        rows = list(query)
+        if not rows:
+            return result
+        for row in rows:
+            result.files += 1
+            try:
+                _complete(storage, row, result)
+            except (StorageError, FileNotFoundError, images.UnsupportedType, images.InvalidImage) as error:
+                result.failed.append({"id": str(row.id), "error": _describe(error)})
+            if progress is not None:
+                progress(result, total)
+        last_id = rows[-1].id
+
+
+def _complete(storage, row, result):
+    missing = _missing_variants(storage, row)
+    if not missing:
+        result.complete += 1
+        return
+    data = _read_original(storage, row)
+    first_frame = variants.FirstFrame()
+    info = images.verify_image(data, current_app.config["MAX_IMAGE_PIXELS"], first_frame)
+    made = [variant for variant in variants.make(first_frame.still, info.content_type, info.animated, len(data),
+                                                 row.sha256) if variant.name in missing]
+    result.variants_stored += len(store_variants(storage, row.organization_id, row.id, made))
+    try:
+        with db.atomic():
+            record_variants(row.id, made)
+            ChatFile.update(width=first_frame.still.width, height=first_frame.still.height,
+                            animated=info.animated).where(ChatFile.id == row.id).execute()
+    except IntegrityError:
+        return  # the file was deleted meanwhile: gc-storage removes the objects just stored
+    result.generated += 1
+
+
+def _missing_variants(storage, row):
+    stored = {variant.variant: variant for variant in row.variants}
+    prefix = current_app.config["VARIANTS_PREFIX"]
+    return {
+        name for name in variants.NAMES
+        if name not in stored
+        or not stored[name].original and not _exists(storage, variant_key(prefix, row.organization_id, row.id, name))
+    }
+
+
+def _exists(storage, key):
+    try:
+        storage.head(key)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _read_original(storage, row):
+    stored = storage.open(object_key(current_app.config["S3_PREFIX"], row.organization_id, row.id))
+    try:
+        return b"".join(stored)
+    finally:
+        stored.close()
+
+
+def _describe(error):
+    if isinstance(error, FileNotFoundError):
+        return "The original is missing from storage."
+    return str(error)

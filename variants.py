@@ -1,0 +1,209 @@
+"""Thumbnails and previews: small still pictures made from an upload's own verifying decode.
+
+The variants are data (after Zulip's ``zerver/lib/thumbnail.py``): one frozen
+:class:`VariantSpec` each, one list, and the code loops over it; adding a size
+is one line. Every variant is the first frame as it displays — EXIF
+orientation applied, its colour profile converted to sRGB — scaled to fit its
+box (never up) and encoded afresh, so no metadata (EXIF, GPS, XMP, text
+chunks) is carried over. A variant marked ``original_if_fits`` is the original
+itself when that is animated or already fits: it is not stored twice.
+
+Memory: ``images.verify_image`` hands over its decoded first frame (a JPEG's
+already decoded near the preview's scale, ``images.DRAFT_BOUND``), which is
+shrunk once to the largest variant's box before anything else touches it; the
+smaller variants come from that. The only full-size copy made is the one
+Pillow needs to resample: a palette or bilevel frame converted to RGB(A), an
+RGBA one premultiplied (tests/test_variants.py counts them).
+"""
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+
+from PIL import Image, ImageCms
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str  # the route's last segment and the object key's
+    max_width: int
+    max_height: int
+    original_if_fits: bool = False  # the original serves when it is animated or already fits
+
+
+VARIANTS = (
+    VariantSpec("thumbnail", 256, 256),
+    VariantSpec("preview", 1280, 1280, original_if_fits=True),
+)
+NAMES = tuple(spec.name for spec in VARIANTS)
+# The first frame is shrunk to this once; every variant is made from that.
+WORKING_BOX = (max(spec.max_width for spec in VARIANTS), max(spec.max_height for spec in VARIANTS))
+
+# WebP at quality 75 (libvips' default, what Zulip serves), effort 2 of 6:
+# bench/variants.py measured it against JPEG and the other qualities and
+# efforts (docs/PERFORMANCE.md, "Variants"): JPEG is 20 times faster but
+# twice the bytes, libwebp's default effort (4) 10% smaller but twice the time.
+ENCODING = ("WEBP", "image/webp", {"quality": 75, "method": 2})
+# Shrinking the decoded frame to the working box: Hamming costs half of
+# Lanczos and differs from it by less than the eye sees (bench/variants.py:
+# 44-48 dB PSNR); the last step to each variant's box is Lanczos, on small images.
+SHRINK_FILTER = Image.Resampling.HAMMING
+EXTENSIONS = {"image/webp": ".webp", "image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif"}
+
+# Orientation tag values 2-8 and the transposition that makes them upright (EXIF 2.3, tag 0x0112).
+ORIENTATION_TAG = 0x0112
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+SIDEWAYS = (5, 6, 7, 8)  # width and height swap when displayed
+SRGB = ImageCms.createProfile("sRGB")
+
+
+@dataclass(frozen=True)
+class Still:
+    """The first frame, upright, in sRGB, fitting WORKING_BOX; and the whole image's displayed size."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Made:
+    """One variant of one file, ready to store (``data``) or served by the original (``original``)."""
+
+    name: str
+    content_type: str
+    width: int
+    height: int
+    size: int
+    sha256: str
+    data: bytes | None = None
+
+    @property
+    def original(self):
+        return self.data is None
+
+
+class FirstFrame:
+    """``images.verify_image``'s ``on_first_frame``: keeps the still the variants are made from."""
+
+    still = None
+
+    def __call__(self, frame, size):
+        self.still = still_of(frame, size)
+
+
+def fit(width, height, max_width, max_height):
+    """The size of ``width`` x ``height`` scaled to fit the box, aspect kept, never scaled up."""
+    scale = min(max_width / width, max_height / height, 1)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def orientation(frame):
+    """The EXIF orientation, 1 (as stored) when absent or unreadable: a broken EXIF block is ignored, as browsers do."""
+    try:
+        value = int(frame.getexif().get(ORIENTATION_TAG, 1))
+    except Exception:  # Pillow's EXIF parser raises many types for a malformed block
+        return 1
+    return value if value in UPRIGHT else 1
+
+
+def displayed_size(size, turn):
+    return (size[1], size[0]) if turn in SIDEWAYS else tuple(size)
+
+
+def still_of(frame, size):
+    """The decoder's first ``frame`` (of an image of ``size``) made into a Still, leaving ``frame`` untouched."""
+    turn = orientation(frame)
+    width, height = displayed_size(size, turn)
+    target = displayed_size(fit(width, height, *WORKING_BOX), turn)  # in the frame's own orientation
+    image = _resamplable(frame)
+    if image.size != target:
+        image = image.resize(target, SHRINK_FILTER, reducing_gap=2.0)
+    image = _eight_bit(image)
+    if turn in UPRIGHT:
+        image = image.transpose(UPRIGHT[turn])
+    image = _to_srgb(image, frame.info.get("icc_profile"))
+    return Still(image, width, height)
+
+
+def make(still, content_type, animated, size, sha256):
+    """Every variant of an image: encoded from ``still``, or the original (its type, size and sha256) itself."""
+    made = []
+    for spec in VARIANTS:
+        fits = still.width <= spec.max_width and still.height <= spec.max_height
+        if spec.original_if_fits and (animated or fits):
+            made.append(Made(spec.name, content_type, still.width, still.height, size, sha256))
+            continue
+        width, height = fit(still.width, still.height, spec.max_width, spec.max_height)
+        image = still.image
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        data = _encode(image)
+        made.append(Made(spec.name, ENCODING[1], width, height, len(data), hashlib.sha256(data).hexdigest(), data))
+    return made
+
+
+def renamed(name, content_type):
+    """The display name with its extension changed to ``content_type``'s (None stays None)."""
+    if not name:
+        return name
+    stem, extension = os.path.splitext(name)
+    return (stem or name) + EXTENSIONS[content_type]
+
+
+def _resamplable(frame):
+    """The frame in a mode Pillow resamples smoothly; a palette or bilevel frame becomes RGB(A)."""
+    if frame.mode in ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F") or frame.mode.startswith("I;16"):
+        return frame
+    return frame.convert("RGBA" if frame.has_transparency_data else "RGB")
+
+
+def _eight_bit(image):
+    """16- and 32-bit grey (a 16-bit PNG) as 8-bit grey, keeping the top 8 bits as a browser shows it."""
+    if image.mode == "F":
+        return image.convert("L")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        return image.point(lambda value: value / 256).convert("L")
+    return image
+
+
+def _to_srgb(image, icc_profile):
+    """RGB (RGBA when any pixel is see-through), converted from the embedded profile to sRGB, without metadata.
+
+    A profile lcms cannot use (broken, or for another colour space) is
+    ignored: the pixels are taken as sRGB, as browsers do.
+    """
+    alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
+    if alpha is not None and alpha.getextrema()[0] == 255:
+        alpha = None  # fully opaque: no alpha channel to store
+    colour = image if image.mode in ("RGB", "CMYK", "L") else image.convert("RGB")
+    if icc_profile:
+        try:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+            colour = ImageCms.profileToProfile(colour, profile, SRGB, outputMode="RGB")
+        except Exception:  # lcms reports an unusable profile as PyCMSError, OSError or ValueError
+            pass
+    if colour.mode != "RGB":
+        colour = colour.convert("RGB")
+    elif colour is image:
+        colour = image.copy()  # never hand out the decoder's own frame
+    if alpha is not None:
+        colour.putalpha(alpha)
+    colour.info = {}
+    return colour
+
+
+def _encode(image):
+    pillow_format, _, options = ENCODING
+    buffer = io.BytesIO()
+    image.save(buffer, pillow_format, **options)
+    return buffer.getvalue()
