@@ -174,7 +174,7 @@ def estimate_decode_memory(data):
 
 
 def decode_memory_estimate(image, content_type, data):
-    """Bytes the decode of ``image`` (opened, JPEG drafted, not loaded) will need at its peak.
+    """Bytes the decode of ``image`` (opened, JPEG drafted, not loaded) and its variants will need at their peak.
 
     From the header only, per format, as measured by bench/decode_memory.py
     (docs/PERFORMANCE.md): frames decode one after another, so an animation
@@ -198,7 +198,20 @@ def decode_memory_estimate(image, content_type, data):
         cost = pixels * 4 * 4
     else:
         cost = pixels * pixel_bytes
-    return DECODE_BASE_MEMORY + cost
+    return DECODE_BASE_MEMORY + cost + _variant_memory(image, pixels)
+
+
+# What variants.py adds while it makes the still from the first frame: a
+# full-size RGB(A) copy of a frame Pillow must convert (palette, bilevel) or
+# premultiply (alpha) to resample it, and the still with its resized copy,
+# each at most the preview's box in RGBA.
+_MODES_COPIED_FOR_VARIANTS = frozenset({"1", "P", "PA", "LA", "RGBA"})
+VARIANT_WORKING_MEMORY = 2 * DRAFT_BOUND * DRAFT_BOUND * 4
+
+
+def _variant_memory(image, pixels):
+    copy = pixels * 4 if image.mode in _MODES_COPIED_FOR_VARIANTS else 0
+    return copy + VARIANT_WORKING_MEMORY
 
 
 def _jpeg_decoder_memory(image, data):

@@ -6,8 +6,10 @@
 client can send. Every decode runs in a fresh subprocess that first decodes
 a small image of the same format (so code and libraries are loaded), resets
 its peak RSS (``clear_refs``; ru_maxrss when not permitted), runs
-``images.verify_image`` as an upload does, and reports its peak RSS minus
-its RSS before the decode.
+``images.verify_image`` and ``variants.make`` as an upload does, and reports its peak RSS minus
+its RSS before the decode. Like an upload, the decode hands its first frame
+to ``variants`` and the thumbnail and preview are made: what is measured is
+all of an upload's image work.
 """
 
 import argparse
@@ -95,6 +97,7 @@ import io, json, resource, sys
 sys.path.insert(0, sys.argv[1])
 from PIL import Image
 import images
+import variants
 
 def status_kib(field):
     with open("/proc/self/status") as handle:
@@ -117,7 +120,9 @@ try:
 except OSError:
     field = None
 before = status_kib("VmRSS")
-info = images.verify_image(data, 10**12)
+first_frame = variants.FirstFrame()  # what an upload does: one decode that verifies and feeds the variants
+info = images.verify_image(data, 10**12, None, first_frame)
+variants.make(first_frame.still, info.content_type, info.animated, len(data), "0" * 64)
 peak = status_kib(field) if field else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"measured": (peak - before) * 1024, "estimate": images.estimate_decode_memory(data),
                   "width": info.width, "height": info.height}))

@@ -650,3 +650,15 @@ def test_generate_variants_passes_over_a_file_deleted_while_it_works(app, client
     result = app.test_cli_runner().invoke(args=["gc-storage", "--older-than", "0"])
     assert result.exit_code == 0, result.output
     assert variant_keys(app) == []
+
+
+def test_a_wide_16_bit_grey_png_shrinks_by_more_than_the_reducing_gap(sqlite_app):
+    """Pillow cannot reduce() 16-bit grey; a frame more than 4 times the box once made that a 400."""
+    image = smooth_image(5200, 100, "RGB").convert("I").point(lambda v: v * 256).convert("I;16")
+    client = sqlite_app.test_client()
+    with sqlite_app.app_context(), models.db.connection_context():
+        user = cli.create_user("alice", "acme", lifetime_days=1)
+    auth = {"Coder-Session-Token": user["token"]}
+    file_id = uploaded(client, auth, user, encode(image, "image/png"), "image/png")
+    preview = opened(fetch(client, auth, file_id, "preview"))
+    assert (preview.size, preview.mode) == ((1280, 25), "RGB")
