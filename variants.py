@@ -127,7 +127,7 @@ def still_of(frame, size):
     target = displayed_size(fit(width, height, *WORKING_BOX), turn)  # in the frame's own orientation
     image = _resamplable(frame)
     if image.size != target:
-        image = image.resize(target, SHRINK_FILTER, reducing_gap=2.0)
+        image = image.resize(target, SHRINK_FILTER, reducing_gap=_reducing_gap(image))
     image = _eight_bit(image)
     if turn in UPRIGHT:
         image = image.transpose(UPRIGHT[turn])
@@ -165,6 +165,11 @@ def _resamplable(frame):
     if frame.mode in ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F") or frame.mode.startswith("I;16"):
         return frame
     return frame.convert("RGBA" if frame.has_transparency_data else "RGB")
+
+
+def _reducing_gap(image):
+    """2.0 (a box reduce first, then the filter), except for 16-bit grey: Pillow cannot reduce() it."""
+    return None if image.mode.startswith("I;16") else 2.0
 
 
 def _eight_bit(image):
