@@ -201,17 +201,20 @@ def decode_memory_estimate(image, content_type, data):
     return DECODE_BASE_MEMORY + cost + _variant_memory(image, pixels)
 
 
-# What variants.py adds while it makes the still from the first frame: a
-# full-size RGB(A) copy of a frame Pillow must convert (palette, bilevel) or
-# premultiply (alpha) to resample it, and the still with its resized copy,
-# each at most the preview's box in RGBA.
+# What variants.py adds while it makes the still from the first frame
+# (measured by bench/decode_memory.py): a full-size RGB(A) copy of a frame
+# Pillow must convert (palette, bilevel) or premultiply (alpha) to resample;
+# the box-reduced copy resize() makes first (by 2 or more each way, so at
+# most a quarter of the 4-byte pixels); and the still, its resized copy and
+# the encoder's buffers, each at most the preview's box in RGBA.
 _MODES_COPIED_FOR_VARIANTS = frozenset({"1", "P", "PA", "LA", "RGBA"})
-VARIANT_WORKING_MEMORY = 2 * DRAFT_BOUND * DRAFT_BOUND * 4
+VARIANT_WORKING_MEMORY = 3 * DRAFT_BOUND * DRAFT_BOUND * 4
 
 
 def _variant_memory(image, pixels):
     copy = pixels * 4 if image.mode in _MODES_COPIED_FOR_VARIANTS else 0
-    return copy + VARIANT_WORKING_MEMORY
+    reduced = pixels  # 4 bytes a pixel, a quarter of them
+    return copy + reduced + VARIANT_WORKING_MEMORY
 
 
 def _jpeg_decoder_memory(image, data):
