@@ -12,7 +12,7 @@ import cli
 import models
 from app import create_app
 
-pytest_plugins = ["tests.fixtures_servers"]
+pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_edge"]
 
 DATABASES = ["sqlite", "postgres"]
 STORAGES = ["local", "s3"]
