@@ -10,6 +10,7 @@ nginx missing skips these tests, except under CI=true, where it fails.
 """
 
 import os
+import subprocess
 
 import pytest
 
@@ -74,6 +75,10 @@ def account(instances):
     return instances[0].flask("create-user", "alice", "--org", "acme")
 
 
-def workspaces_dir(account, instances):
-    """Where the account's chat workspaces live: its own directory when the service has one."""
-    return account.get("workspaces_dir") or instances[0].env["WORKSPACES_ROOT"]
+def make_workspace(account, instances, name):
+    """A git repository as the account's chat workspace `name` (in its own directory when it has one)."""
+    root = account.get("workspaces_dir") or instances[0].env["WORKSPACES_ROOT"]
+    path = os.path.join(root, name)
+    os.makedirs(path)
+    subprocess.run(["git", "init", "-q", path], check=True)
+    return path

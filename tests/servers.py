@@ -649,8 +649,9 @@ class NginxServer(_ServerProcess):
 
     `frontend_conf` goes in the frontend include (locations of this server);
     `extra_http` is added to the http block (e.g. another server block).
-    Files in `static_files` ({name: bytes}) are written to `static_root`
-    (under the work dir, readable by nginx's worker user) for them to serve.
+    Files in `static_files` ({relative path: bytes}) are written under
+    `static_root`, the work dir's static/ (readable by nginx's worker user),
+    which they can serve with `root static;` (relative to nginx's prefix).
     """
 
     NAME = "nginx"
@@ -703,11 +704,13 @@ class NginxServer(_ServerProcess):
     def _prepare(self):
         (self.work_dir / "frontend.d").mkdir(exist_ok=True)
         (self.work_dir / "frontend.d" / "test.conf").write_text(self.frontend_conf)
-        self.static_root.mkdir(exist_ok=True)
         for name, content in self.static_files.items():
-            (self.static_root / name).write_bytes(content)
-        for path in [self.static_root, *self.static_root.iterdir()]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+            path = self.static_root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        if self.static_root.exists():
+            for path in [self.static_root, *self.static_root.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
 
     def _command(self, port):
         config_path = self.work_dir / "nginx.conf"

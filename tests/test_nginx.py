@@ -7,7 +7,6 @@ act on one of them on purpose.
 
 import json
 import os
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.fixtures_edge import workspaces_dir
+from tests.fixtures_edge import make_workspace
 from tests.imaging import make_image
 from tests.live import kill_instance, log_lines
 from tests.wsclient import Closed, WatchClient
@@ -144,13 +143,6 @@ def test_nginx_errors_of_its_own_are_json(nginx, instances):
     response = requests.get(f"{nginx.url}/healthz", timeout=30)
     assert response.status_code == 502
     assert response.json() == {"message": "Service unavailable."}
-
-
-def make_workspace(account, instances, name):
-    path = os.path.join(workspaces_dir(account, instances), name)
-    os.makedirs(path)
-    subprocess.run(["git", "init", "-q", path], check=True)
-    return path
 
 
 def watch_url(nginx, chat):
