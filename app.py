@@ -8,7 +8,9 @@ import config
 import errors
 import models
 import observability
+import origins
 import storage
+import uploads
 from blueprints import chats, files, git_watch, health, openapi
 
 
@@ -16,12 +18,15 @@ def create_app(overrides=None):
     app = Flask(__name__, static_folder=None)
     app.config.update(config.load(overrides))
     app.json.sort_keys = False
+    # Innermost middleware: every body read through it, its drain counted in the request's log line.
+    uploads.init_app(app)
     # First: JSON logging for everything after it; its middleware must end up inside ProxyFix.
     observability.init_app(app)
 
     models.init_app(app)
     storage.init_app(app)
     errors.init_app(app)
+    origins.init_app(app)  # before every blueprint's own hooks (the watch route authenticates in one)
     cli.init_app(app)
     for blueprint in (files.bp, chats.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)

@@ -7,6 +7,8 @@ message naming the variable, instead of failing on the first request.
 
 import os
 
+import origins
+
 DEFAULTS = {
     "DATABASE_URL": "sqlite:///var/chatfiles.db",
     "S3_BUCKET": None,
@@ -21,8 +23,17 @@ DEFAULTS = {
     # Decoded pixels allowed per image (all frames of an animation together).
     # 40 MP of RGBA is 160 MB of decoder memory: the bound on a bomb's cost.
     "MAX_IMAGE_PIXELS": 40_000_000,
+    # Estimated decoder memory above which an image is refused (images.decode_memory_estimate).
+    "MAX_DECODE_MEMORY": 256 * 1024 * 1024,
+    # Seconds an upload waits for one of the worker's two decode slots before a 503.
+    "DECODE_WAIT_TIMEOUT": 30,
+    # Seconds without a byte of the request body before the request ends with 408.
+    "BODY_READ_TIMEOUT": 20,
     "WORKSPACES_ROOT": "var/workspaces",
     "PROXY_HOPS": 0,
+    # Other origins (the chat frontend's, "https://chat.example.com") allowed to
+    # make cookie-authenticated unsafe requests and WebSocket upgrades.
+    "ALLOWED_ORIGINS": "",
     # Seconds between WebSocket pings; a client missing a pong is disconnected.
     "WATCH_PING_INTERVAL": 25,
     "TOKEN_LIFETIME_DAYS": 90,
@@ -34,6 +45,9 @@ INTEGER_SETTINGS = (
     "MAX_FILE_SIZE",
     "UPLOAD_MEMORY_BUDGET",
     "MAX_IMAGE_PIXELS",
+    "MAX_DECODE_MEMORY",
+    "DECODE_WAIT_TIMEOUT",
+    "BODY_READ_TIMEOUT",
     "PROXY_HOPS",
     "TOKEN_LIFETIME_DAYS",
     "DATABASE_POOL_SIZE",
@@ -57,6 +71,10 @@ def load(overrides=None):
 
 
 def validate(settings):
+    try:
+        settings["ALLOWED_ORIGINS"] = origins.parse_allowed_origins(settings["ALLOWED_ORIGINS"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for name in INTEGER_SETTINGS:
         try:
             settings[name] = int(settings[name])
@@ -66,6 +84,8 @@ def validate(settings):
             raise ConfigError(f"{name} must not be negative, got {settings[name]}.")
     if settings["MAX_FILE_SIZE"] == 0:
         raise ConfigError("MAX_FILE_SIZE must be at least 1 byte.")
+    if settings["BODY_READ_TIMEOUT"] == 0:
+        raise ConfigError("BODY_READ_TIMEOUT must be at least 1 second.")
     url = settings["DATABASE_URL"]
     if not url.startswith(("sqlite:", "postgres://", "postgresql://", "postgresql+pool://", "postgres+pool://")):
         raise ConfigError(f"DATABASE_URL must be a sqlite:/// or postgresql:// URL, got {url!r}.")

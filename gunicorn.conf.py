@@ -44,7 +44,9 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "jsonlog.JsonFormatter"}},
-    "handlers": {"json": {"class": "jsonlog.JsonLineHandler", "formatter": "json"}},
+    # gunicorn's warnings about malformed requests quote them: query strings, cookies, tokens.
+    "filters": {"scrub": {"()": "jsonlog.ScrubSecrets"}},
+    "handlers": {"json": {"class": "jsonlog.JsonLineHandler", "formatter": "json", "filters": ["scrub"]}},
     "root": {"handlers": []},  # the app configures the root logger itself, in each worker
     "loggers": {
         "gunicorn.error": {"handlers": ["json"], "propagate": False},
@@ -94,6 +96,13 @@ def post_fork(server, worker):
 
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def pre_request(worker, req):
+    # gunicorn would send "100 Continue" before the app ran; uploads.BodyInput
+    # sends it when the body is first read, so a request refused before that
+    # (401, 403, 413) gets its answer without the client sending the body.
+    req._expected_100_continue = False
 
 
 def post_worker_init(worker):

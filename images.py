@@ -66,18 +66,20 @@ def sniff(data):
     return None
 
 
-def verify_image(data, max_pixels):
-    """Return the detected type and size of ``data``, or raise.
+def verify_image(data, max_pixels, max_memory=None):
+    """Return the detected type and size of ``data`` (any bytes-like: bytes, an mmap), or raise.
 
     Raises UnsupportedType when the leading bytes are no allowed image, and
-    InvalidImage when Pillow cannot decode all of it within ``max_pixels``.
+    InvalidImage when Pillow cannot decode all of it within ``max_pixels``,
+    or when decoding it would take more than ``max_memory`` bytes (estimated
+    from its header, before decoding; None: no limit).
     """
     content_type = sniff(data)
     if content_type is None:
         raise UnsupportedType("The file content is not a PNG, JPEG, GIF or WebP image.")
     _check_container(data, content_type)
     try:
-        width, height = _decode_all_frames(data, content_type, max_pixels)
+        width, height = _decode_all_frames(data, content_type, max_pixels, max_memory)
     except InvalidImage:
         raise
     except UnidentifiedImageError:  # its message names the reader object, an address in memory
@@ -87,24 +89,124 @@ def verify_image(data, max_pixels):
     return ImageInfo(content_type, width, height)
 
 
-def _decode_all_frames(data, content_type, max_pixels):
+def _decode_all_frames(data, content_type, max_pixels, max_memory):
     with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
         width, height = image.size
         if width * height == 0:
             raise InvalidImage("The image has no pixels.")
+        if content_type == "image/jpeg":
+            # Every block is still entropy-decoded (so truncation and corruption
+            # still fail), at a fraction of the memory and time of a full decode.
+            image.draft(None, jpeg_draft_size(width, height))
+        if max_memory is not None:
+            estimate = decode_memory_estimate(image, content_type, data)
+            if estimate > max_memory:
+                raise InvalidImage(f"The image is too large to decode: it would take about {estimate} bytes of "
+                                   f"memory, more than the {max_memory} allowed.")
         decoded = 0
         for _frame in _seek_each_frame(image, content_type):
             # Counted at the frame's own size, before decoding: a GIF frame may grow the canvas.
             decoded += image.size[0] * image.size[1]
             if decoded > max_pixels:
                 raise InvalidImage(f"The image has more than {max_pixels} pixels.")
-            if content_type == "image/jpeg":
-                # Decode at 1/8 scale: every block is still entropy-decoded (so
-                # truncation and corruption still fail) at twice the speed and
-                # 1/64 of the memory of a full decode.
-                image.draft(None, (max(1, width // 8), max(1, height // 8)))
             image.load()
         return width, height
+
+
+def jpeg_draft_size(width, height):
+    """The size a JPEG is decoded at (libjpeg scales by 1/2, 1/4 or 1/8 to at least this).
+
+    1/8 scale: twice the speed and 1/64 of the output memory of a full decode.
+    The decode and its memory estimate both ask here.
+    """
+    return max(1, width // 8), max(1, height // 8)
+
+
+# --- decoder memory, estimated from the header --------------------------------
+
+# Bytes per pixel of Pillow's image memory, by mode (anything else: 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
+# Allocator slack, tables and buffers a decode needs whatever the image's size.
+DECODE_BASE_MEMORY = 8 * 1024 * 1024
+
+
+def decode_memory_estimate(image, content_type, data):
+    """Bytes the decode of ``image`` (opened, JPEG drafted, not loaded) will need at its peak.
+
+    From the header only, per format, as measured by bench/decode_memory.py
+    (docs/PERFORMANCE.md): frames decode one after another, so an animation
+    costs the canvases its decoder keeps, not its frame count.
+    """
+    pixels = image.size[0] * image.size[1]
+    pixel_bytes = _MODE_BYTES.get(image.mode, 4)
+    animated = getattr(image, "n_frames", 1) > 1 if content_type != "image/gif" else image.is_animated
+    if content_type == "image/jpeg":
+        cost = pixels * pixel_bytes + _jpeg_decoder_memory(image, data)
+    elif content_type == "image/webp":
+        # libwebp's canvas and its disposed copy, Pillow's copy of the frame
+        # and the image, all RGBA; lossless adds its own ARGB buffer.
+        cost = pixels * 4 * (5 if _webp_is_lossless(data) else 4)
+    elif animated:
+        # APNG and GIF keep the canvas, the previous canvas and the frame; a
+        # GIF's frames after the first are RGB(A).
+        cost = pixels * 4 * 4
+    else:
+        cost = pixels * pixel_bytes
+    return DECODE_BASE_MEMORY + cost
+
+
+def _jpeg_decoder_memory(image, data):
+    """libjpeg's own buffers: every coefficient of the full-size image when it has several scans."""
+    width, height = _jpeg_full_size(image)
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)]
+    h_max = max(h for _, h, _, _ in layers)
+    v_max = max(v for _, _, v, _ in layers)
+    blocks = sum(-(-width * h // (8 * h_max)) * -(-height * v // (8 * v_max)) for _, h, v, _ in layers)
+    if image.info.get("progressive") or _jpeg_first_scan_components(data) < len(layers):
+        return blocks * 64 * 2  # a 16-bit coefficient per sample, whatever the output scale
+    return width * 16 * len(layers) * 4  # one row of blocks, a few times over
+
+
+def _jpeg_full_size(image):
+    """The size before draft(): draft() changes image.size to the scaled one."""
+    scale = image.decoderconfig[0] if image.decoderconfig else 1
+    return image.size[0] * scale, image.size[1] * scale
+
+
+def _jpeg_first_scan_components(data):
+    """How many components the first scan holds (fewer than the frame's: one scan per component)."""
+    offset = 2
+    while (marker := _next_jpeg_marker(data, offset)) is not None:
+        code, offset = marker
+        if code == _JPEG_SOS:
+            return data[offset + 2] if offset + 2 < len(data) else 0
+        if code in (_JPEG_EOI,):
+            break
+        if code not in _JPEG_WITHOUT_LENGTH:
+            offset += int.from_bytes(data[offset : offset + 2], "big")
+    return 0
+
+
+MAX_WEBP_CHUNKS = 20_000
+
+
+def _webp_is_lossless(data):
+    """Whether any frame is VP8L (lossless), looking into animation frames; past the cap, assume so."""
+    chunks = 0
+    pending = [(12, min(len(data), 8 + struct.unpack_from("<I", data, 4)[0]))]
+    while pending:
+        offset, end = pending.pop()
+        while offset + 8 <= end:
+            kind, size = struct.unpack_from("<4sI", data, offset)
+            if kind == b"VP8L":
+                return True
+            if kind == b"ANMF":
+                pending.append((offset + 24, min(end, offset + 8 + size)))  # 16 bytes of frame header
+            offset += 8 + size + size % 2
+            chunks += 1
+            if chunks > MAX_WEBP_CHUNKS:
+                return True
+    return False
 
 
 def _seek_each_frame(image, content_type):
@@ -248,8 +350,15 @@ class _BufferReader(io.RawIOBase):
     """A seekable reader over any buffer, without the copy io.BytesIO makes of a bytearray."""
 
     def __init__(self, data):
-        self._view = memoryview(data).cast("B")
+        self._base = memoryview(data)
+        self._view = self._base.cast("B")
         self._pos = 0
+
+    def close(self):
+        # Give the buffer back now, not at garbage collection: an mmap cannot close while viewed.
+        self._view.release()
+        self._base.release()
+        super().close()
 
     def readable(self):
         return True

@@ -12,6 +12,7 @@ import contextvars
 import datetime
 import json
 import logging
+import re
 import sys
 
 import click
@@ -46,6 +47,8 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted (and scrubbed) by ScrubSecrets
+            line["exception"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, default=str)
@@ -98,6 +101,38 @@ class _DropRequestLines(logging.Filter):
 
     def filter(self, record):
         return REQUEST_LOG_LINE not in str(record.msg)
+
+
+# What a malformed request's text may carry that must not reach a log: the
+# query string (it may hold the token), cookie and token headers, tokens.
+_SECRETS = (
+    (re.compile(r"\?[^\s'\"]+"), "?[redacted]"),
+    (re.compile(r"(cookie|authorization|coder[-_]session[-_]token)\b[^'\"\r\n]*", re.IGNORECASE), r"\1 [redacted]"),
+    (re.compile(r"\b[0-9a-f]{10}-[A-Za-z0-9_-]{16,}"), "[redacted token]"),
+)
+
+
+def scrub(text):
+    """``text`` without query strings, cookie and token header values, or anything shaped like a token."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class ScrubSecrets(logging.Filter):
+    """For gunicorn's own log: its warnings about bad requests quote the request line or header.
+
+    The message (and a traceback, formatted here) is scrubbed before any
+    handler sees it, so the args are dropped.
+    """
+
+    def filter(self, record):
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
 
 
 def _timestamp(created):

@@ -4,6 +4,7 @@ import uuid
 
 from flask import Blueprint, current_app, g, jsonify, request
 
+import uploads
 from auth import login_required
 from errors import ApiError
 from models import Chat, utcnow
@@ -109,7 +110,7 @@ def _rfc3339(moment):
 
 
 def _json_object():
-    body = request.get_json(silent=True)
+    body = uploads.json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "Invalid request body.", "Send a JSON object with Content-Type: application/json.")
     return body

@@ -1,7 +1,6 @@
 """Chat file attachments: upload an image, download it again."""
 
 import contextlib
-import hashlib
 import logging
 import threading
 import uuid
@@ -11,6 +10,7 @@ from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
 import images
+import uploads
 from auth import login_required
 from errors import ApiError, error_response
 from filenames import inline_content_disposition, name_from_content_disposition
@@ -20,9 +20,8 @@ from storage import StorageError, get_storage, object_key, object_metadata
 bp = Blueprint("files", __name__)
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 64 * 1024
 CACHE_FOREVER = "private, max-age=31536000, immutable"
-# How long an upload waits for room in the worker's upload budget before a 503.
+# How long a decode waits for room in the worker's upload budget before a 503.
 BUDGET_WAIT_SECONDS = 30
 # Decoding an image under the pixel budget may take ~160 MB; a worker has
 # dozens of threads, so only two decode at once (more cores would not go
@@ -39,20 +38,15 @@ def upload():
     ).exists():
         raise ApiError(403, "You are not a member of this organization.")
     _check_declared_type()
-    limit = current_app.config["MAX_FILE_SIZE"]
-    if (request.content_length or 0) > limit:
-        raise _too_large(limit)
     release_connection()  # reading the body and storing it can be slow
 
-    # A chunked body may be as large as the limit (plus the byte that proves it is over).
-    body_size = limit + 1 if request.content_length is None else request.content_length
-    with current_app.extensions["upload_budget"].reserve(body_size, BUDGET_WAIT_SECONDS):
-        data = _read_body(limit)
-        if not data:
+    # The body is spooled to disk as it arrives: a slow client holds no memory budget.
+    with uploads.spooled_body(current_app.config["MAX_FILE_SIZE"]) as body:
+        if not body.size:
             raise ApiError(400, "The file is empty.", "Send the image's bytes as the request body.")
-        info = _verify(data)
+        info = _verify(body)
         name = name_from_content_disposition(request.headers.get("Content-Disposition"))
-        file_id = _store(data, info, name, organization_id)
+        file_id = _store(body, info, name, organization_id)
     return jsonify(id=str(file_id)), 201
 
 
@@ -95,8 +89,7 @@ class UploadBudget:
     def reserve(self, size, timeout):
         with self._room:
             if not self._room.wait_for(lambda: self._used == 0 or self._used + size <= self.capacity, timeout):
-                raise ApiError(503, "Too many uploads in progress.", "Try again in a moment.",
-                               headers={"Retry-After": "1", "Connection": "close"})
+                raise _busy()
             self._used += size
         try:
             yield
@@ -136,68 +129,44 @@ def _check_declared_type():
         raise ApiError(400, "Unsupported file type.", "Allowed types: " + ", ".join(images.ALLOWED_TYPES) + ".")
 
 
-def _too_large(limit):
-    # The rest of the body is unread: the connection cannot be reused.
-    return ApiError(413, "File too large.", f"Maximum file size is {limit} bytes.", headers={"Connection": "close"})
-
-
-def _read_body(limit):
-    """The whole body as bytes, never reading more than ``limit + 1`` bytes."""
+def _verify(body):
+    """Decode the spooled body in one of the worker's decode slots, its bytes counted in the memory budget."""
+    config = current_app.config
     try:
-        return _read_limited(limit)
-    except OSError:  # the client went away mid-body: gunicorn's NoMoreData, a connection reset
-        raise ApiError(400, "Incomplete request body.", "The connection closed before the body was complete.") from None
-
-
-def _read_limited(limit):
-    declared_length = request.content_length  # upload() refused one over the limit
-    stream = request.stream
-    if declared_length is not None:
-        return _read_exactly(stream, declared_length)
-    chunks, total = [], 0
-    while total <= limit:
-        chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    if total > limit:
-        raise _too_large(limit)
-    return b"".join(chunks)
-
-
-def _read_exactly(stream, length):
-    """Fill one buffer of the declared size in chunks: the body is in memory once."""
-    buffer = bytearray(length)
-    filled = 0
-    while filled < length:
-        chunk = stream.read(min(READ_CHUNK, length - filled))
-        if not chunk:
-            raise ApiError(400, "Incomplete request body.", f"Expected {length} bytes, got {filled}.")
-        buffer[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
-    return buffer
-
-
-def _verify(data):
-    try:
-        with DECODE_SLOTS:
-            return images.verify_image(data, current_app.config["MAX_IMAGE_PIXELS"])
+        with _decode_slot(config["DECODE_WAIT_TIMEOUT"]), \
+                current_app.extensions["upload_budget"].reserve(body.size, BUDGET_WAIT_SECONDS), \
+                body.mapped() as data:
+            return images.verify_image(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"])
     except images.UnsupportedType as error:
         raise ApiError(400, "Unsupported file type.", str(error)) from None
     except images.InvalidImage as error:
         raise ApiError(400, "Invalid image file.", str(error)) from None
 
 
-def _store(data, info, name, organization_id):
+@contextlib.contextmanager
+def _decode_slot(timeout):
+    if not DECODE_SLOTS.acquire(timeout=timeout):
+        raise _busy()
+    try:
+        yield
+    finally:
+        DECODE_SLOTS.release()
+
+
+def _busy():
+    return ApiError(503, "Too many uploads in progress.", "Try again in a moment.",
+                    headers={"Retry-After": "1", "Connection": "close"})
+
+
+def _store(body, info, name, organization_id):
     """Write the object, then its row; undo the object if the row fails."""
     file_id = uuid.uuid4()
-    sha256 = hashlib.sha256(data).hexdigest()
+    sha256 = body.sha256
     key = object_key(current_app.config["S3_PREFIX"], organization_id, file_id)
     storage = get_storage()
     metadata = object_metadata(g.user.id, organization_id, sha256, info.width, info.height, name)
     try:
-        storage.put(key, data, info.content_type, metadata)
+        storage.put(key, body.rewound(), info.content_type, metadata)
     except StorageError:
         log.exception("storing %s failed", key)
         raise ApiError(500, "Failed to save chat file.", "The file store is unavailable; try again.") from None
@@ -208,7 +177,7 @@ def _store(data, info, name, organization_id):
             organization=organization_id,
             name=name,
             content_type=info.content_type,
-            size=len(data),
+            size=body.size,
             sha256=sha256,
             width=info.width,
             height=info.height,

@@ -18,6 +18,7 @@ from wsproto.utilities import RemoteProtocolError
 
 import gitwatch
 import observability
+import origins
 from auth import authenticate
 from blueprints.chats import owned_chat
 from errors import ApiError, error_response
@@ -35,6 +36,7 @@ ARCHIVED_CLOSE_REASON = "Chat was archived."
 
 @bp.before_request
 def check_before_upgrade():
+    origins.refuse_cross_origin()  # the app's hook checks too; the upgrade must never skip it
     authenticate()
     chat = owned_chat(request.view_args["chat_id"])
     if not chat.workspace:

@@ -47,7 +47,7 @@ class StoredObject:
 class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def put(self, key, data, content_type, metadata):
-        """Store ``data`` (bytes) under ``key``, whole or not at all."""
+        """Store ``data`` (bytes, or a binary file object read from where it stands) under ``key``, whole or not at all."""
 
     @abc.abstractmethod
     def open(self, key):

@@ -9,6 +9,7 @@ renamed last, so their presence is what makes an object exist.
 import datetime
 import json
 import os
+import shutil
 import tempfile
 
 from storage import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
@@ -139,7 +140,10 @@ def _write_atomically(path, data):
     fd, temp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as temp_file:
-            temp_file.write(data)
+            if hasattr(data, "read"):
+                shutil.copyfileobj(data, temp_file)
+            else:
+                temp_file.write(data)
             temp_file.flush()
             os.fsync(temp_file.fileno())
         os.replace(temp_path, path)

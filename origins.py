@@ -1,0 +1,102 @@
+"""Cross-origin protection: what a page on another site could make the user's browser do.
+
+The browser sends the session cookie with requests that any page starts,
+so an unsafe request (POST, PUT, PATCH, DELETE) or a WebSocket upgrade that
+is not authenticated by the ``Coder-Session-Token`` header (no page on
+another origin can set it without a CORS preflight, never granted here) must
+come from this service's own origin. Modelled on Go 1.25's
+``net/http.CrossOriginProtection``:
+
+1. ``Sec-Fetch-Site`` (every current browser sends it): ``same-origin`` or
+   ``none`` (typed in, a bookmark) pass; anything else is refused.
+2. Without it (older browsers): an ``Origin`` whose host and port are not
+   the request's own ``Host`` is refused. Schemes are not compared: TLS
+   often ends at the proxy. ``Host`` is the forwarded one when PROXY_HOPS
+   trusts ``X-Forwarded-Host`` (ProxyFix has already put it in place).
+3. Requests with neither header (curl, SDKs, other services) pass.
+
+An origin in ``ALLOWED_ORIGINS`` (the chat frontend's) passes whatever
+``Sec-Fetch-Site`` says.
+"""
+
+import urllib.parse
+
+from flask import current_app, request
+
+from auth import TOKEN_HEADER
+from errors import ApiError
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def init_app(app):
+    app.before_request(refuse_cross_origin)
+
+
+def parse_allowed_origins(value):
+    """``ALLOWED_ORIGINS`` (comma-separated, or a list) as a frozenset of ``scheme://host[:port]``; ValueError."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    origins = set()
+    for item in (item.strip() for item in items):
+        if not item:
+            continue
+        parts = urllib.parse.urlsplit(item)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if (parts is None or parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.username
+                or parts.path not in ("", "/") or parts.query or parts.fragment):
+            raise ValueError(f"ALLOWED_ORIGINS entries must look like https://chat.example.com[:port], got {item!r}.")
+        origins.add(f"{parts.scheme}://{parts.netloc.lower()}")
+    return frozenset(origins)
+
+
+def refuse_cross_origin():
+    """Raise 403 for a cross-origin unsafe request or WebSocket upgrade; see the module docstring."""
+    problem = cross_origin_problem(
+        method=request.method,
+        headers=request.headers,
+        host=request.host,
+        allowed=current_app.config["ALLOWED_ORIGINS"],
+    )
+    if problem:
+        raise ApiError(403, "Cross-origin request refused.", problem)
+
+
+def cross_origin_problem(method, headers, host, allowed):
+    """Why the request must be refused, or None. Pure, for the test table."""
+    upgrade = headers.get("Upgrade", "").lower() == "websocket"
+    if (method in SAFE_METHODS and not upgrade) or headers.get(TOKEN_HEADER):
+        return None
+    origin = headers.get("Origin")
+    if origin is not None and origin.lower() in allowed:
+        return None
+    site = headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site in ("same-origin", "none"):
+            return None
+        return f"Sec-Fetch-Site is {site!r}: the request comes from another site's page."
+    if origin is None or _same_host(origin, host):
+        return None
+    return f"Origin {origin!r} is not this service ({host!r}) nor one of ALLOWED_ORIGINS."
+
+
+def _same_host(origin, host):
+    """Host and port equal, a port that is the default for the Origin's scheme counting as none."""
+    parts = urllib.parse.urlsplit(origin)
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        return False  # "null" (a sandboxed page, a file), or not an origin at all
+    default = DEFAULT_PORTS[parts.scheme]
+    ours, theirs = _host_port(host, default), _host_port(parts.netloc, default)
+    return ours is not None and ours == theirs
+
+
+def _host_port(netloc, default_port):
+    parts = urllib.parse.urlsplit(f"//{netloc}")
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        return None
+    return (parts.hostname or "").lower(), port

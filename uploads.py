@@ -1,0 +1,305 @@
+"""The request body on the wire: read bounded, spooled to disk, drained after an early answer.
+
+Every body is read through :class:`BodyInput`, which :class:`BodyMiddleware`
+puts in ``wsgi.input``. It is the one place for what a client can do wrong
+while sending:
+
+- ``Expect: 100-continue``: "100 Continue" goes out when the application
+  first reads the body (gunicorn.conf.py stops gunicorn from sending it up
+  front), so a request refused before reading gets its answer unsent.
+- A body with no byte for ``BODY_READ_TIMEOUT`` seconds ends with 408; a
+  malformed chunked body, or one the client cut short, with 400.
+
+An answer given before the body was read (401, 403, 413 ...) is sent first;
+then, as Go's net/http and nginx's ``lingering_close`` do, the rest of the
+body is read and discarded (up to ``DRAIN_FACTOR`` x ``MAX_FILE_SIZE``), and
+past that the socket is half-closed and read for a moment before gunicorn
+closes it. Closing a socket the client is still writing into makes the
+kernel send a reset, and the client (or nginx) never reads the answer.
+
+Upload bodies are spooled to a temporary file as they arrive, hashed on the
+way (:func:`spooled_body`): a body on the wire costs no memory. JSON bodies
+are small and read into memory under a limit (:func:`json_body`).
+"""
+
+import contextlib
+import hashlib
+import json
+import mmap
+import socket
+import tempfile
+import time
+
+from flask import request
+from gunicorn.http.errors import NoMoreData, ParseException
+
+from errors import ApiError
+
+READ_CHUNK = 64 * 1024
+JSON_BODY_LIMIT = 64 * 1024
+# An early answer's unread body is drained up to this many times the upload limit.
+DRAIN_FACTOR = 4
+DRAIN_SECONDS = 30  # however fast a drain goes, it ends; nginx's lingering_time
+LINGER_SECONDS = 2  # after the half-close: nginx's lingering_timeout is 5 s
+ENVIRON_KEY = "chatfiles.body"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def init_app(app):
+    """Wrap the app so every body is read through BodyInput. Call before observability wraps it."""
+    app.wsgi_app = BodyMiddleware(
+        app.wsgi_app,
+        stall_timeout=app.config["BODY_READ_TIMEOUT"],
+        drain_limit=DRAIN_FACTOR * app.config["MAX_FILE_SIZE"],
+    )
+
+
+# --- errors -------------------------------------------------------------------
+
+
+def too_large(limit):
+    # The rest of the body is drained after the answer, but the connection is not reused.
+    return ApiError(413, "File too large.", f"Maximum file size is {limit} bytes.", headers={"Connection": "close"})
+
+
+def _timed_out(seconds):
+    return ApiError(408, "Request body timed out.", f"No byte of the body arrived for {seconds} seconds.",
+                    headers={"Connection": "close"})
+
+
+def _incomplete(detail):
+    return ApiError(400, "Incomplete request body.", detail, headers={"Connection": "close"})
+
+
+def _malformed(error):
+    return ApiError(400, "Malformed request body.", f"The chunked body could not be read: {error}.",
+                    headers={"Connection": "close"})
+
+
+# --- reading ------------------------------------------------------------------
+
+
+class BodyInput:
+    """``wsgi.input`` with the 100-continue, the stall timeout and the body's errors as ApiErrors."""
+
+    def __init__(self, environ, stall_timeout):
+        self._stream = environ["wsgi.input"]
+        self._socket = environ.get("gunicorn.socket")  # None outside gunicorn (tests' client, dev server)
+        self._continue_owed = (
+            self._socket is not None
+            and environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
+            and environ.get("HTTP_EXPECT", "").lower() == "100-continue"
+        )
+        self._stall_timeout = stall_timeout
+        self.bytes_read = 0
+        self.at_end = False
+        self.failed = False
+
+    def read(self, size=-1):
+        if self.failed or self.at_end:
+            return b""
+        if self._continue_owed:
+            self._continue_owed = False
+            self._socket.sendall(CONTINUE)
+        try:
+            with self._socket_timeout(self._stall_timeout):
+                data = self._stream.read(size)
+        except TimeoutError:
+            self.failed = True
+            raise _timed_out(self._stall_timeout) from None
+        except (NoMoreData, ConnectionError):
+            self.failed = True
+            raise _incomplete("The connection closed before the body was complete.") from None
+        except ParseException as error:
+            self.failed = True
+            raise _malformed(error) from None
+        self.bytes_read += len(data)
+        if not data and size != 0:
+            self.at_end = True
+        return data
+
+    def readline(self, size=-1):
+        # PEP 3333 asks for it; nothing here reads bodies by lines, so a bounded read will do.
+        return self.read(READ_CHUNK if size is None or size < 0 else size)
+
+    def __iter__(self):
+        return iter(lambda: self.read(READ_CHUNK), b"")
+
+    def drain(self, limit, seconds):
+        """Read and discard the rest of the body; True when it all came (or none was ever to come)."""
+        if self._continue_owed:
+            return True  # the client waits for a 100 Continue that will never come: nothing to read
+        deadline = time.monotonic() + seconds
+        try:
+            while not self.at_end and not self.failed and self.bytes_read < limit:
+                if time.monotonic() > deadline:
+                    return False
+                self.read(min(READ_CHUNK, limit - self.bytes_read))
+        except (ApiError, OSError):
+            return False
+        return self.at_end
+
+    def linger(self, seconds):
+        """Half-close, then read what the client still sends for a moment, so closing does not reset."""
+        if self._socket is None:
+            return
+        try:
+            self._socket.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + seconds
+            while (remaining := deadline - time.monotonic()) > 0:
+                self._socket.settimeout(remaining)
+                if not self._socket.recv(READ_CHUNK):
+                    break
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                self._socket.settimeout(None)
+
+    @contextlib.contextmanager
+    def _socket_timeout(self, seconds):
+        if self._socket is None:
+            yield
+            return
+        previous = self._socket.gettimeout()
+        self._socket.settimeout(seconds)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                self._socket.settimeout(previous)
+
+
+class BodyMiddleware:
+    """WSGI middleware: every body through BodyInput; an unread rest drained once the answer is sent."""
+
+    def __init__(self, app, stall_timeout, drain_limit):
+        self.app = app
+        self.stall_timeout = stall_timeout
+        self.drain_limit = drain_limit
+
+    def __call__(self, environ, start_response):
+        body = BodyInput(environ, self.stall_timeout)
+        environ["wsgi.input"] = environ[ENVIRON_KEY] = body
+        return _DrainAfterResponse(self.app(environ, start_response), body, self.drain_limit)
+
+
+class _DrainAfterResponse:
+    """The response iterable; the server closes it after the last byte went out, and then it drains."""
+
+    def __init__(self, response, body, drain_limit):
+        self._response = response
+        self._body = body
+        self._drain_limit = drain_limit
+
+    def __iter__(self):
+        return iter(self._response)
+
+    def close(self):
+        try:
+            if hasattr(self._response, "close"):
+                self._response.close()
+        finally:
+            if not self._body.drain(self._drain_limit, DRAIN_SECONDS):
+                self._body.linger(LINGER_SECONDS)
+
+
+def _body_input():
+    return request.environ[ENVIRON_KEY]
+
+
+# --- upload bodies: spooled -----------------------------------------------------
+
+
+class SpooledBody:
+    """A request body in an anonymous temporary file: its size and SHA-256, and a read-only map of it."""
+
+    def __init__(self):
+        self.file = tempfile.TemporaryFile(prefix="chatfiles-upload-")
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, chunk):
+        self.file.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    @property
+    def sha256(self):
+        return self._hash.hexdigest()
+
+    def rewound(self):
+        """The file, at its start: for a store that copies it."""
+        self.file.seek(0)
+        return self.file
+
+    @contextlib.contextmanager
+    def mapped(self):
+        """The bytes as a read-only buffer (pages come from the file, as the decoder touches them)."""
+        self.file.flush()
+        mapping = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            yield mapping
+        finally:
+            with contextlib.suppress(BufferError):  # a view still held somewhere: the GC unmaps it
+                mapping.close()
+
+    def close(self):
+        self.file.close()
+
+
+@contextlib.contextmanager
+def spooled_body(limit):
+    """The upload's body in a SpooledBody; 413 over ``limit`` bytes (declared or counted), 408, 400."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise too_large(limit)
+    body = SpooledBody()
+    try:
+        for chunk in _chunks(limit if declared is None else declared):
+            body.write(chunk)
+        if declared is not None and body.size < declared:
+            raise _incomplete(f"Expected {declared} bytes, got {body.size}.")
+        if body.size > limit:
+            raise too_large(limit)
+        yield body
+    finally:
+        body.close()
+
+
+def _chunks(most):
+    """The body in chunks, never asking for more than ``most + 1`` bytes (the one that proves it is over)."""
+    stream, total = _body_input(), 0
+    while total <= most:
+        chunk = stream.read(min(READ_CHUNK, most + 1 - total))
+        if not chunk:
+            return
+        total += len(chunk)
+        yield chunk
+
+
+# --- JSON bodies: small, in memory ----------------------------------------------
+
+
+def json_body(limit=JSON_BODY_LIMIT):
+    """The request's JSON document (any JSON value); 413 over ``limit`` bytes, 400 if it is not JSON."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _json_too_large(limit)
+    data = b"".join(_chunks(limit if declared is None else declared))
+    if len(data) > limit:
+        raise _json_too_large(limit)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:  # RecursionError: nesting deeper than the parser's stack
+        raise ApiError(400, "Invalid request body.", f"The body is not valid JSON: {_short(error)}") from None
+
+
+def _json_too_large(limit):
+    return ApiError(413, "Request body too large.", f"JSON request bodies are at most {limit} bytes.",
+                    headers={"Connection": "close"})
+
+
+def _short(error):
+    text = str(error) or type(error).__name__
+    return text if text.endswith(".") else text + "."
