@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+import websocket
 
 from tests.fixtures_edge import make_workspace
 from tests.imaging import make_image
@@ -187,6 +188,23 @@ def test_watch_through_nginx_and_archive_on_one_instance_closes_sockets_held_by_
     finally:
         for ws in sockets:
             ws.close()
+
+
+def test_cookie_authenticated_watch_through_nginx_is_checked_against_the_host_the_browser_used(
+        nginx, instances, account):
+    # What a browser sends (no Sec-Fetch-Site on a WebSocket): the cookie, and its page's Origin.
+    make_workspace(account, instances, "proj")
+    chat = requests.post(f"{nginx.url}/api/v2/chats", json={"title": "w", "workspace": "proj"},
+                         headers={"Coder-Session-Token": account["token"]}, timeout=10).json()
+    cookie = f"coder_session_token={account['token']}"
+    ws = websocket.create_connection(watch_url(nginx, chat), cookie=cookie, origin=nginx.url, timeout=10)
+    try:
+        assert json.loads(ws.recv())["type"] == "changes"
+    finally:
+        ws.close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(watch_url(nginx, chat), cookie=cookie, origin="http://127.0.0.1:1", timeout=10)
+    assert refused.value.status_code == 403
 
 
 def test_killing_one_instance_loses_no_acknowledged_upload(nginx, instances, account):
