@@ -644,6 +644,10 @@ def render_nginx_conf(text, *, port, upstreams, work_dir, extra_http=""):
     return text[:closing] + extra_http + text[closing:]
 
 
+def _read_log(path):
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 class NginxServer(_ServerProcess):
     """nginx running deploy/nginx.conf on 127.0.0.1 in front of `upstreams` ("host:port" each).
 
@@ -692,10 +696,10 @@ class NginxServer(_ServerProcess):
         return self.work_dir / "static"
 
     def error_log(self):
-        return self.error_log_path.read_text(errors="replace") if self.error_log_path.exists() else ""
+        return _read_log(self.error_log_path)
 
     def access_log(self):
-        return self.access_log_path.read_text(errors="replace") if self.access_log_path.exists() else ""
+        return _read_log(self.access_log_path)
 
     def close(self):
         self.stop()

@@ -8,13 +8,13 @@ where it plays the hostile page.
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.browser import ChromiumBrowser
+from tests.chromium import ChromiumBrowser
+from tests.concurrency import wait_for
 from tests.fixtures_edge import make_workspace, require
 from tests.servers import LOCALHOST, free_port
 
@@ -61,16 +61,6 @@ def requests_reaching_service(nginx, path_prefix):
     return found
 
 
-def wait_until(condition, what, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_the_service_in_a_real_browser(sites, browser, instances, account):
     nginx, other_origin = sites
     organization = json.dumps(account["organization_id"])
@@ -100,10 +90,10 @@ def test_the_service_in_a_real_browser(sites, browser, instances, account):
     chat = requests.post(f"{nginx.url}/api/v2/chats", json={"title": "w", "workspace": "proj"},
                          headers={"Coder-Session-Token": account["token"]}, timeout=10).json()
     assert page.evaluate(f"watch(location.origin, {json.dumps(chat['id'])})") == "open"
-    wait_until(lambda: page.evaluate("watchMessages.length") >= 1, "the first watch message")
+    wait_for(lambda: page.evaluate("watchMessages.length") >= 1, "the first watch message")
     with open(os.path.join(workspace, "notes.txt"), "w") as handle:
         handle.write("seen in the browser\n")
-    wait_until(lambda: page.evaluate(
+    wait_for(lambda: page.evaluate(
         "watchMessages.some(m => m.type === 'changes' && m.repositories.some(r => r.unified_diff.includes('seen in the browser')))"
     ), "the change to arrive on the socket")
 
@@ -112,7 +102,7 @@ def test_the_service_in_a_real_browser(sites, browser, instances, account):
     upload_path = "/api/v2/chats/files?organization="
     uploads_before = requests_reaching_service(nginx, upload_path)
     assert page.evaluate(f"uploadFrom({json.dumps(nginx.url)}, {organization})") == "sent"
-    refused = wait_until(lambda: requests_reaching_service(nginx, upload_path)[len(uploads_before):],
+    refused = wait_for(lambda: requests_reaching_service(nginx, upload_path)[len(uploads_before):],
                          "the cross-origin upload in nginx's log")
     assert [status for _, _, status in refused] == [403]
 

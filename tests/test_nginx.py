@@ -8,22 +8,22 @@ act on one of them on purpose.
 import json
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 import websocket
 
+from tests.concurrency import wait_for
 from tests.fixtures_edge import make_workspace
 from tests.imaging import make_image
 from tests.live import kill_instance, log_lines
-from tests.wsclient import Closed, WatchClient
+from tests.wsclient import WatchClient
 
 MAX_FILE_SIZE = 10 * 1024 * 1024  # the default, which deploy/nginx.conf's client_max_body_size is matched to
 FILE_TOO_LARGE = {"message": "File too large.", "detail": f"Maximum file size is {MAX_FILE_SIZE} bytes."}
-# What nginx writes when it takes an instance for failed or its connection broke.
 CHUNK = 1 << 20
+# What nginx writes when it takes an instance for failed or its connection broke.
 UPSTREAM_FAILURE_MARKS = ("upstream prematurely closed", "broken pipe", "no live upstreams", "reset",
                           "temporarily disabled")
 
@@ -85,16 +85,13 @@ def test_forwarded_for_from_the_client_is_not_trusted_past_nginx(nginx, instance
     assert line["remote_addr"] == "127.0.0.1"  # nginx's view of the client, not the header
 
 
-def wait_for_request_line(instances, request_id, timeout=10):
+def wait_for_request_line(instances, request_id):
     """The request's log line, written just after its response went out (so: maybe a moment after)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for instance in instances:
-            for line in log_lines(instance):
-                if line.get("request_id") == request_id and "status" in line:
-                    return line
-        time.sleep(0.1)
-    raise AssertionError(f"no log line for request {request_id}")
+    def find():
+        lines = (line for instance in instances for line in log_lines(instance))
+        return next((line for line in lines if line.get("request_id") == request_id and "status" in line), None)
+
+    return wait_for(find, f"the log line of request {request_id}")
 
 
 @pytest.mark.parametrize("size, chunked", [
@@ -121,16 +118,12 @@ def test_over_limit_upload_gets_the_json_413_and_nginx_never_fails_the_instance(
 @pytest.mark.parametrize("status", [401, 403])
 def test_large_body_refused_before_reading_gets_its_json_answer(nginx, instances, account, status):
     if status == 401:
-        options = {"headers": {"Coder-Session-Token": "nope-nope"}}
-        organization = account["organization_id"]
-    else:
-        options = {}
-        organization = instances[0].flask("create-user", "bob", "--org", "globex")["organization_id"]
+        caller = {**account, "token": "nope-nope"}
+    else:  # a member of another organization only
+        caller = {**account, "organization_id": instances[0].flask("create-user", "bob", "--org", "globex")["organization_id"]}
     body = b"\x89PNG\r\n\x1a\n" + bytes(MAX_FILE_SIZE - 8)
     for _ in range(8):
-        response = requests.post(f"{nginx.url}/api/v2/chats/files", params={"organization": organization}, data=body,
-                                 headers={"Coder-Session-Token": account["token"], "Content-Type": "image/png",
-                                          **options.get("headers", {})}, timeout=60)
+        response = upload(nginx.url, caller, body)
         assert response.status_code == status, response.text
         assert "message" in response.json()
     assert upstream_failures(nginx) == []
@@ -181,10 +174,7 @@ def test_watch_through_nginx_and_archive_on_one_instance_closes_sockets_held_by_
         assert requests.post(f"{archiver.url}/api/v2/chats/{chat['id']}/archive", headers=headers,
                              timeout=10).status_code == 204
         for ws in sockets:
-            with pytest.raises(Closed) as closed:
-                while ws.receive(timeout=10) is not None:
-                    pass
-            assert closed.value.reason == "Chat was archived."
+            assert ws.wait_until_closed().reason == "Chat was archived."
     finally:
         for ws in sockets:
             ws.close()
