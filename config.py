@@ -6,8 +6,7 @@ message naming the variable, instead of failing on the first request.
 """
 
 import os
-
-import origins
+import urllib.parse
 
 DEFAULTS = {
     "DATABASE_URL": "sqlite:///var/chatfiles.db",
@@ -20,8 +19,8 @@ DEFAULTS = {
     # Upload bodies one worker process holds in memory at once (two at the
     # default limit); further uploads wait for room.
     "UPLOAD_MEMORY_BUDGET": 20 * 1024 * 1024,
-    # Decoded pixels allowed per image (all frames of an animation together).
-    # 40 MP of RGBA is 160 MB of decoder memory: the bound on a bomb's cost.
+    # Decoded pixels allowed per image (all frames of an animation together);
+    # what a decode may cost in memory is MAX_DECODE_MEMORY's to bound.
     "MAX_IMAGE_PIXELS": 40_000_000,
     # Estimated decoder memory above which an image is refused (images.decode_memory_estimate).
     "MAX_DECODE_MEMORY": 256 * 1024 * 1024,
@@ -72,7 +71,7 @@ def load(overrides=None):
 
 def validate(settings):
     try:
-        settings["ALLOWED_ORIGINS"] = origins.parse_allowed_origins(settings["ALLOWED_ORIGINS"])
+        settings["ALLOWED_ORIGINS"] = parse_allowed_origins(settings["ALLOWED_ORIGINS"])
     except ValueError as error:
         raise ConfigError(str(error)) from None
     for name in INTEGER_SETTINGS:
@@ -93,3 +92,22 @@ def validate(settings):
     if prefix.startswith("/") or ".." in prefix.split("/"):
         raise ConfigError(f"S3_PREFIX must be a relative key prefix, got {prefix!r}.")
     return settings
+
+
+def parse_allowed_origins(value):
+    """``ALLOWED_ORIGINS`` (comma-separated, or a list) as a frozenset of ``scheme://host[:port]``; ValueError."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    origins = set()
+    for item in (item.strip() for item in items):
+        if not item:
+            continue
+        parts = urllib.parse.urlsplit(item)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+                or parts.path not in ("", "/") or parts.query or parts.fragment):
+            raise ValueError(f"ALLOWED_ORIGINS entries must look like https://chat.example.com[:port], got {item!r}.")
+        origins.add(f"{parts.scheme}://{parts.netloc.lower()}")
+    return frozenset(origins)

@@ -1,7 +1,8 @@
 """Proving that bytes are the image they claim to be.
 
 ``verify_image`` is pure: sniff the leading bytes, walk the container's
-structure, then make Pillow decode every pixel of every frame under a pixel
+structure, estimate the decoder's memory from the header (refused over a
+budget), then make Pillow decode every pixel of every frame under a pixel
 budget. Anything that is not a complete, well-formed PNG, JPEG, GIF or WebP
 raises :class:`InvalidImage`.
 
@@ -130,6 +131,15 @@ _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
 DECODE_BASE_MEMORY = 8 * 1024 * 1024
 
 
+def estimate_decode_memory(data):
+    """decode_memory_estimate for the bytes of an image (for benchmarks and tests)."""
+    content_type = sniff(data)
+    with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
+        if content_type == "image/jpeg":
+            image.draft(None, jpeg_draft_size(*image.size))
+        return decode_memory_estimate(image, content_type, data)
+
+
 def decode_memory_estimate(image, content_type, data):
     """Bytes the decode of ``image`` (opened, JPEG drafted, not loaded) will need at its peak.
 
@@ -146,9 +156,12 @@ def decode_memory_estimate(image, content_type, data):
         # libwebp's canvas and its disposed copy, Pillow's copy of the frame
         # and the image, all RGBA; lossless adds its own ARGB buffer.
         cost = pixels * 4 * (5 if _webp_is_lossless(data) else 4)
+    elif animated and content_type == "image/gif":
+        # The canvas, the previous one, the disposal fill, the frame and its
+        # RGBA conversion (a GIF's frames after the first are RGB(A)).
+        cost = pixels * 20
     elif animated:
-        # APNG and GIF keep the canvas, the previous canvas and the frame; a
-        # GIF's frames after the first are RGB(A).
+        # APNG: the canvas, the previous one (to dispose to), the frame and its blend.
         cost = pixels * 4 * 4
     else:
         cost = pixels * pixel_bytes

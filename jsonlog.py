@@ -108,7 +108,7 @@ class _DropRequestLines(logging.Filter):
 _SECRETS = (
     (re.compile(r"\?[^\s'\"]+"), "?[redacted]"),
     (re.compile(r"(cookie|authorization|coder[-_]session[-_]token)\b[^'\"\r\n]*", re.IGNORECASE), r"\1 [redacted]"),
-    (re.compile(r"\b[0-9a-f]{10}-[A-Za-z0-9_-]{16,}"), "[redacted token]"),
+    (re.compile(r"[0-9a-f]{10}-[A-Za-z0-9_-]{16,}"), "[redacted token]"),
 )
 
 
@@ -127,7 +127,11 @@ class ScrubSecrets(logging.Filter):
     """
 
     def filter(self, record):
-        record.msg = scrub(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the format: keep the format only
+            message = str(record.msg)
+        record.msg = scrub(message)
         record.args = None
         if record.exc_info:
             record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))

@@ -70,8 +70,9 @@ WATCH_SOCKETS = Gauge("chatfiles_watch_sockets_open", "Git-watch WebSockets open
 # Why an upload was refused, from its answer: the status where it is enough,
 # else the contract's message. Anything new falls back to bad_request or
 # internal_error rather than minting a label.
-REJECTION_BY_STATUS = {401: "unauthenticated", 403: "not_member", 413: "too_large"}
+REJECTION_BY_STATUS = {401: "unauthenticated", 403: "not_member", 408: "timed_out", 413: "too_large"}
 REJECTION_BY_MESSAGE = {
+    "Cross-origin request refused.": "cross_origin",  # a 403 that is not about membership
     "Unsupported file type.": "unsupported_type",
     "The file is empty.": "empty",
     "Invalid image file.": "invalid_image",
@@ -339,10 +340,10 @@ def _count_upload(response, observed):
 
 def upload_rejection_reason(response):
     status = response.status_code
-    if status in REJECTION_BY_STATUS:
-        return REJECTION_BY_STATUS[status]
     body = response.get_json(silent=True) or {}
     reason = REJECTION_BY_MESSAGE.get(body.get("message"))
     if reason:
         return reason
+    if status in REJECTION_BY_STATUS:
+        return REJECTION_BY_STATUS[status]
     return "internal_error" if status >= 500 else "bad_request"

@@ -34,25 +34,6 @@ def init_app(app):
     app.before_request(refuse_cross_origin)
 
 
-def parse_allowed_origins(value):
-    """``ALLOWED_ORIGINS`` (comma-separated, or a list) as a frozenset of ``scheme://host[:port]``; ValueError."""
-    items = value.split(",") if isinstance(value, str) else list(value or ())
-    origins = set()
-    for item in (item.strip() for item in items):
-        if not item:
-            continue
-        parts = urllib.parse.urlsplit(item)
-        try:
-            parts.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            parts = None
-        if (parts is None or parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.username
-                or parts.path not in ("", "/") or parts.query or parts.fragment):
-            raise ValueError(f"ALLOWED_ORIGINS entries must look like https://chat.example.com[:port], got {item!r}.")
-        origins.add(f"{parts.scheme}://{parts.netloc.lower()}")
-    return frozenset(origins)
-
-
 def refuse_cross_origin():
     """Raise 403 for a cross-origin unsafe request or WebSocket upgrade; see the module docstring."""
     problem = cross_origin_problem(

@@ -58,7 +58,8 @@ def init_app(app):
 
 
 def too_large(limit):
-    # The rest of the body is drained after the answer, but the connection is not reused.
+    # Connection: close where the server honours it; gunicorn keeps a connection
+    # whose body was drained whole and ends the others (BodyInput.linger).
     return ApiError(413, "File too large.", f"Maximum file size is {limit} bytes.", headers={"Connection": "close"})
 
 
@@ -91,19 +92,34 @@ class BodyInput:
             and environ.get("HTTP_EXPECT", "").lower() == "100-continue"
         )
         self._stall_timeout = stall_timeout
+        self._remaining = _declared_length(environ)  # None: until the server's stream ends (chunked)
         self.bytes_read = 0
-        self.at_end = False
+        self.at_end = self._remaining == 0
         self.failed = False
 
+    @property
+    def continue_owed(self):
+        """The client waits for "100 Continue" before sending its body, and has not had it."""
+        return self._continue_owed
+
     def read(self, size=-1):
+        return self._read(self._stream.read, size)
+
+    def readline(self, size=-1):
+        return self._read(self._stream.readline, size)
+
+    def _read(self, method, size):
         if self.failed or self.at_end:
             return b""
+        if self._remaining is not None:
+            # Never past the declared end: a dev server's input is the raw socket.
+            size = self._remaining if size is None or size < 0 else min(size, self._remaining)
         if self._continue_owed:
             self._continue_owed = False
             self._socket.sendall(CONTINUE)
         try:
             with self._socket_timeout(self._stall_timeout):
-                data = self._stream.read(size)
+                data = method(size)
         except TimeoutError:
             self.failed = True
             raise _timed_out(self._stall_timeout) from None
@@ -114,21 +130,19 @@ class BodyInput:
             self.failed = True
             raise _malformed(error) from None
         self.bytes_read += len(data)
-        if not data and size != 0:
+        if self._remaining is not None:
+            self._remaining -= len(data)
+        if (not data and size != 0) or self._remaining == 0:
             self.at_end = True
         return data
-
-    def readline(self, size=-1):
-        # PEP 3333 asks for it; nothing here reads bodies by lines, so a bounded read will do.
-        return self.read(READ_CHUNK if size is None or size < 0 else size)
 
     def __iter__(self):
         return iter(lambda: self.read(READ_CHUNK), b"")
 
     def drain(self, limit, seconds):
-        """Read and discard the rest of the body; True when it all came (or none was ever to come)."""
+        """Read and discard the rest of the body; True when it all came."""
         if self._continue_owed:
-            return True  # the client waits for a 100 Continue that will never come: nothing to read
+            return self.at_end  # the client waits for a 100 Continue that will not come: nothing to read
         deadline = time.monotonic() + seconds
         try:
             while not self.at_end and not self.failed and self.bytes_read < limit:
@@ -140,9 +154,16 @@ class BodyInput:
         return self.at_end
 
     def linger(self, seconds):
-        """Half-close, then read what the client still sends for a moment, so closing does not reset."""
+        """Half-close, then read what the client still sends for a moment, so closing does not reset.
+
+        gunicorn ignores an application's ``Connection: close``: the half-close
+        is what ends the connection with the answer. A client still waiting
+        for "100 Continue" sends nothing more: no lingering for it.
+        """
         if self._socket is None:
             return
+        if self._continue_owed:
+            seconds = 0
         try:
             self._socket.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + seconds
@@ -168,6 +189,14 @@ class BodyInput:
         finally:
             with contextlib.suppress(OSError):
                 self._socket.settimeout(previous)
+
+
+def _declared_length(environ):
+    """The body's length: Content-Length, None for a server-terminated (chunked) stream, else 0 (PEP 3333)."""
+    try:
+        return max(0, int(environ.get("CONTENT_LENGTH") or ""))
+    except ValueError:
+        return None if environ.get("wsgi.input_terminated") else 0
 
 
 class BodyMiddleware:

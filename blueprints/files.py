@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 CACHE_FOREVER = "private, max-age=31536000, immutable"
 # How long a decode waits for room in the worker's upload budget before a 503.
 BUDGET_WAIT_SECONDS = 30
-# Decoding an image under the pixel budget may take ~160 MB; a worker has
-# dozens of threads, so only two decode at once (more cores would not go
-# faster than the machine's two; raise this with the core count).
+# Decoding an image may take up to MAX_DECODE_MEMORY (estimated before it
+# starts); a worker has dozens of threads, so only two decode at once (more
+# would not go faster on the machine's two cores; raise with the core count).
 DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 
@@ -72,12 +72,12 @@ def download(file_id):
 
 
 class UploadBudget:
-    """Bytes of upload bodies one worker holds in memory at once.
+    """Bytes of upload bodies one worker maps into memory at once.
 
-    An upload reserves its body's size before reading it and gives it back
-    when done; one that does not fit waits for room, so a burst of large
-    uploads queues in the kernel's socket buffers instead of the worker's
-    memory. A single upload always fits, whatever its size.
+    The body arrives into a temporary file, holding none of this; an upload
+    reserves its size only to decode (the decoder reads the file's pages)
+    and gives it back when done. One that does not fit waits for room. A
+    single upload always fits, whatever its size.
     """
 
     def __init__(self, capacity):
@@ -133,9 +133,11 @@ def _verify(body):
     """Decode the spooled body in one of the worker's decode slots, its bytes counted in the memory budget."""
     config = current_app.config
     try:
-        with _decode_slot(config["DECODE_WAIT_TIMEOUT"]), \
-                current_app.extensions["upload_budget"].reserve(body.size, BUDGET_WAIT_SECONDS), \
-                body.mapped() as data:
+        with (
+            _decode_slot(config["DECODE_WAIT_TIMEOUT"]),
+            current_app.extensions["upload_budget"].reserve(body.size, BUDGET_WAIT_SECONDS),
+            body.mapped() as data,
+        ):
             return images.verify_image(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"])
     except images.UnsupportedType as error:
         raise ApiError(400, "Unsupported file type.", str(error)) from None

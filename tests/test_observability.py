@@ -542,3 +542,12 @@ def test_live_dead_worker_keeps_its_counts_but_not_its_gauge(live):
     wait_until(lambda: live._answers(), "the server to answer")
     assert scrape(live)[key] == before
     assert scrape(live)[("chatfiles_watch_sockets_open", ())] == 0
+
+
+def test_scrub_removes_query_strings_cookies_and_tokens_from_gunicorn_warnings():
+    token = "0123456789-abcdefghijklmnopqrstuv"
+    line = (f"Invalid request from ip=1.2.3.4: Invalid HTTP request line: "
+            f"'GET /x?coder_session_token={token}&a=b\\x7f HTTP/1.1' Cookie: s={token}")
+    scrubbed = jsonlog.scrub(line)
+    assert token not in scrubbed and "a=b" not in scrubbed
+    assert scrubbed.startswith("Invalid request from ip=1.2.3.4: Invalid HTTP request line: 'GET /x?[redacted] HTTP/1.1'")

@@ -3,27 +3,16 @@
 import pytest
 
 import config
-from origins import cross_origin_problem, parse_allowed_origins
+from config import parse_allowed_origins
+from origins import cross_origin_problem
 from tests.conftest import _create_user, make_app
+from tests.single_backend import database_url, storage_config  # noqa: F401 (fixtures)
 from tests.test_files import assert_error
-from tests.test_git_watch import UPGRADE_HEADERS
-
-
-
-# The check does not depend on the backends.
-@pytest.fixture
-def database_url(tmp_path):
-    return f"sqlite:///{tmp_path}/chatfiles.db"
-
-
-@pytest.fixture
-def storage_config(tmp_path):
-    return {"LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}
-
 
 HOST = "files.example.com"
 ALLOWED = parse_allowed_origins("https://chat.example.com, http://localhost:3000")
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
+UPGRADE_HEADERS = {**UPGRADE, "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
 OK, REFUSED = "ok", "refused"
 
 TABLE = [

@@ -1,0 +1,69 @@
+"""Decoder memory: the estimate covers the measured peak for every file of the hostile corpus,
+an image over MAX_DECODE_MEMORY is refused before decoding, and waiting for a decode slot is bounded.
+
+The corpus files are as large as the pixel limit allows and built once into
+var/bench/decode-corpus (bench/decode_memory.py, which prints the table).
+Each measurement is a fresh subprocess; memory, not time, is asserted.
+"""
+
+import io
+
+import pytest
+from PIL import Image
+
+import images
+from bench.decode_memory import CORPUS, corpus_file, measure
+from blueprints import files
+from tests.conftest import _create_user, make_app
+from tests.single_backend import database_url, storage_config  # noqa: F401 (fixtures)
+from tests.test_files import assert_error, object_count, row_count, upload
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("entry", CORPUS, ids=[entry[0] for entry in CORPUS])
+def test_estimate_covers_the_measured_peak_and_is_not_far_above_it(entry):
+    row = measure(*entry)
+    assert row["estimate"] >= row["measured"], row
+    # Generous: the estimate may not refuse an image for want of precision (APNG without disposal: 2x).
+    assert row["estimate"] <= 3 * row["measured"] + images.DECODE_BASE_MEMORY, row
+
+
+def webp_lossless(side):
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (1, 2, 3)).save(buffer, "WEBP", lossless=True, method=0)
+    return buffer.getvalue()
+
+
+def test_the_issues_tiny_lossless_webp_is_refused_before_decoding(client, auth, user, app):
+    name, content_type, builder = next(entry for entry in CORPUS if entry[0] == "webp-lossless")
+    data = corpus_file(name, builder).read_bytes()  # 6320 x 6320 in a few bytes: under the pixel limit
+    response = upload(client, auth, data, content_type, organization=user["organization_id"])
+    assert_error(response, 400, "Invalid image file.")
+    assert "too large to decode" in response.json["detail"]
+    assert row_count(app) == 0
+    assert object_count(app) == 0
+
+
+@pytest.mark.parametrize(("side", "status"), [(256, 201), (2000, 400)])
+def test_max_decode_memory_is_the_setting(tmp_path, database_url, storage_config, side, status):
+    app = make_app(database_url, storage_config, tmp_path, MAX_DECODE_MEMORY=20 * MiB)
+    account = _create_user(app, "carol", "acme")
+    response = upload(app.test_client(), {"Coder-Session-Token": account["token"]}, webp_lossless(side),
+                      "image/webp", organization=account["organization_id"])
+    assert response.status_code == status, response.json
+
+
+def test_waiting_for_a_decode_slot_is_bounded_with_a_503(tmp_path, database_url, storage_config):
+    app = make_app(database_url, storage_config, tmp_path, DECODE_WAIT_TIMEOUT=0)
+    account = _create_user(app, "carol", "acme")
+    data = webp_lossless(16)
+    taken = [files.DECODE_SLOTS.acquire(timeout=10) for _ in range(2)]  # both slots busy decoding
+    try:
+        response = upload(app.test_client(), {"Coder-Session-Token": account["token"]}, data, "image/webp",
+                          organization=account["organization_id"])
+    finally:
+        for _ in filter(None, taken):
+            files.DECODE_SLOTS.release()
+    assert_error(response, 503, "Too many uploads in progress.")
+    assert response.headers["Retry-After"]
