@@ -102,6 +102,6 @@ def log_lines(server):
     lines = []
     with open(server.log_path, errors="replace") as handle:
         for line in handle:
-            if line.startswith("{"):
+            if line.startswith("{") and line.endswith("\n"):  # not one still being written
                 lines.append(json.loads(line))
     return lines
