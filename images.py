@@ -193,7 +193,7 @@ def _jpeg_first_scan_components(data):
         code, offset = marker
         if code == _JPEG_SOS:
             return data[offset + 2] if offset + 2 < len(data) else 0
-        if code in (_JPEG_EOI,):
+        if code == _JPEG_EOI:
             break
         if code not in _JPEG_WITHOUT_LENGTH:
             offset += int.from_bytes(data[offset : offset + 2], "big")
