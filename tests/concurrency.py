@@ -1,6 +1,7 @@
-"""Running one call from many threads at the same moment."""
+"""Running one call from many threads at the same moment; waiting, boundedly, for something to happen."""
 
 import threading
+import time
 
 
 def run_at_once(call, count):
@@ -18,3 +19,14 @@ def run_at_once(call, count):
     for thread in threads:
         thread.join()
     return results
+
+
+def wait_for(condition, what, seconds=15, interval=0.02):
+    """``condition()``'s first truthy value, polled until ``seconds`` have passed; AssertionError then."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -13,7 +13,7 @@ import migrations
 import models
 from app import create_app
 
-pytest_plugins = ["tests.fixtures_servers"]
+pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_edge"]
 
 DATABASES = ["sqlite", "postgres"]
 STORAGES = ["local", "s3"]

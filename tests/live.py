@@ -88,3 +88,20 @@ class GunicornServer(_ServerProcess):
                 return response.status == 200
         except OSError:
             return False
+
+
+def kill_instance(server):
+    """SIGKILL a GunicornServer's master and its workers at once, as a crashed host would."""
+    os.killpg(server.pid, signal.SIGKILL)  # start_new_session: the master leads the workers' group
+    server._process.wait()
+    server.stop()
+
+
+def log_lines(server):
+    """The service's JSON log lines (one per request, and its other records) written so far."""
+    lines = []
+    with open(server.log_path, errors="replace") as handle:
+        for line in handle:
+            if line.startswith("{") and line.endswith("\n"):  # not one still being written
+                lines.append(json.loads(line))
+    return lines

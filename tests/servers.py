@@ -16,6 +16,7 @@ import ctypes
 import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -597,3 +598,144 @@ class MotoServer(_ServerProcess):
             return True  # any HTTP answer means it is serving
         except OSError:
             return False
+
+
+# --- nginx -------------------------------------------------------------------
+
+NGINX_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
+
+
+def find_nginx():
+    """Path of the nginx binary (Debian keeps it in /usr/sbin, often off a user's PATH), or None."""
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def render_nginx_conf(text, *, port, upstreams, work_dir, extra_http=""):
+    """The shipped deploy/nginx.conf for loopback: only addresses, ports and paths change.
+
+    `upstreams` are "host:port" of the instances; logs, pid and temporary
+    files go under `work_dir`; the frontend include points at
+    `work_dir/frontend.d`. `extra_http` (more server blocks) is appended
+    inside the http block, as a site adds its own.
+    """
+    work_dir = Path(work_dir)
+
+    def replace(pattern, replacement, count=1):
+        nonlocal text
+        text, done = re.subn(pattern, lambda _: replacement, text, flags=re.MULTILINE)
+        if done != count:
+            raise ValueError(f"deploy/nginx.conf: expected {count} match(es) of {pattern!r}, found {done}")
+
+    replace(r"^pid .*;$", f"pid {work_dir}/nginx.pid;")
+    replace(r"^error_log \S+", f"error_log {work_dir}/error.log")
+    replace(r"^(\s*)access_log \S+;", f"    access_log {work_dir}/access.log;")
+    temp_paths = "".join(
+        f"    {kind}_temp_path {work_dir}/temp-{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    replace(r"^\s*client_body_temp_path .*;\n\s*proxy_temp_path .*;\n", temp_paths)
+    servers = "".join(f"        server {address} max_fails=1 fail_timeout=10s;\n" for address in upstreams)
+    replace(r"^(\s*server \d+\.\d+\.\d+\.\d+:\d+ .*;\n)+", servers)
+    replace(r"^(\s*)listen 80;$", f"        listen {LOCALHOST}:{port};")
+    replace(r"include /etc/nginx/chatfiles-frontend\.d/", f"include {work_dir}/frontend.d/")
+    closing = text.rstrip().rfind("}")
+    return text[:closing] + extra_http + text[closing:]
+
+
+def _read_log(path):
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+class NginxServer(_ServerProcess):
+    """nginx running deploy/nginx.conf on 127.0.0.1 in front of `upstreams` ("host:port" each).
+
+    `frontend_conf` goes in the frontend include (locations of this server);
+    `extra_http` is added to the http block (e.g. another server block).
+    Files in `static_files` ({relative path: bytes}) are written under
+    `static_root`, the work dir's static/ (readable by nginx's worker user),
+    which they can serve with `root static;` (relative to nginx's prefix).
+    """
+
+    NAME = "nginx"
+    STOP_SIGNAL = signal.SIGQUIT  # graceful: finish open requests, then exit
+
+    def __init__(self, upstreams, frontend_conf="", extra_http="", static_files=None):
+        super().__init__()
+        self.upstreams = list(upstreams)
+        self.frontend_conf = frontend_conf
+        self.extra_http = extra_http
+        self.static_files = static_files or {}
+        self.work_dir = _make_scratch_dir("nginx-")
+        # Workers run as an unprivileged user when we are root; let them in.
+        os.chmod(self.work_dir, 0o755)
+
+    @classmethod
+    def available(cls):
+        return find_nginx() is not None
+
+    @property
+    def url(self):
+        return f"http://{LOCALHOST}:{self.port}"
+
+    @property
+    def log_path(self):
+        return self.work_dir / "nginx.out"
+
+    @property
+    def error_log_path(self):
+        return self.work_dir / "error.log"
+
+    @property
+    def access_log_path(self):
+        return self.work_dir / "access.log"
+
+    @property
+    def static_root(self):
+        return self.work_dir / "static"
+
+    def error_log(self):
+        return _read_log(self.error_log_path)
+
+    def access_log(self):
+        return _read_log(self.access_log_path)
+
+    def close(self):
+        self.stop()
+        _remove_scratch_dir(self.work_dir)
+
+    def _prepare(self):
+        (self.work_dir / "frontend.d").mkdir(exist_ok=True)
+        (self.work_dir / "frontend.d" / "test.conf").write_text(self.frontend_conf)
+        for name, content in self.static_files.items():
+            path = self.static_root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        if self.static_root.exists():
+            for path in [self.static_root, *self.static_root.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+
+    def _command(self, port):
+        config_path = self.work_dir / "nginx.conf"
+        config_path.write_text(render_nginx_conf(
+            NGINX_CONF.read_text(), port=port, upstreams=self.upstreams, work_dir=self.work_dir,
+            extra_http=self.extra_http,
+        ))
+        return [find_nginx(), "-p", str(self.work_dir), "-e", str(self.work_dir / "startup-error.log"),
+                "-c", str(config_path), "-g", "daemon off;"]
+
+    def _answers(self):
+        try:
+            urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
+            return True
+        except urllib.error.HTTPError:
+            return True  # nginx answered (the upstreams may be what is down)
+        except OSError:
+            return False
+
+    def _fail(self, what):
+        # nginx reports a bad config on stderr (our log) and in its error log.
+        raise ServerStartError(
+            f"nginx on port {self._port} {what}:\n{_log_tail(self.log_path)}\n{_log_tail(self.error_log_path)}"
+        )

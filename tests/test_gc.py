@@ -10,7 +10,6 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 import uuid
 
 import psycopg2
@@ -22,6 +21,7 @@ import gc_storage
 import models
 import storage
 from storage import StorageError, get_storage, object_key, variant_key
+from tests.concurrency import wait_for
 from tests.imaging import make_image
 from tests.live import GunicornServer, backend_settings
 from tests.test_files import upload
@@ -348,16 +348,6 @@ class RowWriteBlocker:
         else:
             self.connection.rollback()
         self.connection.close()
-
-
-def wait_for(condition, what, seconds=15):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def is_dead(pid):

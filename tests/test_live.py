@@ -11,7 +11,7 @@ import requests
 from tests.concurrency import run_at_once
 from tests.imaging import make_image
 from tests.live import GunicornServer, backend_settings
-from tests.wsclient import Closed, WatchClient
+from tests.wsclient import WatchClient
 
 
 @pytest.fixture(params=["sqlite-local", "postgres-s3"])
@@ -131,10 +131,7 @@ def test_fifty_watch_sockets_while_uploads_and_downloads_answer_then_archive_clo
         assert requests.post(f"{live.url}/api/v2/chats/{chat['id']}/archive", headers=headers,
                              timeout=10).status_code == 204
         for ws in sockets:
-            with pytest.raises(Closed) as closed:
-                while ws.receive(timeout=10) is not None:
-                    pass
-            assert closed.value.reason == "Chat was archived."
+            assert ws.wait_until_closed().reason == "Chat was archived."
     finally:
         for ws in sockets:
             ws.close()
@@ -156,10 +153,8 @@ def test_sigterm_closes_watch_sockets_with_going_away_and_exits_promptly(tmp_pat
 
     live._process.send_signal(signal.SIGTERM)
     for ws in sockets:
-        with pytest.raises(Closed) as closed:
-            while ws.receive(timeout=10) is not None:
-                pass
-        assert (closed.value.code, closed.value.reason) == (1001, "Server shutting down")
+        closed = ws.wait_until_closed()
+        assert (closed.code, closed.reason) == (1001, "Server shutting down")
     # Well inside graceful_timeout (20 s): nothing was left for the master to wait on.
     assert live._process.wait(timeout=15) == 0
     live.stop()

@@ -56,6 +56,15 @@ class WatchClient:
             elif opcode == websocket.ABNF.OPCODE_TEXT:
                 return json.loads(frame.data.decode())
 
+    def wait_until_closed(self, timeout=10):
+        """Read (and drop) messages until the server closes; its Closed. AssertionError if it does not."""
+        try:
+            while self.receive(timeout=timeout) is not None:
+                pass
+        except Closed as closed:
+            return closed
+        raise AssertionError(f"the server did not close the socket within {timeout}s")
+
     def send_text(self, text):
         self._ws.send(text)
 
