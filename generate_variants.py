@@ -80,7 +80,8 @@ def _complete(storage, row, result):
         return
     data = _read_original(storage, row)
     first_frame = variants.FirstFrame()
-    info = images.verify_image(data, current_app.config["MAX_IMAGE_PIXELS"], first_frame)
+    info = images.verify_image(data, current_app.config["MAX_IMAGE_PIXELS"], current_app.config["MAX_DECODE_MEMORY"],
+                               on_first_frame=first_frame)
     made = [variant for variant in variants.make(first_frame.still, info.content_type, info.animated, len(data),
                                                  row.sha256) if variant.name in missing]
     result.variants_stored += len(store_variants(storage, row.organization_id, row.id, made))

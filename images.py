@@ -74,7 +74,7 @@ def sniff(data):
     return None
 
 
-def verify_image(data, max_pixels, max_memory=None, on_first_frame=None):
+def verify_image(data, max_pixels, max_memory=None, *, on_first_frame=None):
     """Return the detected type and size of ``data`` (any bytes-like: bytes, an mmap), or raise.
 
     Raises UnsupportedType when the leading bytes are no allowed image, and

@@ -28,6 +28,11 @@ def utcnow():
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
+def rfc3339(moment):
+    """A stored (naive UTC) time as the API shows it, e.g. ``2026-11-22T13:00:00.123Z``."""
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
 class BaseModel(Model):
     class Meta:
         database = db

@@ -121,7 +121,7 @@ except OSError:
     field = None
 before = status_kib("VmRSS")
 first_frame = variants.FirstFrame()  # what an upload does: one decode that verifies and feeds the variants
-info = images.verify_image(data, 10**12, None, first_frame)
+info = images.verify_image(data, 10**12, on_first_frame=first_frame)
 variants.make(first_frame.still, info.content_type, info.animated, len(data), "0" * 64)
 peak = status_kib(field) if field else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"measured": (peak - before) * 1024, "estimate": images.estimate_decode_memory(data),

@@ -217,8 +217,8 @@ def measure_sample(label, data, client):
 
     first_frame = variants.FirstFrame()
     with mock.patch.object(variants, "still_of", timed_still_of):
-        cpu_median(lambda: images.verify_image(data, max_pixels, first_frame))
-    info = images.verify_image(data, max_pixels, first_frame)
+        cpu_median(lambda: images.verify_image(data, max_pixels, on_first_frame=first_frame))
+    info = images.verify_image(data, max_pixels, on_first_frame=first_frame)
     encode = cpu_median(lambda: variants.make(first_frame.still, info.content_type, info.animated, len(data), ""))
     file_id = client.upload(data)
     stored = {name: client.get(file_id, name) for name in variants.NAMES}
@@ -241,7 +241,7 @@ def compare_formats(photo):
     import variants
 
     first_frame = variants.FirstFrame()
-    images.verify_image(photo, config.DEFAULTS["MAX_IMAGE_PIXELS"], first_frame)
+    images.verify_image(photo, config.DEFAULTS["MAX_IMAGE_PIXELS"], on_first_frame=first_frame)
     preview = first_frame.still.image
     candidates = [("WebP q75, method 2 (chosen)", "WEBP", {"quality": 75, "method": 2}),
                   ("WebP q75, method 4 (libwebp's default)", "WEBP", {"quality": 75, "method": 4}),
@@ -298,11 +298,11 @@ def corpus_factor():
         except (images.InvalidImage, images.UnsupportedType):
             continue
         first_frame = variants.FirstFrame()
-        info = images.verify_image(data, max_pixels, first_frame)
+        info = images.verify_image(data, max_pixels, on_first_frame=first_frame)
 
         def with_variants():
             frame = variants.FirstFrame()
-            images.verify_image(data, max_pixels, frame)
+            images.verify_image(data, max_pixels, on_first_frame=frame)
             variants.make(frame.still, info.content_type, info.animated, len(data), "")
 
         verify = cpu_median(lambda: images.verify_image(data, max_pixels), runs=5, budget_seconds=1)

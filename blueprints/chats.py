@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 import uploads
 from auth import login_required
 from errors import ApiError
-from models import Chat, utcnow
+from models import Chat, rfc3339, utcnow
 from workspaces import WorkspaceError, normalize, resolve_for_user
 
 bp = Blueprint("chats", __name__)
@@ -100,13 +100,9 @@ def chat_json(chat):
         "title": chat.title,
         "archived": chat.archived,
         "workspace": chat.workspace,
-        "created_at": _rfc3339(chat.created_at),
-        "updated_at": _rfc3339(chat.updated_at),
+        "created_at": rfc3339(chat.created_at),
+        "updated_at": rfc3339(chat.updated_at),
     }
-
-
-def _rfc3339(moment):
-    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def _json_object():

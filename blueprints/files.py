@@ -13,10 +13,9 @@ import images
 import uploads
 import variants
 from auth import login_required
-from blueprints.chats import _rfc3339 as rfc3339
 from errors import ApiError, error_response
 from filenames import inline_content_disposition, name_from_content_disposition
-from models import ChatFile, ChatFileVariant, Membership, db, release_connection
+from models import ChatFile, ChatFileVariant, Membership, db, release_connection, rfc3339
 from storage import StorageError, get_storage, object_key, object_metadata, variant_key, variant_metadata
 
 bp = Blueprint("files", __name__)
@@ -220,7 +219,8 @@ def _verify(body):
         ):
             # One decode verifies the image and hands its first frame to the variants.
             first_frame = variants.FirstFrame()
-            info = images.verify_image(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"], first_frame)
+            info = images.verify_image(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"],
+                                      on_first_frame=first_frame)
             made = variants.make(first_frame.still, info.content_type, info.animated, body.size, body.sha256)
             return info, first_frame.still, made
     except images.UnsupportedType as error:

@@ -47,7 +47,7 @@ def test_the_issues_tiny_lossless_webp_is_refused_before_decoding(client, auth, 
 
 @pytest.mark.parametrize(("side", "status"), [(256, 201), (2000, 400)])
 def test_max_decode_memory_is_the_setting(tmp_path, database_url, storage_config, side, status):
-    app = make_app(database_url, storage_config, tmp_path, MAX_DECODE_MEMORY=20 * MiB)
+    app = make_app(database_url, storage_config, tmp_path, MAX_DECODE_MEMORY=40 * MiB)
     account = _create_user(app, "carol", "acme")
     response = upload(app.test_client(), {"Coder-Session-Token": account["token"]}, webp_lossless(side),
                       "image/webp", organization=account["organization_id"])

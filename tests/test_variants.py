@@ -102,7 +102,7 @@ def test_variant_boxes_are_the_specs():
 def test_jpeg_draft_size_is_the_size_the_decoder_hands_over(size):
     data = encode(Image.new("RGB", size, (10, 20, 30)), "image/jpeg")
     seen = []
-    images.verify_image(data, 10**9, lambda frame, _size: seen.append(frame.size))
+    images.verify_image(data, 10**9, on_first_frame=lambda frame, _size: seen.append(frame.size))
     assert seen == [images.jpeg_draft_size(*size)]
     assert max(seen[0]) >= min(1280, max(size))  # still covers the preview
 
@@ -282,15 +282,19 @@ def test_an_animated_original_is_its_own_preview_and_its_thumbnail_a_still(app, 
                                              "thumbnail")]  # the preview is not stored twice
 
 
-@pytest.mark.parametrize("content_type", ["image/png", "image/jpeg", "image/gif", "image/webp"])
-@pytest.mark.parametrize("mode", ["RGB", "L", "P", "CMYK", "LA", "I;16"])
+# Every mode each format can store (a JPEG has no palette, alpha or 16 bits; PNG and GIF no CMYK).
+FORMAT_MODES = [(content_type, mode)
+                for content_type in ("image/png", "image/jpeg", "image/gif", "image/webp")
+                for mode in ("RGB", "L", "P", "CMYK", "LA", "I;16")
+                if (content_type, mode) not in {("image/jpeg", "P"), ("image/jpeg", "LA"), ("image/jpeg", "I;16"),
+                                                ("image/png", "CMYK"), ("image/gif", "CMYK")}]
+
+
+@pytest.mark.parametrize(("content_type", "mode"), FORMAT_MODES)
 def test_variants_of_every_format_and_mode(sqlite_app, content_type, mode):
     image = smooth_image(1600, 1200, "RGB")
     image = image.convert(mode) if mode != "I;16" else image.convert("I").point(lambda v: v * 256).convert("I;16")
-    try:
-        data = encode(image, content_type)
-    except (OSError, ValueError, KeyError):
-        pytest.skip(f"Pillow writes no {mode} {content_type}")
+    data = encode(image, content_type)
     client = sqlite_app.test_client()
     with sqlite_app.app_context(), models.db.connection_context():
         user = cli.create_user("alice", "acme", lifetime_days=1)
@@ -317,7 +321,7 @@ def test_variants_shrink_the_frame_before_any_other_full_size_work(sqlite_app, m
     data = encode(image, "image/png", exif=exif.tobytes(),
                   icc_profile=rgb_profile(SRGB_RED, SRGB_GREEN, SRGB_BLUE) if mode != "L" else None)
     first_frame = variants.FirstFrame()
-    images.verify_image(data, 10**8, first_frame)
+    images.verify_image(data, 10**8, on_first_frame=first_frame)
     assert (first_frame.still.width, first_frame.still.height) == (2000, 3000)
     assert len(memory.larger_than_box) == copies
     assert memory.problems == []
