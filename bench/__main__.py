@@ -1,8 +1,11 @@
 """``python -m bench``: run the benchmark and write docs/PERFORMANCE.md.
 
 Sections: grid (service / passthrough / boto3 side by side), conditional
-(304 vs 200), verify (Pillow), memory (one worker under 8 x 10 MiB),
-watch (git watch latency and idle CPU). With a subset of sections, or
+(304 vs 200 vs a bare app's 304), overhead (the service's CPU beyond the
+passthrough and the image work, per type and size), verify (Pillow), memory
+(one worker under 8 x 10 MiB), watch (git watch latency and idle CPU).
+``--database postgres`` runs grid, conditional and overhead against
+PostgreSQL and rewrites only the PostgreSQL section of the page. With a subset of sections, or
 --quick, results go to var/bench/ only and docs/ is left alone unless
 --write-docs is given. ``--render FILE`` rebuilds the docs from saved results.
 """
@@ -24,23 +27,27 @@ sys.path.insert(0, str(ROOT))  # the service's modules (storage, images) and tes
 from bench import procstat, report  # noqa: E402
 from bench.sample_images import cached_image, pixel_count  # noqa: E402
 
-SECTIONS = ("grid", "conditional", "verify", "memory", "watch")
+SECTIONS = ("grid", "conditional", "overhead", "verify", "memory", "watch")
+POSTGRES_SECTIONS = ("grid", "conditional", "overhead")
 SIZES = {"10 KB": 10_000, "100 KB": 100_000, "1 MB": 1_000_000, "8 MB": 8_000_000}
 MEMORY_IMAGE = (10_200_000, 10 * 1024 * 1024)  # about 10 MiB, never over the default upload limit
-MEMORY_TYPES = ("image/jpeg", "image/png")
+MEMORY_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
 VERIFY_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 CONDITIONAL_SIZE = "1 MB"
 WATCH_FILES = (1, 100, 1000)
 CACHE_DIR = ROOT / "var" / "bench" / "images"
+POSTGRES_LATEST = "results-postgres-latest.json"
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ", ".join(SECTIONS))
+    parser.add_argument("--sections", default=None, help="comma-separated subset of " + ", ".join(SECTIONS))
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of " + ", ".join(SIZES))
     parser.add_argument("--concurrency", default="1,4,16", help="client threads per cell, comma-separated")
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per cell (default 2)")
+    parser.add_argument("--overhead-duration", type=float, default=1.5,
+                        help="seconds per overhead cell, split in three rounds (default 1.5)")
     parser.add_argument("--max-requests", type=int, default=4000, help="request cap per cell")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (default 2)")
     parser.add_argument("--format", default="image/jpeg", choices=VERIFY_TYPES, help="image type of the grid")
@@ -55,7 +62,8 @@ def parse_args(argv):
     parser.add_argument("--write-docs", action="store_true", help="write docs/ even for a partial run")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only rebuild docs/ from saved results")
     args = parser.parse_args(argv)
-    args.sections = [name for name in args.sections.split(",") if name]
+    default_sections = POSTGRES_SECTIONS if args.database == "postgres" else SECTIONS
+    args.sections = [name for name in (args.sections or ",".join(default_sections)).split(",") if name]
     args.sizes = {label.strip(): SIZES[label.strip()] for label in args.sizes.split(",") if label.strip()}
     args.concurrency = [int(value) for value in args.concurrency.split(",")]
     unknown = set(args.sections) - set(SECTIONS)
@@ -63,6 +71,7 @@ def parse_args(argv):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     if args.quick:
         args.duration, args.watch_rounds, args.idle_seconds, args.scale_seconds = 0.7, 6, 3, 4
+        args.overhead_duration = 0.6
     if args.watch_only:
         args.sections = ["watch"]
     return args
@@ -129,7 +138,7 @@ def run(args):
             log(f"starting moto, service and passthrough under {work_dir}")
             stack.start()
             results["meta"]["database"] = stack.database_label()
-            if "grid" in args.sections or "conditional" in args.sections:
+            if {"grid", "conditional", "overhead"} & set(args.sections):
                 run_grid(args, stack, grid_images, results)
             if "memory" in args.sections:
                 run_memory(args, stack, results)
@@ -180,6 +189,17 @@ def run_grid(args, stack, grid_images, results):
         results["conditional_size_label"] = label
         results["conditional"] = [{"status": status, "concurrency": c, **cell.summary()}
                                   for (status, c), cell in cells.items()]
+    if "overhead" in args.sections:
+        run_overhead(args, grid, results)
+
+
+def run_overhead(args, grid, results):
+    from bench.overhead import OverheadBench
+
+    log("overhead: service − passthrough − image work per upload, service − passthrough per download (c=1)")
+    images = {content_type: {label: cached_image(CACHE_DIR, content_type, size) for label, size in args.sizes.items()}
+              for content_type in VERIFY_TYPES}
+    results["overhead"] = OverheadBench(grid, args.overhead_duration, log=log).run(images)
 
 
 def run_memory(args, stack, results):
@@ -219,29 +239,47 @@ def run_watch(args, service, results):
     results["watch"] = watch
 
 
-def save(results, latest=True):
-    out_dir = ROOT / "var" / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
+RESULTS_DIR = ROOT / "var" / "bench"
+
+
+def save(results, latest="results-latest.json"):
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=1))
     if latest:  # what --render rebuilds the whole page from: a watch-only run must not replace it
-        (out_dir / "results-latest.json").write_text(json.dumps(results, indent=1))
+        (RESULTS_DIR / latest).write_text(json.dumps(results, indent=1))
     return path
+
+
+def saved(name):
+    path = RESULTS_DIR / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_docs(results):
+    log(f"wrote {report.write(results, ROOT / 'docs')}")
+    postgres = saved(POSTGRES_LATEST)
+    if postgres:  # its SQLite column follows the page's run
+        report.write_postgres(postgres, ROOT / "docs", results)
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.render:
-        results = json.loads(Path(args.render).read_text())
-        log(f"wrote {report.write(results, ROOT / 'docs')}")
+        write_docs(json.loads(Path(args.render).read_text()))
         return 0
     results = run(args)
-    log(f"results saved to {save(results, latest=not args.watch_only)} ({results['meta']['elapsed_s']:.0f} s)")
-    complete = set(args.sections) == set(SECTIONS) and not args.quick
+    postgres = args.database == "postgres"
+    latest = None if args.watch_only else POSTGRES_LATEST if postgres else "results-latest.json"
+    log(f"results saved to {save(results, latest)} ({results['meta']['elapsed_s']:.0f} s)")
+    complete = set(args.sections) == set(POSTGRES_SECTIONS if postgres else SECTIONS) and not args.quick
     if args.watch_only:
         log(f"wrote the watch section of {report.write_section(results, ROOT / 'docs', 'watch')}")
+    elif postgres and (complete or args.write_docs):
+        log(f"wrote the PostgreSQL section of "
+            f"{report.write_postgres(results, ROOT / 'docs', saved('results-latest.json'))}")
     elif complete or args.write_docs:
-        log(f"wrote {report.write(results, ROOT / 'docs')}")
+        write_docs(results)
     else:
         log("partial or quick run: docs/ left alone (use --write-docs to write it anyway)")
     return 0
