@@ -75,6 +75,12 @@ class Grid:
                         cell.run(0.3, 10 * concurrency)
                     finally:
                         cell.close()
+            bare = Cell(HttpCall(self.stack.bare.port, "GET", "/", status=304, expect_bytes=0, warm_path="/"),
+                        concurrency, self.bare_pids)
+            try:
+                bare.run(0.3, 10 * concurrency)
+            finally:
+                bare.close()
         self._delete_uploads()
 
     def run(self, images, concurrencies):

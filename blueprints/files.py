@@ -14,7 +14,7 @@ import uploads
 from auth import login_required
 from errors import ApiError, error_response
 from filenames import inline_content_disposition, name_from_content_disposition
-from models import ChatFile, Membership, release_connection
+from models import ChatFile, Membership, PreparedSelect, release_connection
 from storage import StorageError, get_storage, object_key, object_metadata
 
 bp = Blueprint("files", __name__)
@@ -198,12 +198,18 @@ def _delete_quietly(storage, key):
         log.exception("could not delete orphan %s; gc-storage will", key)
 
 
+# The download's one query, its SQL built once (models.PreparedSelect): composing it was most of a 304's CPU.
+_OWN_FILE = PreparedSelect(lambda file_id, owner_id: ChatFile.select().where((ChatFile.id == file_id)
+                                                                             & (ChatFile.owner == owner_id)),
+                           (ChatFile.id, ChatFile.owner), (uuid.UUID(int=1), uuid.UUID(int=2)))
+
+
 def _readable_file(file_id):
     try:
         file_uuid = uuid.UUID(file_id)
     except ValueError:
         raise ApiError(400, "Invalid file ID.", f"{file_id!r} is not a UUID.") from None
-    row = ChatFile.get_or_none((ChatFile.id == file_uuid) & (ChatFile.owner == g.user.id))
+    row = _OWN_FILE.first(file_uuid, g.user.id)
     if row is None:
         raise ApiError(404, "File not found.")
     return row
