@@ -104,7 +104,8 @@ class PreparedSelect:
     it (a ChatFile lookup: ~0.5 ms of Python to compose, ~0.05 ms to run).
     ``build(*samples)`` returns the query with one placeholder value per
     field in ``fields``, used in that order; calls then run the same SQL with
-    each value converted by its field, rows becoming models as usual.
+    each value converted by its field; the row's columns are converted by
+    their fields too (as peewee would) and become a model instance.
     """
 
     def __init__(self, build, fields, samples):
@@ -118,14 +119,24 @@ class PreparedSelect:
         sql = self._sql.get(database)
         if sql is None:
             query = self.build(*self.samples)
+            if query._returning != self.fields[0].model._meta.sorted_fields:
+                raise ValueError("a prepared query selects every column of its model, in order")
             sql, params = query.sql()
             expected = [field.db_value(sample) for field, sample in zip(self.fields, self.samples)]
             if params != expected:  # the query must use exactly its fields' values, in order
                 raise ValueError(f"prepared query takes {params!r}, not {expected!r}")
             self._sql[database] = sql
-        model = self.fields[0].model
         params = [field.db_value(value) for field, value in zip(self.fields, values)]
-        return next(iter(model.raw(sql, *params)), None)
+        cursor = database.execute_sql(sql, params)
+        try:
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        if row is None:
+            return None
+        model = self.fields[0].model
+        columns = model._meta.sorted_fields  # what ``Model.select()`` selects, in this order
+        return model(**{field.name: field.python_value(value) for field, value in zip(columns, row)})
 
 
 # libpq settings that notice a server gone silent (a partition, a dead host)
