@@ -48,9 +48,9 @@ def parse_args(argv):
     parser.add_argument("--sections", default=None, help="comma-separated subset of " + ", ".join(SECTIONS))
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of " + ", ".join(SIZES))
     parser.add_argument("--concurrency", default="1,4,16", help="client threads per cell, comma-separated")
-    parser.add_argument("--duration", type=float, default=1.5, help="seconds per cell (default 1.5)")
-    parser.add_argument("--overhead-duration", type=float, default=1.5,
-                        help="seconds per overhead cell, split in three rounds (default 1.5)")
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds per cell (default 1)")
+    parser.add_argument("--overhead-duration", type=float, default=1.0,
+                        help="seconds per overhead cell, split in three rounds (default 1)")
     parser.add_argument("--max-requests", type=int, default=4000, help="request cap per cell")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (default 2)")
     parser.add_argument("--format", default="image/jpeg", choices=VERIFY_TYPES, help="image type of the grid")
@@ -132,8 +132,15 @@ def run(args):
     sample = grid_images[max(args.sizes, key=args.sizes.get)]
     results["meta"]["bytes_per_pixel"] = round(len(sample) / pixel_count(sample), 2)
 
+    timed = results["meta"]["section_seconds"] = {}
+
+    def timing(name, function, *arguments):
+        begin = time.perf_counter()
+        function(*arguments)
+        timed[name] = round(time.perf_counter() - begin, 1)
+
     if "verify" in args.sections:
-        run_verify(args, results)
+        timing("verify", run_verify, args, results)
 
     work_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
@@ -142,12 +149,12 @@ def run(args):
             stack.start()
             results["meta"]["database"] = stack.database_label()
             if {"grid", "conditional", "overhead"} & set(args.sections):
-                run_grid(args, stack, grid_images, results)
+                timing("grid, conditional, overhead", run_grid, args, stack, grid_images, results)
             if "memory" in args.sections:
-                run_memory(args, stack, results)
+                timing("memory", run_memory, args, stack, results)
             if "watch" in args.sections:
                 log("starting a single-worker service (WEB_CONCURRENCY=1) for the watch")
-                run_watch(args, stack.start_service("watch", WEB_CONCURRENCY=1), results)
+                timing("watch", run_watch, args, stack.start_service("watch", WEB_CONCURRENCY=1), results)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     results["meta"]["elapsed_s"] = time.perf_counter() - started
@@ -157,16 +164,14 @@ def run(args):
 
 
 def run_verify(args, results):
-    import config
-    from bench.grid import time_verify
+    from bench.overhead import time_image_work
 
-    log("verify: images.verify_image per type and size")
+    log("verify: an upload's image work (bench.overhead.image_work: images.verify_image) per type and size")
     images = {(content_type, label): cached_image(CACHE_DIR, content_type, size)
               for content_type in VERIFY_TYPES for label, size in args.sizes.items()}
-    timings = time_verify(images, config.DEFAULTS["MAX_IMAGE_PIXELS"])
     results["verify"] = []
-    for (content_type, label), seconds in timings.items():
-        data = images[content_type, label]
+    for (content_type, label), data in images.items():
+        seconds = time_image_work(data)
         row = {"content_type": content_type, "size_label": label, "bytes": len(data), "pixels": pixel_count(data),
                "ms": 1000 * seconds}
         results["verify"].append(row)
@@ -202,7 +207,9 @@ def run_overhead(args, grid, results):
     log("overhead: service − passthrough − image work per upload, service − passthrough per download (c=1)")
     images = {content_type: {label: cached_image(CACHE_DIR, content_type, size) for label, size in args.sizes.items()}
               for content_type in VERIFY_TYPES}
-    results["overhead"] = OverheadBench(grid, args.overhead_duration, log=log).run(images)
+    # The verify section timed the same function on the same files: its figures are reused.
+    work_ms = {(row["content_type"], row["size_label"]): row["ms"] for row in results.get("verify", [])}
+    results["overhead"] = OverheadBench(grid, args.overhead_duration, log=log, work_ms=work_ms).run(images)
 
 
 def run_memory(args, stack, results):

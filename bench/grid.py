@@ -7,7 +7,6 @@ flat; downloads read one seeded object per size and system.
 """
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -225,21 +224,3 @@ def delete_prefix(client, bucket, prefix):
         keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
         if keys:
             client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-
-
-def time_verify(images_by_format, max_pixels, budget_seconds=1.0, max_runs=7):
-    """Median seconds of images.verify_image per (content type, size label); in this process."""
-    import statistics
-
-    import images as service_images
-
-    timings = {}
-    for (content_type, label), data in images_by_format.items():
-        runs = []
-        started = time.perf_counter()
-        while len(runs) < max_runs and (len(runs) < 3 or time.perf_counter() - started < budget_seconds):
-            begin = time.perf_counter()
-            service_images.verify_image(data, max_pixels)
-            runs.append(time.perf_counter() - begin)
-        timings[content_type, label] = statistics.median(runs)
-    return timings

@@ -78,7 +78,9 @@ def render(results, image_names):
     meta = results["meta"]
     parts = [
         f"Generated {meta['finished_at']} by `scripts/bench` in {meta['elapsed_s']:.0f} s "
-        f"(`{meta['command']}`).",
+        f"(`{meta['command']}`" + (f"; seconds per part: " + ", ".join(
+            f"{name} {seconds:.0f}" for name, seconds in meta["section_seconds"].items())
+            if meta.get("section_seconds") else "") + ").",
         "",
         _setup(meta),
         _overhead_targets(results),
@@ -371,8 +373,9 @@ def _verify(results, image_names):
               _fmt(row["pixels"] / row["ms"] / 1000 if row["ms"] else None)] for row in rows]
     return "\n".join([
         "## Verifying an image with Pillow (`images.verify_image`)", "",
-        "Median of up to 7 runs in the benchmark process, one thread, servers idle. Decoding every pixel is the "
-        "point of the check, so its cost follows the pixel count more than the byte count.", "",
+        "`bench.overhead.image_work` (the upload's image work) in the benchmark process, servers idle: median "
+        "thread CPU of 3–7 runs. Decoding every pixel is the point of the check, so its cost follows the pixel "
+        "count more than the byte count. The overhead section subtracts these figures.", "",
         _table(["type", "size", "bytes", "Mpx", "ms", "MB/s", "Mpx/s"], table), "",
     ])
 
