@@ -596,7 +596,9 @@ def render_postgres(postgres, sqlite):
            f"PostgreSQL: generated {meta['finished_at']} by `{meta['command']}` in {meta['elapsed_s']:.0f} s "
            f"(load average before/after {meta.get('load_before')} / {meta.get('load_after')}). "
            + (f"SQLite: the run of {sqlite_meta['finished_at']} above." if sqlite_meta else "No SQLite run to compare.")
-           + " Server CPU ms per request; a throw-away PostgreSQL on 127.0.0.1 with the service's pool.", ""]
+           + " Server CPU ms per request of the gunicorn processes; a throw-away PostgreSQL on 127.0.0.1 with the "
+             "service's pool. SQLite runs inside the workers, so its work is in their CPU; PostgreSQL's server "
+             "processes are not counted (only the client side, psycopg, is).", ""]
     sqlite_overhead = {(row["content_type"], row["size_label"]): row for row in sqlite.get("overhead", [])}
     rows = []
     for row in postgres.get("overhead", []):
