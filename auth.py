@@ -3,6 +3,12 @@
 A token is ``<id>-<secret>``. The id finds the row; only a SHA-256 of the
 secret is stored (the secret is 128 random bits, so a slow hash adds nothing)
 and it is compared in constant time.
+
+Each worker process remembers a looked-up key row for TOKEN_CACHE_SECONDS
+(default 5): most requests then make no token query. The secret and the
+expiry are still checked on every request; what the cache delays is only
+noticing that the row was deleted (a revoked key, a deleted user), by at
+most that many seconds on every instance.
 """
 
 import datetime
@@ -10,8 +16,11 @@ import functools
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 
-from flask import g, request
+from flask import current_app, g, request
 
 from errors import ApiError
 from models import ApiKey, User, utcnow
@@ -48,12 +57,69 @@ def token_from_request():
     return request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or request.args.get(TOKEN_QUERY)
 
 
+@dataclass(frozen=True)
+class CachedKey:
+    secret_hash: str
+    expires_at: datetime.datetime
+    user: User
+    fetched_at: float
+
+
+class TokenCache:
+    """Key rows by id, each for ``ttl`` seconds of ``clock``; only rows that exist are kept.
+
+    Bounded: when full it starts again empty (a flood of distinct valid
+    tokens costs queries, never memory). ``ttl`` 0 turns it off.
+    """
+
+    def __init__(self, ttl, clock=time.monotonic, max_entries=10_000):
+        self.ttl = ttl
+        self.clock = clock
+        self.max_entries = max_entries
+        self._entries = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_id):
+        entry = self._entries.get(key_id)
+        if entry is None or self.clock() - entry.fetched_at >= self.ttl:
+            return None
+        return entry
+
+    def put(self, key_id, secret_hash, expires_at, user):
+        entry = CachedKey(secret_hash, expires_at, user, self.clock())
+        if self.ttl > 0:
+            with self._lock:
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+                self._entries[key_id] = entry
+        return entry
+
+
+def token_cache():
+    """This app's cache (per process); tests replace it with one on a fake clock."""
+    cache = current_app.extensions.get("token_cache")
+    if cache is None:
+        cache = current_app.extensions["token_cache"] = TokenCache(current_app.config["TOKEN_CACHE_SECONDS"])
+    return cache
+
+
+def _key_for(key_id):
+    cache = token_cache()
+    entry = cache.get(key_id)
+    if entry is None:
+        key = ApiKey.select(ApiKey, User).join(User).where(ApiKey.id == key_id).first()
+        if key is None:
+            return None
+        entry = cache.put(key_id, key.secret_hash, key.expires_at, key.user)
+    return entry
+
+
 def user_for_token(token):
     """The user a token belongs to, or None if it is malformed, unknown or expired."""
     key_id, sep, secret = (token or "").partition("-")
     if not sep or not _is_key_id(key_id) or not secret:
         return None
-    key = ApiKey.select(ApiKey, User).join(User).where(ApiKey.id == key_id).first()
+    key = _key_for(key_id)
     if key is None or key.expires_at <= utcnow():
         return None
     if not hmac.compare_digest(key.secret_hash, hash_secret(secret)):

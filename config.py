@@ -39,6 +39,9 @@ DEFAULTS = {
     # Open watch sockets per user per instance; one more is refused with 429.
     "WATCH_MAX_PER_USER": 16,
     "TOKEN_LIFETIME_DAYS": 90,
+    # Seconds a worker trusts a key row it looked up (auth.TokenCache): a
+    # deleted key is refused at most this long after, on every instance. 0: off.
+    "TOKEN_CACHE_SECONDS": 5,
     "DATABASE_POOL_SIZE": 20,
     "LOG_LEVEL": "INFO",
 }
@@ -52,6 +55,7 @@ INTEGER_SETTINGS = (
     "BODY_READ_TIMEOUT",
     "PROXY_HOPS",
     "TOKEN_LIFETIME_DAYS",
+    "TOKEN_CACHE_SECONDS",
     "DATABASE_POOL_SIZE",
     "WATCH_PING_INTERVAL",
     "WATCH_MAX_PER_USER",

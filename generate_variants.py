@@ -79,16 +79,15 @@ def _complete(storage, row, result):
         result.complete += 1
         return
     data = _read_original(storage, row)
-    first_frame = variants.FirstFrame()
-    info = images.verify_image(data, current_app.config["MAX_IMAGE_PIXELS"], current_app.config["MAX_DECODE_MEMORY"],
-                               on_first_frame=first_frame)
-    made = [variant for variant in variants.make(first_frame.still, info.content_type, info.animated, len(data),
-                                                 row.sha256) if variant.name in missing]
+    config = current_app.config
+    info, still, made = variants.verify_and_make(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"],
+                                                 row.sha256)
+    made = [variant for variant in made if variant.name in missing]
     result.variants_stored += len(store_variants(storage, row.organization_id, row.id, made))
     try:
         with db.atomic():
             record_variants(row.id, made)
-            ChatFile.update(width=first_frame.still.width, height=first_frame.still.height,
+            ChatFile.update(width=still.width, height=still.height,
                             animated=info.animated).where(ChatFile.id == row.id).execute()
     except IntegrityError:
         return  # the file was deleted meanwhile: gc-storage removes the objects just stored

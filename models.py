@@ -7,6 +7,7 @@ or pooled PostgreSQL, chosen by ``DATABASE_URL``.
 import datetime
 import os
 import uuid
+import weakref
 
 from peewee import (
     BigIntegerField,
@@ -117,6 +118,48 @@ class Chat(BaseModel):
 
 
 MODELS = [Organization, User, Membership, ApiKey, ChatFile, ChatFileVariant, Chat]
+
+
+class PreparedSelect:
+    """A SELECT on the hot path whose SQL peewee builds once per database instead of on every call.
+
+    Building a query's SQL costs peewee more CPU than SQLite spends running
+    it (a ChatFile lookup: ~0.5 ms of Python to compose, ~0.05 ms to run).
+    ``build(*samples)`` returns the query with one placeholder value per
+    field in ``fields``, used in that order; calls then run the same SQL with
+    each value converted by its field; the row's columns are converted by
+    their fields too (as peewee would) and become a model instance.
+    """
+
+    def __init__(self, build, fields, samples):
+        self.build = build
+        self.fields = fields
+        self.samples = samples
+        self._sql = weakref.WeakKeyDictionary()  # per database: quoting and placeholders differ
+
+    def first(self, *values):
+        database = db.obj
+        sql = self._sql.get(database)
+        if sql is None:
+            query = self.build(*self.samples)
+            if query._returning != self.fields[0].model._meta.sorted_fields:
+                raise ValueError("a prepared query selects every column of its model, in order")
+            sql, params = query.sql()
+            expected = [field.db_value(sample) for field, sample in zip(self.fields, self.samples)]
+            if params != expected:  # the query must use exactly its fields' values, in order
+                raise ValueError(f"prepared query takes {params!r}, not {expected!r}")
+            self._sql[database] = sql
+        params = [field.db_value(value) for field, value in zip(self.fields, values)]
+        cursor = database.execute_sql(sql, params)
+        try:
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        if row is None:
+            return None
+        model = self.fields[0].model
+        columns = model._meta.sorted_fields  # what ``Model.select()`` selects, in this order
+        return model(**{field.name: field.python_value(value) for field, value in zip(columns, row)})
 
 
 # libpq settings that notice a server gone silent (a partition, a dead host)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms
 
+import images
+
 
 @dataclass(frozen=True)
 class VariantSpec:
@@ -133,6 +135,16 @@ def still_of(frame, size):
         image = image.transpose(UPRIGHT[turn])
     image = _to_srgb(image, frame.info.get("icc_profile"))
     return Still(image, width, height)
+
+
+def verify_and_make(data, max_pixels, max_memory, sha256):
+    """An upload's whole image work: one decode that verifies ``data`` and feeds its variants.
+
+    Returns (ImageInfo, Still, [Made]); raises what ``images.verify_image`` raises.
+    """
+    first_frame = FirstFrame()
+    info = images.verify_image(data, max_pixels, max_memory, on_first_frame=first_frame)
+    return info, first_frame.still, make(first_frame.still, info.content_type, info.animated, len(data), sha256)
 
 
 def make(still, content_type, animated, size, sha256):

@@ -1,12 +1,15 @@
 """``python -m bench``: run the benchmark and write docs/PERFORMANCE.md.
 
 Sections: grid (service / passthrough / boto3 side by side), conditional
-(304 vs 200), verify (Pillow), memory (one worker under 8 x 10 MiB),
-watch (git watch latency and idle CPU); a complete run then runs
-``scripts/bench variants`` (bench/variants.py, which also runs alone).
-With a subset of sections, or --quick, results go to var/bench/ only and
-docs/ is left alone unless --write-docs is given. ``--render FILE`` rebuilds
-the docs from saved results.
+(304 vs 200 vs a bare app's 304), overhead (the service's CPU beyond the
+passthrough and the image work, per type and size), verify (Pillow), memory
+(one worker under 8 x 10 MiB), watch (git watch latency and idle CPU); a
+complete run then runs ``scripts/bench variants`` (bench/variants.py, which
+also runs alone). ``--database postgres`` runs grid, conditional and
+overhead against PostgreSQL and rewrites only the PostgreSQL section of the
+page. With a subset of sections, or --quick, results go to var/bench/ only
+and docs/ is left alone unless --write-docs is given. ``--render FILE``
+rebuilds the docs from saved results.
 """
 
 import argparse
@@ -26,23 +29,30 @@ sys.path.insert(0, str(ROOT))  # the service's modules (storage, images) and tes
 from bench import procstat, report  # noqa: E402
 from bench.sample_images import cached_image, pixel_count  # noqa: E402
 
-SECTIONS = ("grid", "conditional", "verify", "memory", "watch")
+SECTIONS = ("grid", "conditional", "overhead", "verify", "memory", "watch")
+POSTGRES_SECTIONS = ("grid", "conditional", "overhead")
 SIZES = {"10 KB": 10_000, "100 KB": 100_000, "1 MB": 1_000_000, "8 MB": 8_000_000}
 MEMORY_IMAGE = (10_200_000, 10 * 1024 * 1024)  # about 10 MiB, never over the default upload limit
-MEMORY_TYPES = ("image/jpeg", "image/png")
+MEMORY_TYPES = ("image/jpeg", "image/png", "image/gif")
+# A photo-like 10 MiB WebP is ~20 Mpx, refused before decoding (MAX_DECODE_MEMORY): nothing to measure
+# under load; the run records why instead.
+MEMORY_REFUSED_TYPES = ("image/webp",)
 VERIFY_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 CONDITIONAL_SIZE = "1 MB"
 WATCH_FILES = (1, 100, 1000)
 CACHE_DIR = ROOT / "var" / "bench" / "images"
+POSTGRES_LATEST = "results-postgres-latest.json"
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ", ".join(SECTIONS))
+    parser.add_argument("--sections", default=None, help="comma-separated subset of " + ", ".join(SECTIONS))
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of " + ", ".join(SIZES))
     parser.add_argument("--concurrency", default="1,4,16", help="client threads per cell, comma-separated")
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per cell (default 2)")
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds per cell (default 1)")
+    parser.add_argument("--overhead-duration", type=float, default=1.0,
+                        help="seconds per overhead cell, split in three rounds (default 1)")
     parser.add_argument("--max-requests", type=int, default=4000, help="request cap per cell")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (default 2)")
     parser.add_argument("--format", default="image/jpeg", choices=VERIFY_TYPES, help="image type of the grid")
@@ -57,7 +67,8 @@ def parse_args(argv):
     parser.add_argument("--write-docs", action="store_true", help="write docs/ even for a partial run")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only rebuild docs/ from saved results")
     args = parser.parse_args(argv)
-    args.sections = [name for name in args.sections.split(",") if name]
+    default_sections = POSTGRES_SECTIONS if args.database == "postgres" else SECTIONS
+    args.sections = [name for name in (args.sections or ",".join(default_sections)).split(",") if name]
     args.sizes = {label.strip(): SIZES[label.strip()] for label in args.sizes.split(",") if label.strip()}
     args.concurrency = [int(value) for value in args.concurrency.split(",")]
     unknown = set(args.sections) - set(SECTIONS)
@@ -65,6 +76,7 @@ def parse_args(argv):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     if args.quick:
         args.duration, args.watch_rounds, args.idle_seconds, args.scale_seconds = 0.7, 6, 3, 4
+        args.overhead_duration = 0.6
     if args.watch_only:
         args.sections = ["watch"]
     return args
@@ -122,8 +134,15 @@ def run(args):
     sample = grid_images[max(args.sizes, key=args.sizes.get)]
     results["meta"]["bytes_per_pixel"] = round(len(sample) / pixel_count(sample), 2)
 
+    timed = results["meta"]["section_seconds"] = {}
+
+    def timing(name, function, *arguments):
+        begin = time.perf_counter()
+        function(*arguments)
+        timed[name] = round(time.perf_counter() - begin, 1)
+
     if "verify" in args.sections:
-        run_verify(args, results)
+        timing("verify", run_verify, args, results)
 
     work_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
@@ -131,13 +150,13 @@ def run(args):
             log(f"starting moto, service and passthrough under {work_dir}")
             stack.start()
             results["meta"]["database"] = stack.database_label()
-            if "grid" in args.sections or "conditional" in args.sections:
-                run_grid(args, stack, grid_images, results)
+            if {"grid", "conditional", "overhead"} & set(args.sections):
+                timing("grid, conditional, overhead", run_grid, args, stack, grid_images, results)
             if "memory" in args.sections:
-                run_memory(args, stack, results)
+                timing("memory", run_memory, args, stack, results)
             if "watch" in args.sections:
                 log("starting a single-worker service (WEB_CONCURRENCY=1) for the watch")
-                run_watch(args, stack.start_service("watch", WEB_CONCURRENCY=1), results)
+                timing("watch", run_watch, args, stack.start_service("watch", WEB_CONCURRENCY=1), results)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     results["meta"]["elapsed_s"] = time.perf_counter() - started
@@ -147,16 +166,14 @@ def run(args):
 
 
 def run_verify(args, results):
-    import config
-    from bench.grid import time_verify
+    from bench.overhead import time_image_work
 
-    log("verify: images.verify_image per type and size")
+    log("verify: an upload's image work (bench.overhead.image_work: images.verify_image) per type and size")
     images = {(content_type, label): cached_image(CACHE_DIR, content_type, size)
               for content_type in VERIFY_TYPES for label, size in args.sizes.items()}
-    timings = time_verify(images, config.DEFAULTS["MAX_IMAGE_PIXELS"])
     results["verify"] = []
-    for (content_type, label), seconds in timings.items():
-        data = images[content_type, label]
+    for (content_type, label), data in images.items():
+        seconds = time_image_work(data)
         row = {"content_type": content_type, "size_label": label, "bytes": len(data), "pixels": pixel_count(data),
                "ms": 1000 * seconds}
         results["verify"].append(row)
@@ -182,6 +199,19 @@ def run_grid(args, stack, grid_images, results):
         results["conditional_size_label"] = label
         results["conditional"] = [{"status": status, "concurrency": c, **cell.summary()}
                                   for (status, c), cell in cells.items()]
+    if "overhead" in args.sections:
+        run_overhead(args, grid, results)
+
+
+def run_overhead(args, grid, results):
+    from bench.overhead import OverheadBench
+
+    log("overhead: service − passthrough − image work per upload, service − passthrough per download (c=1)")
+    images = {content_type: {label: cached_image(CACHE_DIR, content_type, size) for label, size in args.sizes.items()}
+              for content_type in VERIFY_TYPES}
+    # The verify section timed the same function on the same files: its figures are reused.
+    work_ms = {(row["content_type"], row["size_label"]): row["ms"] for row in results.get("verify", [])}
+    results["overhead"] = OverheadBench(grid, args.overhead_duration, log=log, work_ms=work_ms).run(images)
 
 
 def run_memory(args, stack, results):
@@ -199,6 +229,22 @@ def run_memory(args, stack, results):
             results["memory"].append({**measured.summary(), "timeline": [(round(t, 3), kib)
                                                                          for t, kib in measured.timeline]})
         stack.stop(service)
+    results["memory_refused"] = [refusal(content_type) for content_type in MEMORY_REFUSED_TYPES]
+
+
+def refusal(content_type):
+    """Why a ~10 MiB image of this type is refused at upload: {content_type, pixels, reason}."""
+    import config
+    import images
+
+    data = cached_image(CACHE_DIR, content_type, *MEMORY_IMAGE)
+    settings = config.DEFAULTS
+    try:
+        images.verify_image(data, settings["MAX_IMAGE_PIXELS"], settings["MAX_DECODE_MEMORY"])
+        reason = "accepted"
+    except images.InvalidImage as error:
+        reason = str(error)
+    return {"content_type": content_type, "image_bytes": len(data), "pixels": pixel_count(data), "reason": reason}
 
 
 def run_watch(args, service, results):
@@ -221,14 +267,28 @@ def run_watch(args, service, results):
     results["watch"] = watch
 
 
-def save(results, latest=True):
-    out_dir = ROOT / "var" / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
+RESULTS_DIR = ROOT / "var" / "bench"
+
+
+def save(results, latest="results-latest.json"):
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=1))
     if latest:  # what --render rebuilds the whole page from: a watch-only run must not replace it
-        (out_dir / "results-latest.json").write_text(json.dumps(results, indent=1))
+        (RESULTS_DIR / latest).write_text(json.dumps(results, indent=1))
     return path
+
+
+def saved(name):
+    path = RESULTS_DIR / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_docs(results):
+    log(f"wrote {report.write(results, ROOT / 'docs')}")
+    postgres = saved(POSTGRES_LATEST)
+    if postgres:  # its SQLite column follows the page's run
+        report.write_postgres(postgres, ROOT / "docs", results)
 
 
 def main(argv=None):
@@ -239,19 +299,23 @@ def main(argv=None):
         return variants.main(argv[1:])
     args = parse_args(argv)
     if args.render:
-        results = json.loads(Path(args.render).read_text())
-        log(f"wrote {report.write(results, ROOT / 'docs')}")
+        write_docs(json.loads(Path(args.render).read_text()))
         return 0
     results = run(args)
-    log(f"results saved to {save(results, latest=not args.watch_only)} ({results['meta']['elapsed_s']:.0f} s)")
-    complete = set(args.sections) == set(SECTIONS) and not args.quick
+    postgres = args.database == "postgres"
+    latest = None if args.watch_only else POSTGRES_LATEST if postgres else "results-latest.json"
+    log(f"results saved to {save(results, latest)} ({results['meta']['elapsed_s']:.0f} s)")
+    complete = set(args.sections) == set(POSTGRES_SECTIONS if postgres else SECTIONS) and not args.quick
     if args.watch_only:
         log(f"wrote the watch section of {report.write_section(results, ROOT / 'docs', 'watch')}")
+    elif postgres and (complete or args.write_docs):
+        log(f"wrote the PostgreSQL section of "
+            f"{report.write_postgres(results, ROOT / 'docs', saved('results-latest.json'))}")
     elif complete or args.write_docs:
-        log(f"wrote {report.write(results, ROOT / 'docs')}")
+        write_docs(results)
     else:
         log("partial or quick run: docs/ left alone (use --write-docs to write it anyway)")
-    if complete:
+    if complete and not postgres:
         from bench import variants
 
         log(f"wrote {variants.write(variants.run(log), ROOT / 'docs')}")

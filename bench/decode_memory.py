@@ -120,9 +120,7 @@ try:
 except OSError:
     field = None
 before = status_kib("VmRSS")
-first_frame = variants.FirstFrame()  # what an upload does: one decode that verifies and feeds the variants
-info = images.verify_image(data, 10**12, on_first_frame=first_frame)
-variants.make(first_frame.still, info.content_type, info.animated, len(data), "0" * 64)
+info, _still, _made = variants.verify_and_make(data, 10**12, None, "0" * 64)  # what an upload does
 peak = status_kib(field) if field else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"measured": (peak - before) * 1024, "estimate": images.estimate_decode_memory(data),
                   "width": info.width, "height": info.height}))

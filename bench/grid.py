@@ -7,7 +7,6 @@ flat; downloads read one seeded object per size and system.
 """
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -50,6 +49,7 @@ class Grid:
         self.s3 = self.new_s3_client()
         self.service_pids = lambda: [stack.service.pid, *stack.service.worker_pids()]
         self.passthrough_pids = lambda: [stack.passthrough.pid, *stack.passthrough.worker_pids()]
+        self.bare_pids = lambda: [stack.bare.pid, *stack.bare.worker_pids()]
         self.moto_pids = [bench_stack.moto_pid(stack.moto)]
 
     def new_s3_client(self):
@@ -74,6 +74,12 @@ class Grid:
                         cell.run(0.3, 10 * concurrency)
                     finally:
                         cell.close()
+            bare = Cell(HttpCall(self.stack.bare.port, "GET", "/", status=304, expect_bytes=0, warm_path="/"),
+                        concurrency, self.bare_pids)
+            try:
+                bare.run(0.3, 10 * concurrency)
+            finally:
+                bare.close()
         self._delete_uploads()
 
     def run(self, images, concurrencies):
@@ -95,8 +101,12 @@ class Grid:
         return results
 
     def conditional(self, data, concurrencies):
-        """304 against 200 for the same file: {("304"|"200", concurrency): CellResult}."""
+        """304 against 200 for the same file, and the bare app's 304 beside them.
+
+        {("304"|"200"|"bare", concurrency): CellResult}
+        """
         file_id, etag = self.seed_service_file(data)
+        path = f"/api/v2/chats/files/{file_id}"
         results = {}
         for concurrency in concurrencies:
             calls = {}
@@ -104,9 +114,14 @@ class Grid:
                 headers = {TOKEN_HEADER: self.downloader.token}
                 if status == "304":
                     headers["If-None-Match"] = etag
-                call = HttpCall(self.stack.service.port, "GET", f"/api/v2/chats/files/{file_id}", headers,
+                call = HttpCall(self.stack.service.port, "GET", path, headers,
                                 status=int(status), expect_bytes=len(data) if status == "200" else 0)
                 calls[status] = (call, self.service_pids)
+            # The same request to a trivial app under the same gunicorn: the floor of a 304.
+            bare = HttpCall(self.stack.bare.port, "GET", path, {TOKEN_HEADER: self.downloader.token,
+                                                                "If-None-Match": etag},
+                            status=304, expect_bytes=0, warm_path="/")
+            calls["bare"] = (bare, self.bare_pids)
             for status, result in self._side_by_side(calls, concurrency).items():
                 results[status, concurrency] = result
                 self._report(f"GET {status}", f"{len(data)} B", concurrency, result)
@@ -129,27 +144,28 @@ class Grid:
                 cell.close()
         return {name: cell.result() for name, cell in cells.items()}
 
-    def _call(self, system, direction, data, seed):
+    def _call(self, system, direction, data, seed, content_type=None):
+        content_type = content_type or self.content_type
         if system == "service":
-            return self._service_call(direction, data, seed), self.service_pids
+            return self._service_call(direction, data, seed, content_type), self.service_pids
         if system == "passthrough":
-            return self._passthrough_call(direction, data, seed), self.passthrough_pids
+            return self._passthrough_call(direction, data, seed, content_type), self.passthrough_pids
         return self._boto3_call(direction, data, seed), ()
 
-    def _service_call(self, direction, data, file_id):
+    def _service_call(self, direction, data, file_id, content_type):
         port = self.stack.service.port
         if direction == "upload":
-            headers = {TOKEN_HEADER: self.uploader.token, "Content-Type": self.content_type}
+            headers = {TOKEN_HEADER: self.uploader.token, "Content-Type": content_type}
             path = f"/api/v2/chats/files?organization={self.uploader.organization_id}"
             return HttpCall(port, "POST", path, headers, body=data, status=201)
         headers = {TOKEN_HEADER: self.downloader.token}
         return HttpCall(port, "GET", f"/api/v2/chats/files/{file_id}", headers, expect_bytes=len(data))
 
-    def _passthrough_call(self, direction, data, key):
+    def _passthrough_call(self, direction, data, key, content_type):
         port = self.stack.passthrough.port
         if direction == "upload":
             return HttpCall(port, "POST", lambda: f"/objects/passthrough/up/{uuid.uuid4()}",
-                            {"Content-Type": self.content_type}, body=data, status=201, warm_path="/")
+                            {"Content-Type": content_type}, body=data, status=201, warm_path="/")
         return HttpCall(port, "GET", f"/objects/{key}", expect_bytes=len(data), warm_path="/")
 
     def _boto3_call(self, direction, data, key):
@@ -160,14 +176,15 @@ class Grid:
 
     # -- objects --
 
-    def seed(self, data):
+    def seed(self, data, content_type=None):
         """One stored copy per system to download: {system: file id or key}."""
+        content_type = content_type or self.content_type
         key = f"seed/{uuid.uuid4()}"
-        self.s3.put_object(Bucket=bench_stack.BUCKET, Key=key, Body=data, ContentType=self.content_type)
-        file_id, _ = self.seed_service_file(data)
+        self.s3.put_object(Bucket=bench_stack.BUCKET, Key=key, Body=data, ContentType=content_type)
+        file_id, _ = self.seed_service_file(data, content_type)
         return {"service": file_id, "passthrough": key, "boto3": key}
 
-    def seed_service_file(self, data):
+    def seed_service_file(self, data, content_type=None):
         """Upload ``data`` as the downloader; return (file id, ETag)."""
         import http.client
 
@@ -175,7 +192,7 @@ class Grid:
         try:
             connection.request(
                 "POST", f"/api/v2/chats/files?organization={self.downloader.organization_id}", body=data,
-                headers={TOKEN_HEADER: self.downloader.token, "Content-Type": self.content_type})
+                headers={TOKEN_HEADER: self.downloader.token, "Content-Type": content_type or self.content_type})
             response = connection.getresponse()
             body = response.read()
             if response.status != 201:
@@ -207,21 +224,3 @@ def delete_prefix(client, bucket, prefix):
         keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
         if keys:
             client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-
-
-def time_verify(images_by_format, max_pixels, budget_seconds=1.0, max_runs=7):
-    """Median seconds of images.verify_image per (content type, size label); in this process."""
-    import statistics
-
-    import images as service_images
-
-    timings = {}
-    for (content_type, label), data in images_by_format.items():
-        runs = []
-        started = time.perf_counter()
-        while len(runs) < max_runs and (len(runs) < 3 or time.perf_counter() - started < budget_seconds):
-            begin = time.perf_counter()
-            service_images.verify_image(data, max_pixels)
-            runs.append(time.perf_counter() - begin)
-        timings[content_type, label] = statistics.median(runs)
-    return timings

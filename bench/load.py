@@ -283,5 +283,5 @@ def merge(rounds):
 
 def _cpu_snapshot(server_pids, storage_pids):
     pids = server_pids() if callable(server_pids) else server_pids
-    return (procstat.own_cpu_seconds(), procstat.total_cpu_seconds(pids), procstat.total_cpu_seconds(storage_pids),
+    return (procstat.own_cpu_seconds(), procstat.threads_cpu_seconds(pids), procstat.total_cpu_seconds(storage_pids),
             procstat.machine_busy_seconds())

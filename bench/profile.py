@@ -4,7 +4,7 @@ Starts the same loopback stack as the benchmark, warms it up, then runs one
 cell (system, direction, size, concurrency) for a while under ``py-spy
 record`` attached to every worker of that system, and prints the functions
 that hold the most samples, by own time and including callees. py-spy is
-not a pinned dependency: ``.venv/bin/pip install py-spy`` first.
+pinned in requirements-bench.txt (scripts/bench installs it).
 
     python -m bench.profile --direction upload --size "1 MB" --concurrency 4
     python -m bench.profile --system passthrough --direction download --idle
@@ -32,7 +32,8 @@ from bench.stack import Stack  # noqa: E402
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--system", default="service", choices=("service", "passthrough"))
+    parser.add_argument("--system", default="service", choices=("service", "passthrough", "bare"),
+                        help="bare: bench/bare.py's 304, the floor of --direction conditional")
     parser.add_argument("--direction", default="upload", choices=("upload", "download", "conditional"))
     parser.add_argument("--size", default="1 MB", choices=list(SIZES))
     parser.add_argument("--format", default="image/jpeg")
@@ -49,7 +50,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
-        sys.exit("py-spy is not installed: .venv/bin/pip install py-spy")
+        sys.exit("py-spy is not installed: run scripts/bench once (requirements-bench.txt pins it)")
     data = cached_image(CACHE_DIR, args.format, SIZES[args.size])
     work_dir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     out_dir = Path(args.out)
@@ -61,7 +62,7 @@ def main(argv=None):
             grid = Grid(stack, args.format, args.seconds, 10**6, log=print)
             grid.warm_up(cached_image(CACHE_DIR, args.format, SIZES["10 KB"]))
             call, pids = _call(grid, args, data)
-            server = stack.service if args.system == "service" else stack.passthrough
+            server = getattr(stack, args.system)
             raw_files = []
             recorders = []
             for pid in server.worker_pids():
@@ -89,6 +90,10 @@ def main(argv=None):
 
 
 def _call(grid, args, data):
+    if args.system == "bare":
+        from bench.load import HttpCall
+
+        return HttpCall(grid.stack.bare.port, "GET", "/", status=304, expect_bytes=0, warm_path="/"), grid.bare_pids
     if args.direction == "conditional":
         file_id, etag = grid.seed_service_file(data)
         from bench.load import HttpCall

@@ -49,6 +49,28 @@ class PassthroughServer(GunicornServer):
         return True
 
 
+class BareServer(PassthroughServer):
+    """bench/bare.py under ``gunicorn -c gunicorn.conf.py``: the bare request a 304 is compared with."""
+
+    NAME = "bare gunicorn"
+
+    def _command(self, port):
+        return [os.path.join(BIN, "gunicorn"), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+                "bench.bare:app"]
+
+    def _answers(self):
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+        try:
+            connection.request("GET", "/")
+            return connection.getresponse().status == 304
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+
 def moto_pid(moto):
     return moto._process.pid  # MotoServer keeps its Popen private; the benchmark only reads its CPU time
 
@@ -64,6 +86,7 @@ class Stack:
         self.postgres = None
         self.service = None
         self.passthrough = None
+        self.bare = None
 
     def __enter__(self):
         return self
@@ -86,6 +109,7 @@ class Stack:
             self.postgres = self._started(PostgresServer(base_dir))
         self.service = self.start_service("service")
         self.passthrough = self._started(PassthroughServer(self.s3_environment(), work_dir=self._dir("passthrough")))
+        self.bare = self._started(BareServer({}, work_dir=self._dir("bare")))
         return self
 
     def s3_environment(self):

@@ -1,0 +1,114 @@
+"""What the service costs beyond its floors, per image type and size (issue 11).
+
+- upload overhead = service CPU per upload − passthrough CPU per upload −
+  the image work an upload does, measured in this process on the same file;
+- download overhead = service CPU per download − passthrough CPU per download;
+- 304 overhead (in the conditional section) = a 304's CPU − a bare request's
+  on bench/bare.py under the same gunicorn settings.
+
+One client (c=1), the service and passthrough cells interleaved in three
+rounds; each figure is the median of the three rounds' differences, so one
+noisy round on a shared machine does not decide it.
+"""
+
+import statistics
+import time
+
+import config
+import variants
+from bench.load import Cell
+
+ROUNDS = 3
+CONCURRENCY = 1
+
+
+def image_work(data, settings=config.DEFAULTS):
+    """The image work of one upload, as the upload view does it once the body is spooled:
+    the one call blueprints/files.py ``_verify`` makes (verifying decode, thumbnail and preview)."""
+    return variants.verify_and_make(data, settings["MAX_IMAGE_PIXELS"], settings["MAX_DECODE_MEMORY"], "0" * 64)
+
+
+def time_image_work(data, budget_seconds=0.5, max_runs=7):
+    """Median CPU seconds of ``image_work(data)`` on this thread, 3 to ``max_runs`` runs (CPU: the machine may be busy)."""
+    if len(data) < 1_000_000:
+        image_work(data)  # warm: Pillow's plugins load on first use (small files come first; a big run costs seconds)
+    runs = []
+    started = time.perf_counter()
+    while len(runs) < max_runs and (len(runs) < 3 or time.perf_counter() - started < budget_seconds):
+        begin = time.thread_time()
+        image_work(data)
+        runs.append(time.thread_time() - begin)
+    return statistics.median(runs)
+
+
+def cpu_ms(result):
+    return 1000 * result.server_cpu / result.requests if result.requests else float("nan")
+
+
+def median_difference(rounds_a, rounds_b):
+    """Median over rounds of (CPU ms per request of a − of b); rounds are paired by index."""
+    values = [cpu_ms(a) - cpu_ms(b) for a, b in zip(rounds_a, rounds_b) if a.requests and b.requests]
+    return statistics.median(values) if values else float("nan")
+
+
+class OverheadBench:
+    def __init__(self, grid, duration, log=print, work_ms=None):
+        self.grid = grid
+        self.duration = duration
+        self.log = log
+        self.work_ms = work_ms or {}  # {(content type, size label): image work ms} already measured
+
+    def run(self, images_by_type):
+        """``{content_type: {size label: bytes}}`` -> rows, one per (type, size)."""
+        rows = []
+        for content_type, by_label in images_by_type.items():
+            for label, data in by_label.items():
+                rows.append(self.measure(content_type, label, data))
+        return rows
+
+    def measure(self, content_type, label, data):
+        grid = self.grid
+        work_ms = self.work_ms.get((content_type, label))
+        if work_ms is None:
+            work_ms = 1000 * time_image_work(data)
+        uploads = self._rounds({system: grid._call(system, "upload", data, None, content_type)
+                                for system in ("service", "passthrough")})
+        grid._delete_uploads()
+        seeds = grid.seed(data, content_type)
+        downloads = self._rounds({system: grid._call(system, "download", data, seeds[system], content_type)
+                                  for system in ("service", "passthrough")})
+        upload_gap = median_difference(uploads["service"], uploads["passthrough"])
+        row = {
+            "content_type": content_type, "size_label": label, "bytes": len(data),
+            "image_work_ms": round(work_ms, 3),
+            "upload_service_ms": round(statistics.median(map(cpu_ms, uploads["service"])), 3),
+            "upload_passthrough_ms": round(statistics.median(map(cpu_ms, uploads["passthrough"])), 3),
+            "upload_overhead_ms": round(upload_gap - work_ms, 3),
+            "download_service_ms": round(statistics.median(map(cpu_ms, downloads["service"])), 3),
+            "download_passthrough_ms": round(statistics.median(map(cpu_ms, downloads["passthrough"])), 3),
+            "download_overhead_ms": round(median_difference(downloads["service"], downloads["passthrough"]), 3),
+            "requests": {f"{direction} {system}": sum(r.requests for r in rounds[system])
+                         for direction, rounds in (("upload", uploads), ("download", downloads))
+                         for system in rounds},
+            "errors": [r.first_error for rounds in (uploads, downloads) for results in rounds.values()
+                       for r in results if r.first_error][:3],
+        }
+        self.log(f"  {content_type:10} {label:>6}: image work {work_ms:7.2f} ms, upload overhead "
+                 f"{row['upload_overhead_ms']:7.2f} ms, download overhead {row['download_overhead_ms']:6.2f} ms"
+                 + (f"  errors: {row['errors'][0][:120]}" if row["errors"] else ""))
+        return row
+
+    def _rounds(self, calls):
+        """{system: [CellResult per round]}, the systems' rounds interleaved, the order rotating."""
+        cells = {name: Cell(call, CONCURRENCY, pids, self.grid.moto_pids) for name, (call, pids) in calls.items()}
+        names = list(cells)
+        per_round = {name: [] for name in names}
+        try:
+            for round_number in range(ROUNDS):
+                turn = round_number % len(names)
+                for name in names[turn:] + names[:turn]:
+                    per_round[name].append(cells[name].run(self.duration / ROUNDS, 2000))
+        finally:
+            for cell in cells.values():
+                cell.close()
+        return per_round
