@@ -451,3 +451,11 @@ def test_one_piece_past_a_structure_cap_is_refused(uploader, case):
 def test_image_up_to_a_structure_cap_is_kept_whole(uploader, case):
     content_type, data = structures(past=False)[case]
     assert uploader.outcome(data, content_type) == KEPT
+
+
+def test_a_jpeg_is_counted_at_its_full_size_though_it_decodes_scaled_down():
+    """The decode is drafted to about the preview's scale; the pixel limit is the header's width x height."""
+    buffer = io.BytesIO()
+    Image.new("L", (7000, 6000)).save(buffer, "JPEG")  # 42 Mpx; far fewer once drafted
+    with pytest.raises(images.InvalidImage, match="more than 40000000 pixels"):
+        images.verify_image(buffer.getvalue(), 40_000_000)
