@@ -169,13 +169,14 @@ class UploadClient:
 
     def __init__(self, work_dir):
         import cli
+        import migrations
         import models
         from app import create_app
 
         self.app = create_app({"DATABASE_URL": f"sqlite:///{work_dir}/db.sqlite",
                                "LOCAL_STORAGE_ROOT": f"{work_dir}/objects", "WORKSPACES_ROOT": f"{work_dir}/ws"})
         with self.app.app_context():
-            models.create_tables()
+            migrations.upgrade()
             with models.db.connection_context():
                 self.user = cli.create_user("bench", "bench", lifetime_days=1)
         self.client = self.app.test_client()
