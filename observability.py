@@ -13,7 +13,8 @@ Never logged: bodies, tokens, cookies, query strings.
 
 Metrics (names prefixed ``chatfiles_``): requests and their latency by
 method, route and status; bytes of accepted uploads; bytes of downloads
-sent; upload rejections by reason; open watch sockets. Under gunicorn the
+sent; upload rejections by reason; the CPU time of uploads' image work;
+open watch sockets. Under gunicorn the
 workers are separate processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set
 (gunicorn.conf.py always sets it) prometheus_client keeps values in files
 there and ``/metrics`` adds up every worker's; otherwise the process's own
@@ -65,6 +66,10 @@ REQUEST_DURATION = Histogram(
 UPLOADED_BYTES = Counter("chatfiles_upload_bytes", "Bytes of accepted uploads.")
 SERVED_BYTES = Counter("chatfiles_download_bytes", "Bytes of chat files sent by downloads.")
 UPLOAD_REJECTIONS = Counter("chatfiles_upload_rejections", "Uploads refused, by reason.", ("reason",))
+# Thread CPU of each upload's image work (verifying decode, thumbnail, preview): what an
+# upload costs is mostly this, and bench/overhead.py subtracts it per request.
+IMAGE_WORK_SECONDS = Counter("chatfiles_upload_image_cpu_seconds",
+                             "CPU seconds uploads spent decoding images and making their variants.")
 WATCH_SOCKETS = Gauge("chatfiles_watch_sockets_open", "Git-watch WebSockets open now.", multiprocess_mode="livesum")
 
 # Why an upload was refused, from its answer: the status where it is enough,
@@ -115,6 +120,16 @@ def watch_socket(ws):
     finally:
         WATCH_SOCKETS.dec()
         shutdown.unregister_socket(ws)
+
+
+@contextlib.contextmanager
+def image_work():
+    """Around an upload's decode and variants: its thread's CPU time is added to IMAGE_WORK_SECONDS."""
+    started = time.thread_time()
+    try:
+        yield
+    finally:
+        IMAGE_WORK_SECONDS.inc(time.thread_time() - started)
 
 
 def metrics():

@@ -1,7 +1,13 @@
 """What the service costs beyond its floors, per image type and size (issue 11).
 
 - upload overhead = service CPU per upload − passthrough CPU per upload −
-  the image work an upload does, measured in this process on the same file;
+  the image work of those same uploads, measured by the workers themselves
+  (thread CPU around the one call that does it, the
+  ``chatfiles_upload_image_cpu_seconds`` counter, read from the service's
+  metrics files between rounds, so reading it costs the workers nothing);
+  the same work timed in this process on the same file is reported beside
+  it: the two differ by what the worker's surroundings add to a decode
+  (its allocator settings, caches shared with moto and the client);
 - download overhead = service CPU per download − passthrough CPU per download;
 - 304 overhead (in the conditional section) = a 304's CPU − a bare request's
   on bench/bare.py under the same gunicorn settings.
@@ -13,6 +19,8 @@ noisy round on a shared machine does not decide it.
 
 import statistics
 import time
+
+from prometheus_client import CollectorRegistry, multiprocess
 
 import config
 import variants
@@ -41,13 +49,23 @@ def time_image_work(data, budget_seconds=0.5, max_runs=7):
     return statistics.median(runs)
 
 
+def worker_image_seconds(metrics_dir):
+    """The service's ``chatfiles_upload_image_cpu_seconds_total``, summed over its workers' metrics files."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+    return sum(sample.value for family in registry.collect() for sample in family.samples
+               if sample.name == "chatfiles_upload_image_cpu_seconds_total")
+
+
 def cpu_ms(result):
     return 1000 * result.server_cpu / result.requests if result.requests else float("nan")
 
 
-def median_difference(rounds_a, rounds_b):
-    """Median over rounds of (CPU ms per request of a − of b); rounds are paired by index."""
-    values = [cpu_ms(a) - cpu_ms(b) for a, b in zip(rounds_a, rounds_b) if a.requests and b.requests]
+def median_difference(rounds_a, rounds_b, less_ms=None):
+    """Median over rounds of (CPU ms per request of a − of b − ``less_ms[i]``); rounds are paired by index."""
+    less_ms = less_ms or [0.0] * len(rounds_a)
+    values = [cpu_ms(a) - cpu_ms(b) - less for a, b, less in zip(rounds_a, rounds_b, less_ms)
+              if a.requests and b.requests]
     return statistics.median(values) if values else float("nan")
 
 
@@ -68,22 +86,27 @@ class OverheadBench:
 
     def measure(self, content_type, label, data):
         grid = self.grid
-        work_ms = self.work_ms.get((content_type, label))
-        if work_ms is None:
-            work_ms = 1000 * time_image_work(data)
+        bench_work_ms = self.work_ms.get((content_type, label))
+        if bench_work_ms is None:
+            bench_work_ms = 1000 * time_image_work(data)
+        image_seconds = []  # per service upload round: the workers' own image-work CPU
         uploads = self._rounds({system: grid._call(system, "upload", data, None, content_type)
-                                for system in ("service", "passthrough")})
+                                for system in ("service", "passthrough")},
+                               probes={"service": (lambda: worker_image_seconds(grid.stack.service.metrics_dir),
+                                                   image_seconds)})
         grid._delete_uploads()
         seeds = grid.seed(data, content_type)
         downloads = self._rounds({system: grid._call(system, "download", data, seeds[system], content_type)
                                   for system in ("service", "passthrough")})
-        upload_gap = median_difference(uploads["service"], uploads["passthrough"])
+        work_ms = [1000 * seconds / result.requests if result.requests else float("nan")
+                   for seconds, result in zip(image_seconds, uploads["service"])]
         row = {
             "content_type": content_type, "size_label": label, "bytes": len(data),
-            "image_work_ms": round(work_ms, 3),
+            "image_work_ms": round(statistics.median(work_ms), 3),
+            "image_work_bench_ms": round(bench_work_ms, 3),
             "upload_service_ms": round(statistics.median(map(cpu_ms, uploads["service"])), 3),
             "upload_passthrough_ms": round(statistics.median(map(cpu_ms, uploads["passthrough"])), 3),
-            "upload_overhead_ms": round(upload_gap - work_ms, 3),
+            "upload_overhead_ms": round(median_difference(uploads["service"], uploads["passthrough"], work_ms), 3),
             "download_service_ms": round(statistics.median(map(cpu_ms, downloads["service"])), 3),
             "download_passthrough_ms": round(statistics.median(map(cpu_ms, downloads["passthrough"])), 3),
             "download_overhead_ms": round(median_difference(downloads["service"], downloads["passthrough"]), 3),
@@ -93,21 +116,30 @@ class OverheadBench:
             "errors": [r.first_error for rounds in (uploads, downloads) for results in rounds.values()
                        for r in results if r.first_error][:3],
         }
-        self.log(f"  {content_type:10} {label:>6}: image work {work_ms:7.2f} ms, upload overhead "
+        self.log(f"  {content_type:10} {label:>6}: image work {row['image_work_ms']:7.2f} ms "
+                 f"(here {bench_work_ms:7.2f}), upload overhead "
                  f"{row['upload_overhead_ms']:7.2f} ms, download overhead {row['download_overhead_ms']:6.2f} ms"
                  + (f"  errors: {row['errors'][0][:120]}" if row["errors"] else ""))
         return row
 
-    def _rounds(self, calls):
-        """{system: [CellResult per round]}, the systems' rounds interleaved, the order rotating."""
+    def _rounds(self, calls, probes=None):
+        """{system: [CellResult per round]}, the systems' rounds interleaved, the order rotating.
+
+        ``probes``: {system: (read, deltas)}; ``read()`` is called around each of
+        that system's rounds and the difference appended to ``deltas``.
+        """
         cells = {name: Cell(call, CONCURRENCY, pids, self.grid.moto_pids) for name, (call, pids) in calls.items()}
         names = list(cells)
         per_round = {name: [] for name in names}
+        probes = probes or {}
         try:
             for round_number in range(ROUNDS):
                 turn = round_number % len(names)
                 for name in names[turn:] + names[:turn]:
+                    read, deltas = probes.get(name, (lambda: 0.0, []))
+                    before = read()
                     per_round[name].append(cells[name].run(self.duration / ROUNDS, 2000))
+                    deltas.append(read() - before)
         finally:
             for cell in cells.values():
                 cell.close()

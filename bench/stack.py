@@ -118,15 +118,20 @@ class Stack:
     def start_service(self, name, **settings):
         """The service under the Procfile's gunicorn settings (``settings`` override env, e.g. WEB_CONCURRENCY)."""
         work_dir = self._dir(name)
+        metrics_dir = work_dir / "metrics"  # read by bench/overhead.py: the workers' own image-work CPU
         env = {
             **self.s3_environment(),
             "DATABASE_URL": self._database_url(name, work_dir),
             "WORKSPACES_ROOT": str(work_dir / "workspaces"),
             "LOG_LEVEL": "WARNING",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             **settings,
         }
         (work_dir / "workspaces").mkdir(exist_ok=True)
-        return self._started(GunicornServer(env, work_dir=str(work_dir)))
+        metrics_dir.mkdir(exist_ok=True)  # the flask commands run before gunicorn also write metrics there
+        server = self._started(GunicornServer(env, work_dir=str(work_dir)))
+        server.metrics_dir = metrics_dir
+        return server
 
     def stop(self, server):
         """Stop a server early (close() would stop it anyway)."""

@@ -10,6 +10,7 @@ from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
 import images
+import observability
 import uploads
 import variants
 from auth import login_required
@@ -216,6 +217,7 @@ def _verify(body):
             _decode_slot(config["DECODE_WAIT_TIMEOUT"]),
             current_app.extensions["upload_budget"].reserve(body.size, BUDGET_WAIT_SECONDS),
             body.mapped() as data,
+            observability.image_work(),
         ):
             return variants.verify_and_make(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"], body.sha256)
     except images.UnsupportedType as error:
