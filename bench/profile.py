@@ -41,6 +41,9 @@ def parse_args(argv):
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--idle", action="store_true", help="also count threads that wait (locks, I/O)")
+    parser.add_argument("--gil", action="store_true",
+                        help="only samples holding the GIL: Python on the CPU (py-spy's own idle test counts "
+                             "threads blocked in epoll as busy on this VM; C code that drops the GIL is left out)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "profiles"))
     return parser.parse_args(argv)
@@ -55,7 +58,7 @@ def main(argv=None):
     work_dir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{args.system}-{args.direction}-{args.size.replace(' ', '')}-c{args.concurrency}{'-idle' if args.idle else ''}"
+    name = f"{args.system}-{args.direction}-{args.size.replace(' ', '')}-c{args.concurrency}{'-idle' if args.idle else ''}{'-gil' if args.gil else ''}"
     try:
         with Stack(work_dir) as stack:
             stack.start()
@@ -72,6 +75,8 @@ def main(argv=None):
                            "--output", str(raw), "--duration", str(int(args.seconds)), "--nonblocking"]
                 if args.idle:
                     command.append("--idle")
+                if args.gil:
+                    command.append("--gil")
                 recorders.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
             time.sleep(1)  # py-spy attaches
             cell = Cell(call, args.concurrency, pids, grid.moto_pids)

@@ -258,10 +258,14 @@ def test_storage_failure_is_500_and_leaves_no_row(app, client, auth, user, monke
 
 
 def test_database_failure_after_storing_is_500_and_deletes_the_object(app, client, auth, user, monkeypatch):
-    def broken_create(*args, **kwargs):
-        raise peewee.OperationalError("simulated: database went away")
+    real_execute_sql = peewee.Database.execute_sql
 
-    monkeypatch.setattr(models.ChatFile, "create", broken_create)
+    def execute_sql_failing_inserts(database, sql, *args, **kwargs):
+        if sql.lstrip().upper().startswith("INSERT"):
+            raise peewee.OperationalError("simulated: database went away")
+        return real_execute_sql(database, sql, *args, **kwargs)
+
+    monkeypatch.setattr(peewee.Database, "execute_sql", execute_sql_failing_inserts)
     response = upload(client, auth, make_image(), organization=user["organization_id"])
     assert_error(response, 500, "Failed to save chat file.")
     assert object_count(app) == 0
