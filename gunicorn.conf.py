@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 
+import gunicorn.glogging
 import gunicorn.util
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
@@ -36,6 +37,21 @@ timeout = 60
 graceful_timeout = 20
 keepalive = 5
 accesslog = None
+
+
+class RequestLinesByTheApp(gunicorn.glogging.Logger):
+    """gunicorn's logger without its access log: the app writes each request's line itself.
+
+    With a ``logconfig_dict`` gunicorn counts its access log as on and builds
+    every request's log atoms, only for the logger to drop them.
+    """
+
+    @property
+    def access_log_enabled(self):
+        return bool(self.cfg.accesslog)
+
+
+logger_class = RequestLinesByTheApp
 # gunicorn's control socket sits at one fixed path per user; several instances
 # on one host would fight over it, and nothing here uses it.
 control_socket_disable = True

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -551,3 +552,24 @@ def test_scrub_removes_query_strings_cookies_and_tokens_from_gunicorn_warnings()
     scrubbed = jsonlog.scrub(line)
     assert token not in scrubbed and "a=b" not in scrubbed
     assert scrubbed.startswith("Invalid request from ip=1.2.3.4: Invalid HTTP request line: 'GET /x?[redacted] HTTP/1.1'")
+
+
+def test_gunicorn_builds_no_access_log_atoms_with_the_projects_settings(monkeypatch):
+    from gunicorn.app.base import Application
+
+    class ProjectSettings(Application):  # gunicorn.conf.py read as gunicorn reads it
+        def init(self, parser, opts, args):
+            pass
+
+        def load_config(self):
+            self.load_config_from_file(os.path.join(os.path.dirname(os.path.dirname(__file__)), "gunicorn.conf.py"))
+
+        def load(self):
+            pass
+
+    monkeypatch.setattr(sys, "argv", ["gunicorn"])
+    settings = ProjectSettings().cfg
+    logger = settings.logger_class(settings)
+    monkeypatch.setattr(logger, "atoms", lambda *args: pytest.fail("access-log atoms built for a dropped line"))
+    logger.access(None, None, {}, None)  # what the worker calls after every request
+    assert not logger.access_log_enabled
