@@ -50,6 +50,7 @@ class Grid:
         self.service_pids = lambda: [stack.service.pid, *stack.service.worker_pids()]
         self.passthrough_pids = lambda: [stack.passthrough.pid, *stack.passthrough.worker_pids()]
         self.bare_pids = lambda: [stack.bare.pid, *stack.bare.worker_pids()]
+        self.flask_floor_pids = lambda: [stack.flask_floor.pid, *stack.flask_floor.worker_pids()]
         self.moto_pids = [bench_stack.moto_pid(stack.moto)]
 
     def new_s3_client(self):
@@ -74,12 +75,14 @@ class Grid:
                         cell.run(0.3, 10 * concurrency)
                     finally:
                         cell.close()
-            bare = Cell(HttpCall(self.stack.bare.port, "GET", "/", status=304, expect_bytes=0, warm_path="/"),
-                        concurrency, self.bare_pids)
-            try:
-                bare.run(0.3, 10 * concurrency)
-            finally:
-                bare.close()
+            for port, pids in ((self.stack.bare.port, self.bare_pids),
+                               (self.stack.flask_floor.port, self.flask_floor_pids)):
+                floor = Cell(HttpCall(port, "GET", "/api/v2/chats/files/x", status=304, expect_bytes=0,
+                                      warm_path="/api/v2/chats/files/x"), concurrency, pids)
+                try:
+                    floor.run(0.3, 10 * concurrency)
+                finally:
+                    floor.close()
         self._delete_uploads()
 
     def run(self, images, concurrencies):
@@ -101,9 +104,9 @@ class Grid:
         return results
 
     def conditional(self, data, concurrencies):
-        """304 against 200 for the same file, and the bare app's 304 beside them.
+        """304 against 200 for the same file, and the bare app's and the one-route Flask app's 304 beside them.
 
-        {("304"|"200"|"bare", concurrency): CellResult}
+        {("304"|"200"|"bare"|"flask", concurrency): CellResult}
         """
         file_id, etag = self.seed_service_file(data)
         path = f"/api/v2/chats/files/{file_id}"
@@ -122,6 +125,10 @@ class Grid:
                                                                 "If-None-Match": etag},
                             status=304, expect_bytes=0, warm_path="/")
             calls["bare"] = (bare, self.bare_pids)
+            flask = HttpCall(self.stack.flask_floor.port, "GET", path, {TOKEN_HEADER: self.downloader.token,
+                                                                       "If-None-Match": etag},
+                             status=304, expect_bytes=0, warm_path=path)
+            calls["flask"] = (flask, self.flask_floor_pids)
             for status, result in self._side_by_side(calls, concurrency).items():
                 results[status, concurrency] = result
                 self._report(f"GET {status}", f"{len(data)} B", concurrency, result)

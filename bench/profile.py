@@ -32,8 +32,9 @@ from bench.stack import Stack  # noqa: E402
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--system", default="service", choices=("service", "passthrough", "bare"),
-                        help="bare: bench/bare.py's 304, the floor of --direction conditional")
+    parser.add_argument("--system", default="service", choices=("service", "passthrough", "bare", "flask"),
+                        help="bare: bench/bare.py's 304, the floor of --direction conditional; "
+                             "flask: bench/bare_flask.py's, Flask's own floor")
     parser.add_argument("--direction", default="upload", choices=("upload", "download", "conditional"))
     parser.add_argument("--size", default="1 MB", choices=list(SIZES))
     parser.add_argument("--format", default="image/jpeg")
@@ -65,7 +66,7 @@ def main(argv=None):
             grid = Grid(stack, args.format, args.seconds, 10**6, log=print)
             grid.warm_up(cached_image(CACHE_DIR, args.format, SIZES["10 KB"]))
             call, pids = _call(grid, args, data)
-            server = getattr(stack, args.system)
+            server = getattr(stack, {"flask": "flask_floor"}.get(args.system, args.system))
             raw_files = []
             recorders = []
             for pid in server.worker_pids():
@@ -95,10 +96,13 @@ def main(argv=None):
 
 
 def _call(grid, args, data):
-    if args.system == "bare":
+    if args.system in ("bare", "flask"):
         from bench.load import HttpCall
 
-        return HttpCall(grid.stack.bare.port, "GET", "/", status=304, expect_bytes=0, warm_path="/"), grid.bare_pids
+        port, pids = ((grid.stack.bare.port, grid.bare_pids) if args.system == "bare"
+                      else (grid.stack.flask_floor.port, grid.flask_floor_pids))
+        path = "/api/v2/chats/files/x"
+        return HttpCall(port, "GET", path, status=304, expect_bytes=0, warm_path=path), pids
     if args.direction == "conditional":
         file_id, etag = grid.seed_service_file(data)
         from bench.load import HttpCall

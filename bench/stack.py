@@ -53,22 +53,36 @@ class BareServer(PassthroughServer):
     """bench/bare.py under ``gunicorn -c gunicorn.conf.py``: the bare request a 304 is compared with."""
 
     NAME = "bare gunicorn"
+    APP = "bench.bare:app"
 
     def _command(self, port):
-        return [os.path.join(BIN, "gunicorn"), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-                "bench.bare:app"]
+        return [os.path.join(BIN, "gunicorn"), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", self.APP]
 
     def _answers(self):
-        import http.client
+        return _answers_304(self.port, "/")
 
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-        try:
-            connection.request("GET", "/")
-            return connection.getresponse().status == 304
-        except OSError:
-            return False
-        finally:
-            connection.close()
+
+class FlaskFloorServer(BareServer):
+    """bench/bare_flask.py: the same 304 from a one-route Flask app, Flask's own floor."""
+
+    NAME = "flask-floor gunicorn"
+    APP = "bench.bare_flask:app"
+
+    def _answers(self):
+        return _answers_304(self.port, "/api/v2/chats/files/x")
+
+
+def _answers_304(port, path):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 304
+    except OSError:
+        return False
+    finally:
+        connection.close()
 
 
 def moto_pid(moto):
@@ -87,6 +101,7 @@ class Stack:
         self.service = None
         self.passthrough = None
         self.bare = None
+        self.flask_floor = None
 
     def __enter__(self):
         return self
@@ -110,6 +125,7 @@ class Stack:
         self.service = self.start_service("service")
         self.passthrough = self._started(PassthroughServer(self.s3_environment(), work_dir=self._dir("passthrough")))
         self.bare = self._started(BareServer({}, work_dir=self._dir("bare")))
+        self.flask_floor = self._started(FlaskFloorServer({}, work_dir=self._dir("flask-floor")))
         return self
 
     def s3_environment(self):
@@ -123,7 +139,7 @@ class Stack:
             **self.s3_environment(),
             "DATABASE_URL": self._database_url(name, work_dir),
             "WORKSPACES_ROOT": str(work_dir / "workspaces"),
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO",  # production's: every request writes its log line (to gunicorn.log here)
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             **settings,
         }
