@@ -9,7 +9,10 @@ also runs alone). ``--database postgres`` runs grid, conditional and
 overhead against PostgreSQL and rewrites only the PostgreSQL section of the
 page. With a subset of sections, or --quick, results go to var/bench/ only
 and docs/ is left alone unless --write-docs is given. ``--render FILE``
-rebuilds the docs from saved results.
+rebuilds the docs from saved results. ``scripts/bench targets [--runs 3]``
+runs the sections the issue-11 targets judge (conditional, overhead,
+memory) several times on fresh stacks and writes the targets, judged on
+each figure's median, in their own section.
 """
 
 import argparse
@@ -42,6 +45,8 @@ CONDITIONAL_SIZE = "1 MB"
 WATCH_FILES = (1, 100, 1000)
 CACHE_DIR = ROOT / "var" / "bench" / "images"
 POSTGRES_LATEST = "results-postgres-latest.json"
+TARGETS_LATEST = "results-targets-latest.json"
+TARGET_SECTIONS = ("conditional", "overhead", "memory")
 
 
 def parse_args(argv):
@@ -291,12 +296,33 @@ def write_docs(results):
         report.write_postgres(postgres, ROOT / "docs", results)
 
 
+def run_targets(argv):
+    """The sections the issue-11 targets judge, ``--runs`` times on fresh stacks; their own section of the page."""
+    runs = 3
+    if argv[:1] == ["--runs"]:
+        runs, argv = int(argv[1]), argv[2:]
+    args = parse_args(["--sections", ",".join(TARGET_SECTIONS), *argv])
+    results = []
+    for number in range(1, runs + 1):
+        log(f"targets: run {number} of {runs}")
+        results.append(run(args))
+    path = RESULTS_DIR / TARGETS_LATEST
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    log(f"results saved to {path}")
+    if not args.quick or args.write_docs:
+        log(f"wrote the targets section of {report.write_targets(results, ROOT / 'docs')}")
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["variants"]:  # `scripts/bench variants`: only the variants, in their own section
         from bench import variants
 
         return variants.main(argv[1:])
+    if argv[:1] == ["targets"]:  # `scripts/bench targets [--runs N]`: the targets' figures, medians of N runs
+        return run_targets(argv[1:])
     args = parse_args(argv)
     if args.render:
         write_docs(json.loads(Path(args.render).read_text()))
