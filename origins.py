@@ -36,6 +36,8 @@ def init_app(app):
 
 def refuse_cross_origin():
     """Raise 403 for a cross-origin unsafe request or WebSocket upgrade; see the module docstring."""
+    if _exempt(request.method, request.headers):
+        return  # most requests: no Host to parse
     problem = cross_origin_problem(
         method=request.method,
         headers=request.headers,
@@ -48,8 +50,7 @@ def refuse_cross_origin():
 
 def cross_origin_problem(method, headers, host, allowed):
     """Why the request must be refused, or None. Pure, for the test table."""
-    upgrade = headers.get("Upgrade", "").lower() == "websocket"
-    if (method in SAFE_METHODS and not upgrade) or headers.get(TOKEN_HEADER):
+    if _exempt(method, headers):
         return None
     origin = headers.get("Origin")
     if origin is not None and origin.lower() in allowed:
@@ -62,6 +63,12 @@ def cross_origin_problem(method, headers, host, allowed):
     if origin is None or _same_host(origin, host):
         return None
     return f"Origin {origin!r} is not this service ({host!r}) nor one of ALLOWED_ORIGINS."
+
+
+def _exempt(method, headers):
+    """Safe requests that are not upgrades, and requests carrying the token header, are not checked."""
+    upgrade = headers.get("Upgrade", "").lower() == "websocket"
+    return (method in SAFE_METHODS and not upgrade) or bool(headers.get(TOKEN_HEADER))
 
 
 def _same_host(origin, host):
