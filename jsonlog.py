@@ -9,15 +9,18 @@ thread (a warning, an exception from errors.py) gets it.
 """
 
 import contextvars
-import datetime
 import json
 import logging
 import re
 import sys
+import time
 
 import click
 
 REQUEST_LOG_LINE = '"%s" %s %s'  # werkzeug's dev-server request line: it carries the query string
+# One encoder for every line (json.dumps with an argument builds a new one each call); a value
+# that is not JSON (an exception's argument, a UUID) is written as its str().
+_ENCODER = json.JSONEncoder(default=str)
 
 _request_id = contextvars.ContextVar("request_id", default=None)
 
@@ -51,7 +54,7 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str)
+        return _ENCODER.encode(line)
 
 
 class JsonLineHandler(logging.Handler):
@@ -140,5 +143,6 @@ class ScrubSecrets(logging.Filter):
 
 
 def _timestamp(created):
-    moment = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 in UTC with milliseconds: 2026-12-01T23:01:02.345Z."""
+    seconds = int(created)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{int((created - seconds) * 1000):03d}Z"

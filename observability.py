@@ -173,9 +173,9 @@ class ObservedRequest:
         self.finished = True
         duration = time.perf_counter() - self.started
         status = 101 if self.upgraded else (self.status or 500)
-        labels = (_method_label(self.method), self.route or UNMATCHED_ROUTE, str(status))
-        REQUESTS.labels(*labels).inc()
-        REQUEST_DURATION.labels(*labels).observe(duration)
+        requests, durations = _request_series((_method_label(self.method), self.route or UNMATCHED_ROUTE, str(status)))
+        requests.inc()
+        durations.observe(duration)
         if self.endpoint == DOWNLOAD_ENDPOINT:
             SERVED_BYTES.inc(self.bytes_out)
         fields = {
@@ -193,6 +193,18 @@ class ObservedRequest:
         if self.aborted:
             fields["aborted"] = True  # the body was cut short: client gone, or the body failed
         access_log.info("%s %s %s", self.method, self.route or self.path, status, extra={"fields": fields})
+
+
+# (method, route, status) -> its counter and histogram: labels() checks and locks on every call, and
+# the set is small (methods x URL rules x statuses).
+_request_children = {}
+
+
+def _request_series(labels):
+    series = _request_children.get(labels)
+    if series is None:
+        series = _request_children.setdefault(labels, (REQUESTS.labels(*labels), REQUEST_DURATION.labels(*labels)))
+    return series
 
 
 def request_id_from(header):
