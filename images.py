@@ -419,7 +419,7 @@ _CONTAINER_ENDS = {"image/png": _png_end, "image/jpeg": _jpeg_end, "image/gif": 
 # until unmapped: a decode of a 10 MiB upload would hold 10 MiB of pages it
 # has read and will not read again. Dropping them from the mapping leaves them
 # in the page cache (reading one again is a minor fault, not I/O).
-FORGET_STEP = 1 << 20  # bytes read between two drops
+FORGET_STEP = 1 << 18  # bytes read between two drops
 
 
 def forget_pages(data, end):
