@@ -22,7 +22,11 @@ from PIL import Image
 # makes the last step to each variant's box with Lanczos, on small images.
 SHRINK_FILTER = Image.Resampling.HAMMING
 # Source pixels in one band, reach included when the frame is not too wide for it: 2 MiB per RGBA copy.
+# A band of a frame that needs no conversion is not copied: what it holds is
+# its rows of the result and Pillow's temporary, so it is smaller (its reach,
+# read twice, costs only the filter's pass over those rows).
 BAND_PIXELS = 1 << 19
+IN_PLACE_BAND_PIXELS = BAND_PIXELS // 4
 REDUCING_GAP = 2.0  # as variants.py asked of resize(): box-reduce first while the filter still shrinks by 2+
 # How far each filter reaches, in source pixels at scale 1 (Pillow's src/libImaging/Resample.c).
 SUPPORT = {Image.Resampling.BOX: 0.5, Image.Resampling.BILINEAR: 1.0, Image.Resampling.HAMMING: 1.0,
@@ -37,14 +41,16 @@ def resized(frame, size, mode, resample=SHRINK_FILTER):
     ``size`` is never larger than the frame (a shrink).
     """
     width, height = frame.size
-    (factor_x, factor_y), scale, bands = _plan(frame.size, size, resample, can_reduce(mode))
+    working = PREMULTIPLIED.get(mode, mode)
+    in_place = frame.mode == working  # nothing to convert: read the frame's rows where they are
+    (factor_x, factor_y), scale, bands = _plan(frame.size, size, resample, can_reduce(mode),
+                                               IN_PLACE_BAND_PIXELS if in_place else BAND_PIXELS)
     reducing = factor_x > 1 or factor_y > 1
     reduced_width = width / factor_x  # resize()'s box after its reduce: a fraction of the last pixel
-    working = PREMULTIPLIED.get(mode, mode)
     result = Image.new(working, size)
     for top, bottom, first, last in bands:
         rows = (0, first * factor_y, width, min(height, last * factor_y))
-        if frame.mode == working:  # nothing to convert: read the frame's rows where they are
+        if in_place:
             band, origin = (frame.reduce((factor_x, factor_y), box=rows), first) if reducing else (frame, 0)
         else:
             band, origin = _converted(frame.crop(rows), mode, working), first
@@ -57,9 +63,10 @@ def resized(frame, size, mode, resample=SHRINK_FILTER):
 
 
 def largest_band(frame_size, size, mode, resample=SHRINK_FILTER):
-    """Source pixels in the largest band resized() makes of a ``frame_size`` frame: what decode-memory estimates count."""
+    """Source pixels in the largest band resized() makes of a ``frame_size`` frame, at most
+    (counted as if it were converted): what decode-memory estimates count."""
     width, height = frame_size
-    (_, factor_y), _, bands = _plan(frame_size, size, resample, can_reduce(mode))
+    (_, factor_y), _, bands = _plan(frame_size, size, resample, can_reduce(mode), BAND_PIXELS)
     return max(width * (min(height, last * factor_y) - first * factor_y) for _, _, first, last in bands)
 
 
@@ -74,7 +81,7 @@ def can_reduce(mode):
     return not mode.startswith("I;16")
 
 
-def _plan(frame_size, size, resample, reduce):
+def _plan(frame_size, size, resample, reduce, band_pixels):
     """((factor_x, factor_y), scale, [(top, bottom, first, last)]): the reduce factors, the filter's
     scale in reduced rows, and per band its rows of the result and the reduced rows it reads."""
     width, height = frame_size
@@ -82,7 +89,7 @@ def _plan(frame_size, size, resample, reduce):
     reduced_height = height / factors[1]
     scale = reduced_height / size[1]
     reach = SUPPORT[resample] * max(scale, 1) + 1  # reduced rows a band reads beyond its own, each side
-    step = _rows_per_band(width, factors[1], scale, reach)
+    step = _rows_per_band(width, factors[1], scale, reach, band_pixels)
     bands = []
     for top in range(0, size[1], step):
         bottom = min(size[1], top + step)
@@ -97,9 +104,9 @@ def _factor(source, target):
     return int(source / target / REDUCING_GAP) or 1
 
 
-def _rows_per_band(width, factor_y, scale, reach):
-    """Result rows per band so a band's source rows (its own and its reach) stay within BAND_PIXELS."""
-    source_rows = BAND_PIXELS // width // factor_y  # in reduced rows
+def _rows_per_band(width, factor_y, scale, reach, band_pixels):
+    """Result rows per band so a band's source rows (its own and its reach) stay within ``band_pixels``."""
+    source_rows = band_pixels // width // factor_y  # in reduced rows
     return max(1, int((source_rows - 2 * reach) / scale))
 
 
