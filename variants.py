@@ -20,7 +20,7 @@ to resample a palette frame or the premultiplied one for alpha
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageCms
 
@@ -70,7 +70,7 @@ SRGB = ImageCms.createProfile("sRGB")
 class Still:
     """The first frame, upright, in sRGB, fitting WORKING_BOX; and the whole image's displayed size."""
 
-    image: Image.Image
+    image: Image.Image | None  # None once the variants are made (verify_and_make)
     width: int
     height: int
 
@@ -130,11 +130,14 @@ def still_of(frame, size):
 def verify_and_make(data, max_pixels, max_memory, sha256):
     """An upload's whole image work: one decode that verifies ``data`` and feeds its variants.
 
-    Returns (ImageInfo, Still, [Made]); raises what ``images.verify_image`` raises.
+    Returns (ImageInfo, Still, [Made]), the Still without its pixels: an upload
+    keeps it through its slow storage writes, and a worker has 8 of them at
+    once. Raises what ``images.verify_image`` raises.
     """
     first_frame = FirstFrame()
     info = images.verify_image(data, max_pixels, max_memory, on_first_frame=first_frame)
-    return info, first_frame.still, make(first_frame.still, info.content_type, info.animated, len(data), sha256)
+    made = make(first_frame.still, info.content_type, info.animated, len(data), sha256)
+    return info, replace(first_frame.still, image=None), made
 
 
 def make(still, content_type, animated, size, sha256):

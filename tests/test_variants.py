@@ -327,6 +327,14 @@ def test_variants_make_no_full_size_copy_of_the_frame(sqlite_app, monkeypatch, m
     assert memory.problems == []
 
 
+def test_the_still_handed_back_holds_no_pixels():
+    """The upload view keeps the still through its storage writes: only its sizes, not the 1280 px image."""
+    data = encode(smooth_image(2000, 1500), "image/png")
+    info, still, made = variants.verify_and_make(data, 10**8, None, hashlib.sha256(data).hexdigest())
+    assert (still.image, still.width, still.height) == (None, 2000, 1500)
+    assert [variant.name for variant in made] == list(variants.NAMES)
+
+
 # --- headers, auth, layout ----------------------------------------------------------
 
 
