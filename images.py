@@ -14,11 +14,14 @@ far above what real images use.
 """
 
 import io
+import mmap
 import struct
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
+
+import banded
 
 ALLOWED_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
@@ -89,6 +92,7 @@ def verify_image(data, max_pixels, max_memory=None, *, on_first_frame=None):
     if content_type is None:
         raise UnsupportedType("The file content is not a PNG, JPEG, GIF or WebP image.")
     _check_container(data, content_type)
+    forget_pages(data, len(data))  # the walk read every page of the file; the decode reads them again in turn
     try:
         width, height, frames = _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_frame)
     except InvalidImage:
@@ -198,23 +202,26 @@ def decode_memory_estimate(image, content_type, data):
         cost = pixels * 4 * 4
     else:
         cost = pixels * pixel_bytes
-    return DECODE_BASE_MEMORY + cost + _variant_memory(image, pixels)
+    return DECODE_BASE_MEMORY + cost + _variant_memory(image)
 
 
 # What variants.py adds while it makes the still from the first frame
-# (measured by bench/decode_memory.py): a full-size RGB(A) copy of a frame
-# Pillow must convert (palette, bilevel) or premultiply (alpha) to resample;
-# the box-reduced copy resize() makes first (by 2 or more each way, so at
-# most a quarter of the 4-byte pixels); and the still, its resized copy and
-# the encoder's buffers, each at most the preview's box in RGBA.
-_MODES_COPIED_FOR_VARIANTS = frozenset({"1", "P", "PA", "LA", "RGBA"})
+# (measured by bench/decode_memory.py): the band it shrinks at a time
+# (banded.py: cropped, converted to RGB(A), premultiplied, resampled: at most
+# 4 bytes a pixel each), or the whole frame converted when it fits the
+# preview's box; then the still, its resized copy and the encoder's buffers,
+# each at most the preview's box in RGBA.
+BAND_BYTES_PER_PIXEL = 4 * 4
 VARIANT_WORKING_MEMORY = 3 * DRAFT_BOUND * DRAFT_BOUND * 4
 
 
-def _variant_memory(image, pixels):
-    copy = pixels * 4 if image.mode in _MODES_COPIED_FOR_VARIANTS else 0
-    reduced = pixels  # 4 bytes a pixel, a quarter of them
-    return copy + reduced + VARIANT_WORKING_MEMORY
+def _variant_memory(image):
+    target = banded.fit(*image.size, DRAFT_BOUND, DRAFT_BOUND)
+    if target == image.size:
+        shrink = target[0] * target[1] * 4  # fits: converted whole, if at all
+    else:
+        shrink = banded.largest_band(image.size, target, image.mode) * BAND_BYTES_PER_PIXEL
+    return shrink + VARIANT_WORKING_MEMORY
 
 
 def _jpeg_decoder_memory(image, data):
@@ -408,18 +415,39 @@ def _webp_end(data):
 _CONTAINER_ENDS = {"image/png": _png_end, "image/jpeg": _jpeg_end, "image/gif": _gif_end, "image/webp": _webp_end}
 
 
+# A mapped file's pages count in the process's RSS once read, and stay counted
+# until unmapped: a decode of a 10 MiB upload would hold 10 MiB of pages it
+# has read and will not read again. Dropping them from the mapping leaves them
+# in the page cache (reading one again is a minor fault, not I/O).
+FORGET_STEP = 1 << 18  # bytes read between two drops
+
+
+def forget_pages(data, end):
+    """Drop the pages of ``data`` (when it is an mmap) before ``end`` from this process's memory."""
+    if isinstance(data, mmap.mmap) and not data.closed:
+        length = end - end % mmap.PAGESIZE
+        if length:
+            data.madvise(mmap.MADV_DONTNEED, 0, length)
+
+
 class _BufferReader(io.RawIOBase):
-    """A seekable reader over any buffer, without the copy io.BytesIO makes of a bytearray."""
+    """A seekable reader over any buffer, without the copy io.BytesIO makes of a bytearray.
+
+    Over an mmap, the pages it has read are dropped as it goes (forget_pages).
+    """
 
     def __init__(self, data):
+        self._data = data
         self._base = memoryview(data)
         self._view = self._base.cast("B")
         self._pos = 0
+        self._forgotten = 0  # pages before this offset were dropped
 
     def close(self):
         # Give the buffer back now, not at garbage collection: an mmap cannot close while viewed.
         self._view.release()
         self._base.release()
+        self._data = None
         super().close()
 
     def readable(self):
@@ -432,11 +460,15 @@ class _BufferReader(io.RawIOBase):
         chunk = self._view[self._pos : self._pos + len(buffer)]
         buffer[: len(chunk)] = chunk
         self._pos += len(chunk)
+        if self._pos - self._forgotten >= FORGET_STEP:
+            forget_pages(self._data, self._pos)
+            self._forgotten = self._pos
         return len(chunk)
 
     def seek(self, offset, whence=io.SEEK_SET):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
         self._pos = max(0, base + offset)
+        self._forgotten = min(self._forgotten, self._pos)  # a reader going back reads those pages again
         return self._pos
 
     def tell(self):

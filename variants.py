@@ -11,18 +11,20 @@ itself when that is animated or already fits: it is not stored twice.
 Memory: ``images.verify_image`` hands over its decoded first frame (a JPEG's
 already decoded near the preview's scale, ``images.DRAFT_BOUND``), which is
 shrunk once to the largest variant's box before anything else touches it; the
-smaller variants come from that. The only full-size copy made is the one
-Pillow needs to resample: a palette or bilevel frame converted to RGB(A), an
-RGBA one premultiplied (tests/test_variants.py counts them).
+smaller variants come from that. The shrink goes band by band (banded.py), so
+no full-size copy of the frame is made, not even the RGB(A) one Pillow needs
+to resample a palette frame or the premultiplied one for alpha
+(tests/test_variants.py counts them).
 """
 
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageCms
 
+import banded
 import images
 
 
@@ -47,10 +49,6 @@ WORKING_BOX = (max(spec.max_width for spec in VARIANTS), max(spec.max_height for
 # efforts (docs/PERFORMANCE.md, "Variants"): JPEG is 20 times faster but
 # twice the bytes, libwebp's default effort (4) 10% smaller but twice the time.
 ENCODING = ("WEBP", "image/webp", {"quality": 75, "method": 2})
-# Shrinking the decoded frame to the working box: Hamming costs half of
-# Lanczos and differs from it by less than the eye sees (bench/variants.py:
-# 44-48 dB PSNR); the last step to each variant's box is Lanczos, on small images.
-SHRINK_FILTER = Image.Resampling.HAMMING
 EXTENSIONS = {"image/webp": ".webp", "image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif"}
 
 # Orientation tag values 2-8 and the transposition that makes them upright (EXIF 2.3, tag 0x0112).
@@ -72,7 +70,7 @@ SRGB = ImageCms.createProfile("sRGB")
 class Still:
     """The first frame, upright, in sRGB, fitting WORKING_BOX; and the whole image's displayed size."""
 
-    image: Image.Image
+    image: Image.Image | None  # None once the variants are made (verify_and_make)
     width: int
     height: int
 
@@ -103,12 +101,6 @@ class FirstFrame:
         self.still = still_of(frame, size)
 
 
-def fit(width, height, max_width, max_height):
-    """The size of ``width`` x ``height`` scaled to fit the box, aspect kept, never scaled up."""
-    scale = min(max_width / width, max_height / height, 1)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def orientation(frame):
     """The EXIF orientation, 1 (as stored) when absent or unreadable: a broken EXIF block is ignored, as browsers do."""
     try:
@@ -126,25 +118,26 @@ def still_of(frame, size):
     """The decoder's first ``frame`` (of an image of ``size``) made into a Still, leaving ``frame`` untouched."""
     turn = orientation(frame)
     width, height = displayed_size(size, turn)
-    target = displayed_size(fit(width, height, *WORKING_BOX), turn)  # in the frame's own orientation
-    image = _resamplable(frame)
-    if image.size != target:
-        image = image.resize(target, SHRINK_FILTER, reducing_gap=_reducing_gap(image))
+    target = displayed_size(banded.fit(width, height, *WORKING_BOX), turn)  # in the frame's own orientation
+    image = _shrunk(frame, target)
     image = _eight_bit(image)
     if turn in UPRIGHT:
         image = image.transpose(UPRIGHT[turn])
-    image = _to_srgb(image, frame.info.get("icc_profile"))
+    image = _to_srgb(image, frame.info.get("icc_profile"), frame)
     return Still(image, width, height)
 
 
 def verify_and_make(data, max_pixels, max_memory, sha256):
     """An upload's whole image work: one decode that verifies ``data`` and feeds its variants.
 
-    Returns (ImageInfo, Still, [Made]); raises what ``images.verify_image`` raises.
+    Returns (ImageInfo, Still, [Made]), the Still without its pixels: an upload
+    keeps it through its slow storage writes, and a worker has 8 of them at
+    once. Raises what ``images.verify_image`` raises.
     """
     first_frame = FirstFrame()
     info = images.verify_image(data, max_pixels, max_memory, on_first_frame=first_frame)
-    return info, first_frame.still, make(first_frame.still, info.content_type, info.animated, len(data), sha256)
+    made = make(first_frame.still, info.content_type, info.animated, len(data), sha256)
+    return info, replace(first_frame.still, image=None), made
 
 
 def make(still, content_type, animated, size, sha256):
@@ -155,7 +148,7 @@ def make(still, content_type, animated, size, sha256):
         if spec.original_if_fits and (animated or fits):
             made.append(Made(spec.name, content_type, still.width, still.height, size, sha256))
             continue
-        width, height = fit(still.width, still.height, spec.max_width, spec.max_height)
+        width, height = banded.fit(still.width, still.height, spec.max_width, spec.max_height)
         image = still.image
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
@@ -172,16 +165,19 @@ def renamed(name, content_type):
     return (stem or name) + EXTENSIONS[content_type]
 
 
-def _resamplable(frame):
-    """The frame in a mode Pillow resamples smoothly; a palette or bilevel frame becomes RGB(A)."""
+def _shrunk(frame, target):
+    """The frame at ``target`` in a mode Pillow resamples smoothly, never copied whole (banded.py)."""
+    mode = _resamplable_mode(frame)
+    if frame.size == target:
+        return frame if frame.mode == mode else frame.convert(mode)  # it fits the box: a small copy
+    return banded.resized(frame, target, mode)
+
+
+def _resamplable_mode(frame):
+    """The frame's mode if Pillow resamples it smoothly; RGB(A) for a palette or bilevel frame."""
     if frame.mode in ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F") or frame.mode.startswith("I;16"):
-        return frame
-    return frame.convert("RGBA" if frame.has_transparency_data else "RGB")
-
-
-def _reducing_gap(image):
-    """2.0 (a box reduce first, then the filter), except for 16-bit grey: Pillow cannot reduce() it."""
-    return None if image.mode.startswith("I;16") else 2.0
+        return frame.mode
+    return "RGBA" if frame.has_transparency_data else "RGB"
 
 
 def _eight_bit(image):
@@ -193,7 +189,7 @@ def _eight_bit(image):
     return image
 
 
-def _to_srgb(image, icc_profile):
+def _to_srgb(image, icc_profile, frame):
     """RGB (RGBA when any pixel is see-through), converted from the embedded profile to sRGB, without metadata.
 
     A profile lcms cannot use (broken, or for another colour space) is
@@ -211,8 +207,8 @@ def _to_srgb(image, icc_profile):
             pass
     if colour.mode != "RGB":
         colour = colour.convert("RGB")
-    elif colour is image:
-        colour = image.copy()  # never hand out the decoder's own frame
+    elif colour is frame:
+        colour = image.copy()  # never hand out (or change) the decoder's own frame
     if alpha is not None:
         colour.putalpha(alpha)
     colour.info = {}

@@ -36,10 +36,7 @@ SECTIONS = ("grid", "conditional", "overhead", "verify", "memory", "watch")
 POSTGRES_SECTIONS = ("grid", "conditional", "overhead")
 SIZES = {"10 KB": 10_000, "100 KB": 100_000, "1 MB": 1_000_000, "8 MB": 8_000_000}
 MEMORY_IMAGE = (10_200_000, 10 * 1024 * 1024)  # about 10 MiB, never over the default upload limit
-MEMORY_TYPES = ("image/jpeg", "image/png", "image/gif")
-# A photo-like 10 MiB WebP is ~20 Mpx, refused before decoding (MAX_DECODE_MEMORY): nothing to measure
-# under load; the run records why instead.
-MEMORY_REFUSED_TYPES = ("image/webp",)
+MEMORY_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 VERIFY_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 CONDITIONAL_SIZE = "1 MB"
 WATCH_FILES = (1, 100, 1000)
@@ -234,22 +231,6 @@ def run_memory(args, stack, results):
             results["memory"].append({**measured.summary(), "timeline": [(round(t, 3), kib)
                                                                          for t, kib in measured.timeline]})
         stack.stop(service)
-    results["memory_refused"] = [refusal(content_type) for content_type in MEMORY_REFUSED_TYPES]
-
-
-def refusal(content_type):
-    """Why a ~10 MiB image of this type is refused at upload: {content_type, pixels, reason}."""
-    import config
-    import images
-
-    data = cached_image(CACHE_DIR, content_type, *MEMORY_IMAGE)
-    settings = config.DEFAULTS
-    try:
-        images.verify_image(data, settings["MAX_IMAGE_PIXELS"], settings["MAX_DECODE_MEMORY"])
-        reason = "accepted"
-    except images.InvalidImage as error:
-        reason = str(error)
-    return {"content_type": content_type, "image_bytes": len(data), "pixels": pixel_count(data), "reason": reason}
 
 
 def run_watch(args, service, results):

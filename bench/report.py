@@ -198,10 +198,6 @@ def _overhead_targets(results):
             rows.append([f"worker RSS, 8 × {memory['image_bytes'] / 2**20:.1f} MiB {memory['content_type']} uploads",
                          f"≤ baseline + {allowed} MiB", f"+{memory['growth_mib']:.0f} MiB",
                          _verdict(memory["growth_mib"] <= allowed)])
-    for refused in results.get("memory_refused", []):
-        rows.append([f"worker RSS, 8 × {refused['image_bytes'] / 2**20:.1f} MiB {refused['content_type']} uploads",
-                     f"≤ baseline + {upload_rss_allowance(refused['content_type'])} MiB",
-                     f"not measured: a {refused['pixels'] / 1e6:.0f} Mpx file, {refused['reason']}", "–"])
     if not rows:
         return ""
     return ("## Targets (issue 11: the service costs nothing but the image work)\n\n"

@@ -7,6 +7,7 @@ Each measurement is a fresh subprocess; memory, not time, is asserted.
 """
 
 import io
+import mmap
 
 import pytest
 from PIL import Image
@@ -27,6 +28,40 @@ def test_estimate_covers_the_measured_peak_and_is_not_far_above_it(entry):
     assert row["estimate"] >= row["measured"], row
     # Generous: the estimate may not refuse an image for want of precision (APNG without disposal: 2x).
     assert row["estimate"] <= 3 * row["measured"] + images.DECODE_BASE_MEMORY, row
+
+
+def noise_image(content_type, side):
+    grey = Image.effect_noise((side, side), 90).convert("L")
+    image = Image.merge("RGB", [grey, grey.transpose(Image.Transpose.ROTATE_90),
+                                grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG" if content_type == "image/png" else "GIF")
+    return buffer.getvalue()
+
+
+def mapped_kib(path):
+    """The resident size of this process's mapping of ``path`` (/proc/self/smaps)."""
+    with open("/proc/self/smaps") as smaps:
+        lines = iter(smaps)
+        for line in lines:
+            if line.rstrip().endswith(str(path)):
+                return next(int(field.split()[1]) for field in lines if field.startswith("Rss:"))
+    raise AssertionError(f"{path} is not mapped")
+
+
+@pytest.mark.parametrize(("content_type", "side"), [("image/png", 1400), ("image/gif", 2200)])  # a GIF's decode
+def test_a_decode_over_a_mapped_file_keeps_only_a_window_of_its_pages(tmp_path, content_type, side):  # reads twice
+    """RSS counts a mapping's pages once read: a decode drops those it has read (images.forget_pages),
+    so an upload's body costs a window of its file, not all of it."""
+    path = tmp_path / "upload"
+    path.write_bytes(noise_image(content_type, side))
+    resident = []
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+        assert len(mapping) > 4 * images.FORGET_STEP
+        images.verify_image(mapping, 10**8, on_first_frame=lambda image, size: resident.append(mapped_kib(path)))
+        resident.append(mapped_kib(path))
+    # One step of reading, Pillow's read block and the kernel's fault-around.
+    assert max(resident) * 1024 <= images.FORGET_STEP + 512 * 1024, resident
 
 
 def webp_lossless(side):

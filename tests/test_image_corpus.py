@@ -8,8 +8,8 @@ valid image, 201 and a download that gives back exactly the same bytes, and a
 thumbnail and preview that are images within their boxes.
 Never a 5xx, and never a decode that runs for long or eats memory: the
 caps in images.py refuse those before Pillow starts. Making the variants
-allocates no image larger than the decoded first frame, and at most one
-larger than the preview (VariantMemory below; bench/variants.py times it).
+allocates no image larger than the preview's box: the frame is shrunk in
+bands (VariantMemory below; bench/variants.py times it).
 
 One app and one user per test; each test sends many cases and reports all
 that went wrong at once.
@@ -138,7 +138,7 @@ class VariantMemory:
         decoded = frame.size[0] * frame.size[1]
         larger_than_frame = [size for size in made if size[0] * size[1] > decoded]
         self.larger_than_box = [size for size in made if size[0] * size[1] > BOX_PIXELS]
-        if larger_than_frame or len(self.larger_than_box) > 1:
+        if larger_than_frame or self.larger_than_box:
             self.problems.append(f"frame {frame.size}: made {made}")
 
 
