@@ -52,6 +52,7 @@ class RequestLinesByTheApp(gunicorn.glogging.Logger):
 
 
 logger_class = RequestLinesByTheApp
+
 # gunicorn's control socket sits at one fixed path per user; several instances
 # on one host would fight over it, and nothing here uses it.
 control_socket_disable = True

@@ -318,7 +318,7 @@ def _delete_quietly(storage, key):
 _OWN_FILE = PreparedSelect(lambda file_id, owner_id: ChatFile.select().where((ChatFile.id == file_id)
                                                                              & (ChatFile.owner == owner_id)),
                            (ChatFile.id, ChatFile.owner), (uuid.UUID(int=1), uuid.UUID(int=2)))
-# What sending the bytes needs: no dates or sizes to convert.
+# What sending the bytes needs, and no more: no dates to parse.
 _FILE_TO_SEND = PreparedSelect(
     lambda file_id, owner_id: ChatFile.select(ChatFile.id, ChatFile.organization, ChatFile.name,
                                               ChatFile.content_type, ChatFile.size, ChatFile.sha256)

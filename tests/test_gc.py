@@ -20,6 +20,7 @@ import config
 import gc_storage
 import models
 import storage
+from blueprints import files
 from storage import StorageError, get_storage, object_key, variant_key
 from tests.concurrency import wait_for
 from tests.imaging import make_image
@@ -185,12 +186,12 @@ def test_a_crash_between_the_object_and_its_row_leaves_garbage_gc_removes(app, c
     before_crash, _ = uploaded(app, client, auth, user)
     interrupted = {}
 
-    def crash(**fields):
-        interrupted.update(fields)
+    def crash(*values):  # the row's INSERT, after the objects were written
+        interrupted.update({field.name: value for field, value in zip(files._INSERT_FILE.fields, values)})
         raise SimulatedCrash()
 
     with monkeypatch.context() as patch:
-        patch.setattr(models.ChatFile, "create", crash)
+        patch.setattr(files._INSERT_FILE, "execute", crash)
         with pytest.raises(SimulatedCrash):
             upload(client, auth, make_image("image/gif", 10, 10), "image/gif", user["organization_id"])
     after_crash, _ = uploaded(app, client, auth, user)

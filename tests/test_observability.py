@@ -293,6 +293,12 @@ def test_metrics_need_no_token_and_label_by_rule_method_and_status(client, user)
         assert name in families
 
 
+def test_an_upload_adds_the_cpu_time_of_its_image_work(client, user):
+    before = sample("chatfiles_upload_image_cpu_seconds_total")
+    uploaded_file(client, user, make_image("image/png", 600, 400))
+    assert sample("chatfiles_upload_image_cpu_seconds_total") > before
+
+
 def test_accepted_upload_adds_its_size(client, user):
     data = make_image("image/jpeg", 50, 40)
     before = sample("chatfiles_upload_bytes_total")
@@ -554,8 +560,10 @@ def test_scrub_removes_query_strings_cookies_and_tokens_from_gunicorn_warnings()
     assert scrubbed.startswith("Invalid request from ip=1.2.3.4: Invalid HTTP request line: 'GET /x?[redacted] HTTP/1.1'")
 
 
-def test_gunicorn_builds_no_access_log_atoms_with_the_projects_settings(monkeypatch):
+def test_gunicorn_builds_no_access_log_atoms_with_the_projects_settings(monkeypatch, tmp_path):
     from gunicorn.app.base import Application
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # else the file makes (and exports) its own
 
     class ProjectSettings(Application):  # gunicorn.conf.py read as gunicorn reads it
         def init(self, parser, opts, args):
