@@ -51,7 +51,7 @@ def parse_args(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=None, help="comma-separated subset of " + ", ".join(SECTIONS))
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of " + ", ".join(SIZES))
-    parser.add_argument("--concurrency", default="1,4,16", help="client threads per cell, comma-separated")
+    parser.add_argument("--concurrency", default="1,16", help="client threads per cell, comma-separated (default 1,16)")
     parser.add_argument("--duration", type=float, default=1.0, help="seconds per cell (default 1)")
     parser.add_argument("--overhead-duration", type=float, default=1.0,
                         help="seconds per overhead cell, split in three rounds (default 1)")
@@ -59,9 +59,9 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (default 2)")
     parser.add_argument("--format", default="image/jpeg", choices=VERIFY_TYPES, help="image type of the grid")
     parser.add_argument("--database", default="sqlite", choices=("sqlite", "postgres"))
-    parser.add_argument("--watch-rounds", type=int, default=20, help="write→message rounds per workspace")
+    parser.add_argument("--watch-rounds", type=int, default=12, help="write→message rounds per workspace")
     parser.add_argument("--idle-seconds", type=float, default=6, help="seconds per idle-CPU measurement")
-    parser.add_argument("--scale-seconds", type=float, default=12,
+    parser.add_argument("--scale-seconds", type=float, default=11,
                         help="seconds per CPU window of the large-workspace cases (over the 10 s rescan)")
     parser.add_argument("--watch-only", action="store_true",
                         help="run only the watch section and rewrite only its part of docs/PERFORMANCE.md")
