@@ -8,6 +8,9 @@
   the same work timed in this process on the same file is reported beside
   it: the two differ by what the worker's surroundings add to a decode
   (its allocator settings, caches shared with moto and the client);
+- variant puts = this process's boto3 CPU for the objects an upload writes
+  beside the original (thumbnail, preview), which the passthrough does
+  not: a floor inside the upload overhead;
 - download overhead = service CPU per download − passthrough CPU per download;
 - 304 overhead (in the conditional section) = a 304's CPU − a bare request's
   on bench/bare.py under the same gunicorn settings.
