@@ -4,6 +4,7 @@ Load with `pytest_plugins = ["tests.fixtures_servers"]` in the top conftest.
 
 Session fixtures: postgres_server (PostgresServer), s3_server (MotoServer).
 Per-test fixtures: postgres_url (fresh database), s3_bucket ((endpoint_url, bucket)).
+serving(server): the start, yield, close body of such a fixture, for other modules' too.
 
 Missing PostgreSQL binaries skip the PostgreSQL tests loudly, except under
 CI=true, where they fail: CI must never go green without having run them.
@@ -71,14 +72,18 @@ def postgres_server():
         shutil.rmtree(base_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    server = MotoServer()
+def serving(server):
+    """A fixture's body: yield `server` started, then close it, also after a failed start (its scratch files go too)."""
     try:
         server.start()
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    yield from serving(MotoServer())
 
 
 @pytest.fixture

@@ -10,22 +10,31 @@ import sys
 import tempfile
 import urllib.request
 
+import requests
+
 from tests.servers import LOCALHOST, _ServerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 
 
+def sqlite_settings(root, **settings):
+    """Service settings on a SQLite file and a local store under `root`: a live server needing no other server."""
+    return {
+        "DATABASE_URL": f"sqlite:///{root}/db.sqlite",
+        "LOCAL_STORAGE_ROOT": str(root / "objects"),
+        "WORKSPACES_ROOT": str(root / "workspaces"),
+        **settings,
+    }
+
+
 def backend_settings(request, tmp_path):
     """Service settings for a fixture param: "sqlite-local", or "postgres-s3" on the session's servers."""
     if request.param == "sqlite-local":
-        settings = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}
-    else:
-        endpoint_url, bucket = request.getfixturevalue("s3_bucket")
-        settings = {"DATABASE_URL": request.getfixturevalue("postgres_url"), "S3_BUCKET": bucket,
-                    "S3_ENDPOINT_URL": endpoint_url}
-    settings["WORKSPACES_ROOT"] = str(tmp_path / "workspaces")
-    return settings
+        return sqlite_settings(tmp_path)
+    endpoint_url, bucket = request.getfixturevalue("s3_bucket")
+    return {"DATABASE_URL": request.getfixturevalue("postgres_url"), "S3_BUCKET": bucket,
+            "S3_ENDPOINT_URL": endpoint_url, "WORKSPACES_ROOT": str(tmp_path / "workspaces")}
 
 
 class GunicornServer(_ServerProcess):
@@ -105,3 +114,12 @@ def log_lines(server):
             if line.startswith("{") and line.endswith("\n"):  # not one still being written
                 lines.append(json.loads(line))
     return lines
+
+
+def archive_and_wait_for_close(base_url, chat, headers, sockets):
+    """Archive `chat` through `base_url`; each of its watch sockets, whoever holds it, must then close for that."""
+    response = requests.post(f"{base_url}/api/v2/chats/{chat['id']}/archive", headers=headers, timeout=10)
+    assert response.status_code == 204, response.text  # messages: pytest does not rewrite asserts here
+    for ws in sockets:
+        closed = ws.wait_until_closed()
+        assert closed.reason == "Chat was archived.", (closed.code, closed.reason)

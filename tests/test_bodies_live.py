@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.imaging import make_image
-from tests.live import GunicornServer
+from tests.live import GunicornServer, sqlite_settings
 from tests.servers import LOCALHOST
 
 MiB = 1024 * 1024
@@ -27,14 +27,7 @@ UPLOAD_PATH = "/api/v2/chats/files"
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("bodies")
-    settings = {
-        "DATABASE_URL": f"sqlite:///{root}/db.sqlite",
-        "LOCAL_STORAGE_ROOT": str(root / "objects"),
-        "WORKSPACES_ROOT": str(root / "workspaces"),
-        "BODY_READ_TIMEOUT": 2,
-        "WEB_CONCURRENCY": 1,
-        "WEB_THREADS": 16,
-    }
+    settings = sqlite_settings(root, BODY_READ_TIMEOUT=2, WEB_CONCURRENCY=1, WEB_THREADS=16)
     server = GunicornServer(settings, work_dir=str(root))
     server.start()
     server.root = root

@@ -16,6 +16,7 @@ import requests
 from tests.chromium import ChromiumBrowser
 from tests.concurrency import wait_for
 from tests.fixtures_edge import make_workspace, require
+from tests.fixtures_servers import serving
 from tests.servers import LOCALHOST, free_port
 
 PAGE = "/browser-test/chat.html"
@@ -31,12 +32,7 @@ ACCESS_LOG_REQUEST = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]
 @pytest.fixture
 def browser():
     require(ChromiumBrowser.available(), "chromium")
-    server = ChromiumBrowser()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from serving(ChromiumBrowser())
 
 
 @pytest.fixture

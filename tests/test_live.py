@@ -10,7 +10,7 @@ import requests
 
 from tests.concurrency import run_at_once
 from tests.imaging import make_image
-from tests.live import GunicornServer, backend_settings
+from tests.live import GunicornServer, archive_and_wait_for_close, backend_settings, sqlite_settings
 from tests.wsclient import WatchClient
 
 
@@ -128,19 +128,14 @@ def test_fifty_watch_sockets_while_uploads_and_downloads_answer_then_archive_clo
         assert download.content == data
 
         # Archived through one worker; every socket, on whichever worker, closes.
-        assert requests.post(f"{live.url}/api/v2/chats/{chat['id']}/archive", headers=headers,
-                             timeout=10).status_code == 204
-        for ws in sockets:
-            assert ws.wait_until_closed().reason == "Chat was archived."
+        archive_and_wait_for_close(live.url, chat, headers, sockets)
     finally:
         for ws in sockets:
             ws.close()
 
 
 def test_sigterm_closes_watch_sockets_with_going_away_and_exits_promptly(tmp_path):
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "LOCAL_STORAGE_ROOT": str(tmp_path / "objects"),
-           "WORKSPACES_ROOT": str(tmp_path / "workspaces")}
-    live = GunicornServer(env, work_dir=str(tmp_path))
+    live = GunicornServer(sqlite_settings(tmp_path), work_dir=str(tmp_path))
     live.start()
     account = live.flask("create-user", "alice", "--org", "acme")
     os.makedirs(os.path.join(account["workspaces_dir"], "proj"))

@@ -17,7 +17,7 @@ import websocket
 from tests.concurrency import wait_for
 from tests.fixtures_edge import make_workspace
 from tests.imaging import make_image
-from tests.live import kill_instance, log_lines
+from tests.live import archive_and_wait_for_close, kill_instance, log_lines
 from tests.wsclient import WatchClient
 
 MAX_FILE_SIZE = 10 * 1024 * 1024  # the default, which deploy/nginx.conf's client_max_body_size is matched to
@@ -171,10 +171,7 @@ def test_watch_through_nginx_and_archive_on_one_instance_closes_sockets_held_by_
         # Archive through an instance while the *other* one holds sockets.
         archiver, holder = (instances[0], instances[1]) if held[1] else (instances[1], instances[0])
         assert open_sockets(holder) > 0
-        assert requests.post(f"{archiver.url}/api/v2/chats/{chat['id']}/archive", headers=headers,
-                             timeout=10).status_code == 204
-        for ws in sockets:
-            assert ws.wait_until_closed().reason == "Chat was archived."
+        archive_and_wait_for_close(archiver.url, chat, headers, sockets)
     finally:
         for ws in sockets:
             ws.close()

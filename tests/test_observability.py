@@ -34,7 +34,7 @@ from config import ConfigError
 from storage import StorageError
 from tests.conftest import make_app
 from tests.imaging import make_image
-from tests.live import GunicornServer
+from tests.live import GunicornServer, sqlite_settings
 from tests.servers import LOCALHOST
 
 DOWNLOAD_ROUTE = "/api/v2/chats/files/<file_id>"
@@ -461,15 +461,8 @@ def live(tmp_path_factory):
     metrics_dir = work_dir / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_999999.db").write_bytes(b"left by a previous run")
-    server = GunicornServer({
-        "DATABASE_URL": f"sqlite:///{work_dir}/db.sqlite",
-        "LOCAL_STORAGE_ROOT": str(work_dir / "objects"),
-        "WORKSPACES_ROOT": str(work_dir / "workspaces"),
-        "WEB_CONCURRENCY": 2,
-        "WEB_THREADS": 4,
-        "PROXY_HOPS": 1,
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }, work_dir=str(work_dir))
+    server = GunicornServer(sqlite_settings(work_dir, WEB_CONCURRENCY=2, WEB_THREADS=4, PROXY_HOPS=1,
+                                            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)), work_dir=str(work_dir))
     server.metrics_dir = str(metrics_dir)
     server.start()
     yield server

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 
 from blueprints.openapi import DOCUMENT_PATH
 from tests.imaging import make_image
-from tests.live import GunicornServer
+from tests.live import GunicornServer, sqlite_settings
 
 SEED = 20260306
 MAX_EXAMPLES = 25
@@ -56,14 +56,7 @@ SCHEMA_WITHOUT_TOKEN = load_schema()
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("schemathesis")
-    env = {
-        "DATABASE_URL": f"sqlite:///{work_dir}/db.sqlite",
-        "LOCAL_STORAGE_ROOT": str(work_dir / "objects"),
-        "WORKSPACES_ROOT": str(work_dir / "workspaces"),
-        "WEB_CONCURRENCY": 1,
-        "WEB_THREADS": 4,
-    }
-    server = GunicornServer(env, work_dir=str(work_dir))
+    server = GunicornServer(sqlite_settings(work_dir, WEB_CONCURRENCY=1, WEB_THREADS=4), work_dir=str(work_dir))
     server.start()
     yield server
     server.stop()
