@@ -81,6 +81,10 @@ class JsonLineHandler(logging.Handler):
 
 def configure(level):
     """Make the root logger write JSON lines at ``level`` (a name like "INFO"); safe to call again."""
+    # The line carries none of the caller's file and line, thread or process: don't look them up for
+    # every record (the logging documentation's "Optimization"; every request writes one).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in [handler for handler in root.handlers if isinstance(handler, JsonLineHandler)]:
         root.removeHandler(handler)
@@ -142,7 +146,15 @@ class ScrubSecrets(logging.Filter):
         return True
 
 
+_second = (None, "")  # the last whole second formatted: most lines share it with the line before
+
+
 def _timestamp(created):
     """RFC 3339 in UTC with milliseconds: 2026-12-01T23:01:02.345Z."""
+    global _second
     seconds = int(created)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{int((created - seconds) * 1000):03d}Z"
+    cached, text = _second  # one tuple: another thread may replace it, never half of it
+    if cached != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second = (seconds, text)
+    return f"{text}.{int((created - seconds) * 1000):03d}Z"

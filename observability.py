@@ -26,8 +26,8 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import time
-import uuid
 
 from flask import Response, g, request
 from prometheus_client import (
@@ -176,7 +176,7 @@ class ObservedRequest:
         requests, durations = _request_series((_method_label(self.method), self.route or UNMATCHED_ROUTE, str(status)))
         requests.inc()
         durations.observe(duration)
-        if self.endpoint == DOWNLOAD_ENDPOINT:
+        if self.endpoint == DOWNLOAD_ENDPOINT and self.bytes_out:  # a 304 or HEAD sends none
             SERVED_BYTES.inc(self.bytes_out)
         fields = {
             "request_id": self.request_id,
@@ -211,7 +211,7 @@ def request_id_from(header):
     """The client's id when it is short and plain, else a new one (it goes into logs and a header)."""
     if header and REQUEST_ID_PATTERN.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def _raw_path(environ):
@@ -345,15 +345,17 @@ class CountingInput:
 
 
 def _note_response(response):
-    observed = request.environ.get(ENVIRON_KEY)
+    current = request._get_current_object()  # one context lookup, not one per attribute
+    observed = current.environ.get(ENVIRON_KEY)
     if observed is None:
         return response
-    observed.route = request.url_rule.rule if request.url_rule is not None else None
-    observed.endpoint = request.endpoint
+    rule = current.url_rule
+    observed.route = rule.rule if rule is not None else None
+    observed.endpoint = current.endpoint
     user = g.get("user")
     observed.user_id = str(user.id) if user is not None else None
     observed.upgraded = type(response).__name__ == WEBSOCKET_RESPONSE
-    if request.endpoint == UPLOAD_ENDPOINT:
+    if observed.endpoint == UPLOAD_ENDPOINT:
         _count_upload(response, observed)
     return response
 

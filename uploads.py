@@ -193,10 +193,13 @@ class BodyInput:
 
 def _declared_length(environ):
     """The body's length: Content-Length, None for a server-terminated (chunked) stream, else 0 (PEP 3333)."""
+    declared = environ.get("CONTENT_LENGTH")
     try:
-        return max(0, int(environ.get("CONTENT_LENGTH") or ""))
+        if declared:  # most requests have none: no exception to raise and catch for them
+            return max(0, int(declared))
     except ValueError:
-        return None if environ.get("wsgi.input_terminated") else 0
+        pass
+    return None if environ.get("wsgi.input_terminated") else 0
 
 
 class BodyMiddleware:

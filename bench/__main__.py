@@ -143,8 +143,9 @@ def run(args):
         function(*arguments)
         timed[name] = round(time.perf_counter() - begin, 1)
 
+    image_work_done = {}  # the verify section's, reused by the overhead section (the same call on the same files)
     if "verify" in args.sections:
-        timing("verify", run_verify, args, results)
+        timing("verify", run_verify, args, results, image_work_done)
 
     work_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
@@ -153,7 +154,7 @@ def run(args):
             stack.start()
             results["meta"]["database"] = stack.database_label()
             if {"grid", "conditional", "overhead"} & set(args.sections):
-                timing("grid, conditional, overhead", run_grid, args, stack, grid_images, results)
+                timing("grid, conditional, overhead", run_grid, args, stack, grid_images, results, image_work_done)
             if "memory" in args.sections:
                 timing("memory", run_memory, args, stack, results)
             if "watch" in args.sections:
@@ -167,7 +168,8 @@ def run(args):
     return results
 
 
-def run_verify(args, results):
+def run_verify(args, results, done):
+    """The verify section; ``done`` gets {(type, size label): (ms, variants made)} for the overhead section."""
     from bench.overhead import time_image_work
 
     log("verify: an upload's image work (bench.overhead.image_work: images.verify_image) per type and size")
@@ -175,14 +177,15 @@ def run_verify(args, results):
               for content_type in VERIFY_TYPES for label, size in args.sizes.items()}
     results["verify"] = []
     for (content_type, label), data in images.items():
-        seconds = time_image_work(data)
+        seconds, made = time_image_work(data)
+        done[content_type, label] = 1000 * seconds, made
         row = {"content_type": content_type, "size_label": label, "bytes": len(data), "pixels": pixel_count(data),
                "ms": 1000 * seconds}
         results["verify"].append(row)
         log(f"  {content_type:11} {label:>7}: {row['ms']:8.2f} ms ({row['pixels'] / 1e6:.2f} Mpx)")
 
 
-def run_grid(args, stack, grid_images, results):
+def run_grid(args, stack, grid_images, results, image_work_done):
     from bench.grid import Grid
 
     grid = Grid(stack, args.format, args.duration, args.max_requests, rounds=args.rounds, log=log)
@@ -202,18 +205,17 @@ def run_grid(args, stack, grid_images, results):
         results["conditional"] = [{"status": status, "concurrency": c, **cell.summary()}
                                   for (status, c), cell in cells.items()]
     if "overhead" in args.sections:
-        run_overhead(args, grid, results)
+        run_overhead(args, grid, results, image_work_done)
 
 
-def run_overhead(args, grid, results):
+def run_overhead(args, grid, results, image_work_done):
     from bench.overhead import OverheadBench
 
     log("overhead: service − passthrough − image work per upload, service − passthrough per download (c=1)")
     images = {content_type: {label: cached_image(CACHE_DIR, content_type, size) for label, size in args.sizes.items()}
               for content_type in VERIFY_TYPES}
-    # The verify section timed the same function on the same files: its figures are reused.
-    work_ms = {(row["content_type"], row["size_label"]): row["ms"] for row in results.get("verify", [])}
-    results["overhead"] = OverheadBench(grid, args.overhead_duration, log=log, work_ms=work_ms).run(images)
+    results["overhead"] = OverheadBench(grid, args.overhead_duration, log=log,
+                                        image_work_done=image_work_done).run(images)
 
 
 def run_memory(args, stack, results):

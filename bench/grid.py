@@ -51,6 +51,7 @@ class Grid:
         self.passthrough_pids = lambda: [stack.passthrough.pid, *stack.passthrough.worker_pids()]
         self.bare_pids = lambda: [stack.bare.pid, *stack.bare.worker_pids()]
         self.flask_floor_pids = lambda: [stack.flask_floor.pid, *stack.flask_floor.worker_pids()]
+        self.contract_floor_pids = lambda: [stack.contract_floor.pid, *stack.contract_floor.worker_pids()]
         self.moto_pids = [bench_stack.moto_pid(stack.moto)]
 
     def new_s3_client(self):
@@ -69,21 +70,20 @@ class Grid:
         for _ in range(waves):
             for system in ("service", "passthrough"):
                 for direction in DIRECTIONS:
-                    call, pids = self._call(system, direction, small_image, seeds[system])
-                    cell = Cell(call, concurrency, pids, self.moto_pids)
-                    try:
-                        cell.run(0.3, 10 * concurrency)
-                    finally:
-                        cell.close()
+                    self._warm(*self._call(system, direction, small_image, seeds[system]), concurrency)
             for port, pids in ((self.stack.bare.port, self.bare_pids),
                                (self.stack.flask_floor.port, self.flask_floor_pids)):
-                floor = Cell(HttpCall(port, "GET", "/api/v2/chats/files/x", status=304, expect_bytes=0,
-                                      warm_path="/api/v2/chats/files/x"), concurrency, pids)
-                try:
-                    floor.run(0.3, 10 * concurrency)
-                finally:
-                    floor.close()
+                self._warm(HttpCall(port, "GET", "/api/v2/chats/files/x", status=304, expect_bytes=0,
+                                    warm_path="/api/v2/chats/files/x"), pids, concurrency)
         self._delete_uploads()
+
+    def _warm(self, call, pids, concurrency=24):
+        """One untimed wave of ``call`` at ``concurrency``: the server's threads exist and have served once."""
+        cell = Cell(call, concurrency, pids, self.moto_pids)
+        try:
+            cell.run(0.3, 10 * concurrency)
+        finally:
+            cell.close()
 
     def run(self, images, concurrencies):
         """{(system, direction, size_label, concurrency): CellResult}."""
@@ -104,12 +104,17 @@ class Grid:
         return results
 
     def conditional(self, data, concurrencies):
-        """304 against 200 for the same file, and the bare app's and the one-route Flask app's 304 beside them.
+        """304 against 200 for the same file, and the 304s of the floors beside them: the bare app's, the
+        one-route Flask app's, and the contract's minimum (bench/contract_304.py, on the service's database).
 
-        {("304"|"200"|"bare"|"flask", concurrency): CellResult}
+        {("304"|"200"|"bare"|"flask"|"contract", concurrency): CellResult}
         """
         file_id, etag = self.seed_service_file(data)
         path = f"/api/v2/chats/files/{file_id}"
+        contract = HttpCall(self.stack.contract_floor.port, "GET", path, {TOKEN_HEADER: self.downloader.token,
+                                                                          "If-None-Match": etag},
+                            status=304, expect_bytes=0, warm_path=path)
+        self._warm(contract, self.contract_floor_pids)  # its threads' pooled connections, like the service's
         results = {}
         for concurrency in concurrencies:
             calls = {}
@@ -129,6 +134,7 @@ class Grid:
                                                                        "If-None-Match": etag},
                              status=304, expect_bytes=0, warm_path=path)
             calls["flask"] = (flask, self.flask_floor_pids)
+            calls["contract"] = (contract, self.contract_floor_pids)
             for status, result in self._side_by_side(calls, concurrency).items():
                 results[status, concurrency] = result
                 self._report(f"GET {status}", f"{len(data)} B", concurrency, result)

@@ -29,7 +29,13 @@ KINDS = {  # kind: (what it is, short, long)
     "304": ("conditional GET answered 304, local storage", 50, 200),
     "200": ("GET of a 40x30 PNG, local storage", 50, 200),
     "upload": ("upload of an 80x60 PNG to moto's S3, its thumbnail made and stored", 5, 25),
+    # The same 304 without what the service adds, and from the floors beneath it (see bench/grid.py conditional).
+    "304-nolog": ("the service's 304 with LOG_LEVEL=WARNING: no request log line", 50, 200),
+    "304-contract": ("the same 304 from bench/contract_304.py: token check and row lookup only", 50, 200),
+    "304-flask": ("the same 304 from bench/bare_flask.py: Flask's own floor", 50, 200),
+    "304-bare": ("the same 304 from bench/bare.py: a bare WSGI app", 50, 200),
 }
+FLOOR_APPS = {"304-contract": "bench.contract_304", "304-flask": "bench.bare_flask", "304-bare": "bench.bare"}
 
 
 def main(argv=None):
@@ -67,7 +73,8 @@ def _requests(kind, count):
     scratch = tempfile.mkdtemp(prefix="bench-instructions-")
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(dir=scratch))
     settings = {"DATABASE_URL": f"sqlite:///{scratch}/chatfiles.db", "LOCAL_STORAGE_ROOT": f"{scratch}/objects",
-                "WORKSPACES_ROOT": f"{scratch}/workspaces", "LOG_LEVEL": "INFO"}
+                "WORKSPACES_ROOT": f"{scratch}/workspaces", "LOG_LEVEL": "WARNING" if kind == "304-nolog" else "INFO"}
+    os.environ["DATABASE_URL"] = settings["DATABASE_URL"]  # bench/contract_304.py reads the service's database
     moto = None
     try:
         if kind == "upload":
@@ -119,16 +126,23 @@ def _prepared_request(kind, settings, log_stream):
     if kind == "upload":
         make_environ, status = (lambda: EnvironBuilder(**upload).get_environ()), "201"
     else:
-        headers = {**auth, "If-None-Match": etag} if kind == "304" else auth
+        headers = auth if kind == "200" else {**auth, "If-None-Match": etag}
         environ = EnvironBuilder(path=file_url, headers=headers).get_environ()
-        make_environ, status = (lambda: dict(environ)), kind
+        make_environ, status = (lambda: dict(environ)), kind[:3]
+    wsgi_app = app.wsgi_app
+    if kind in FLOOR_APPS:
+        import importlib
+
+        floor = importlib.import_module(FLOOR_APPS[kind]).app
+        wsgi_app = getattr(floor, "wsgi_app", floor)  # Flask's app, or the bare WSGI callable
 
     def one_request():
         answered = []
-        body = app.wsgi_app(make_environ(), lambda line, headers, exc_info=None: answered.append(line))
+        body = wsgi_app(make_environ(), lambda line, headers, exc_info=None: answered.append(line))
         for _ in body:
             pass
-        body.close()
+        if hasattr(body, "close"):
+            body.close()
         assert answered[0].startswith(status), answered
 
     return one_request

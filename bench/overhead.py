@@ -11,6 +11,10 @@
 - variant puts = this process's boto3 CPU for the objects an upload writes
   beside the original (thumbnail, preview), which the passthrough does
   not: a floor inside the upload overhead;
+- spool = this process's CPU for taking the same body in as the upload view
+  does (``uploads.SpooledBody``: SHA-256 and a temporary file, in the
+  view's read chunks): the hash is the contract's (the ETag, ``/info``, the
+  object metadata) and the file is the slow-client defence, so a floor too;
 - download overhead = service CPU per download − passthrough CPU per download;
 - 304 overhead (in the conditional section) = a 304's CPU − a bare request's
   on bench/bare.py under the same gunicorn settings.
@@ -26,6 +30,7 @@ import time
 from prometheus_client import CollectorRegistry, multiprocess
 
 import config
+import uploads
 import variants
 from bench.load import Cell
 from bench.stack import BUCKET
@@ -41,26 +46,44 @@ def image_work(data, settings=config.DEFAULTS):
 
 
 def time_image_work(data, budget_seconds=0.5, max_runs=7):
-    """Median CPU seconds of ``image_work(data)`` on this thread, 3 to ``max_runs`` runs (CPU: the machine may be busy)."""
+    """(median CPU seconds of ``image_work(data)`` on this thread, 3 to ``max_runs`` runs, the variants it made).
+
+    CPU, not wall time: the machine may be busy.
+    """
     if len(data) < 1_000_000:
         image_work(data)  # warm: Pillow's plugins load on first use (small files come first; a big run costs seconds)
     runs = []
     started = time.perf_counter()
     while len(runs) < max_runs and (len(runs) < 3 or time.perf_counter() - started < budget_seconds):
         begin = time.thread_time()
-        image_work(data)
+        _, _, made = image_work(data)
         runs.append(time.thread_time() - begin)
-    return statistics.median(runs)
+    return statistics.median(runs), made
 
 
-def time_variant_puts(client, bucket, data, runs=5):
-    """Median thread CPU seconds of putting the variants an upload of ``data`` stores, from this process.
+def time_spool(data, runs=5):
+    """Median thread CPU seconds of spooling ``data`` as the upload view does: SHA-256 and a temporary file."""
+    samples = []
+    for _ in range(runs):
+        begin = time.thread_time()
+        body = uploads.SpooledBody()
+        try:
+            for start in range(0, len(data), uploads.READ_CHUNK):
+                body.write(data[start:start + uploads.READ_CHUNK])
+            body.sha256
+        finally:
+            body.close()
+        samples.append(time.thread_time() - begin)
+    return statistics.median(samples)
+
+
+def time_variant_puts(client, bucket, made, runs=5):
+    """Median thread CPU seconds of putting the variants an upload stored (``made``), from this process.
 
     Each variant is one more object (the bucket layout is public), and the
     passthrough puts only the original: this is the part of the upload
     overhead that is boto3's and the store's, whatever the service does.
     """
-    _, _, made = image_work(data)
     stored = [variant for variant in made if not variant.original]
     if not stored:
         return 0.0
@@ -96,11 +119,12 @@ def median_difference(rounds_a, rounds_b, less_ms=None):
 
 
 class OverheadBench:
-    def __init__(self, grid, duration, log=print, work_ms=None):
+    def __init__(self, grid, duration, log=print, image_work_done=None):
         self.grid = grid
         self.duration = duration
         self.log = log
-        self.work_ms = work_ms or {}  # {(content type, size label): image work ms} already measured
+        # {(content type, size label): (image work ms, variants made)} already measured
+        self.image_work_done = image_work_done or {}
 
     def run(self, images_by_type):
         """``{content_type: {size label: bytes}}`` -> rows, one per (type, size)."""
@@ -112,43 +136,49 @@ class OverheadBench:
 
     def measure(self, content_type, label, data):
         grid = self.grid
-        bench_work_ms = self.work_ms.get((content_type, label))
-        if bench_work_ms is None:
-            bench_work_ms = 1000 * time_image_work(data)
+        done = self.image_work_done.get((content_type, label))
+        if done is None:
+            seconds, made = time_image_work(data)
+            done = 1000 * seconds, made
+        bench_work_ms, made = done
         image_seconds = []  # per service upload round: the workers' own image-work CPU
-        uploads = self._rounds({system: grid._call(system, "upload", data, None, content_type)
-                                for system in ("service", "passthrough")},
-                               probes={"service": (lambda: worker_image_seconds(grid.stack.service.metrics_dir),
-                                                   image_seconds)})
+        upload_rounds = self._rounds({system: grid._call(system, "upload", data, None, content_type)
+                                      for system in ("service", "passthrough")},
+                                     probes={"service": (lambda: worker_image_seconds(grid.stack.service.metrics_dir),
+                                                         image_seconds)})
         grid._delete_uploads()
         seeds = grid.seed(data, content_type)
-        downloads = self._rounds({system: grid._call(system, "download", data, seeds[system], content_type)
-                                  for system in ("service", "passthrough")})
+        download_rounds = self._rounds({system: grid._call(system, "download", data, seeds[system], content_type)
+                                        for system in ("service", "passthrough")})
         work_ms = [1000 * seconds / result.requests if result.requests else float("nan")
-                   for seconds, result in zip(image_seconds, uploads["service"])]
-        puts_ms = 1000 * time_variant_puts(grid.s3, BUCKET, data)
-        upload_overhead = median_difference(uploads["service"], uploads["passthrough"], work_ms)
+                   for seconds, result in zip(image_seconds, upload_rounds["service"])]
+        puts_ms = 1000 * time_variant_puts(grid.s3, BUCKET, made)
+        spool_ms = 1000 * time_spool(data)
+        upload_overhead = median_difference(upload_rounds["service"], upload_rounds["passthrough"], work_ms)
         row = {
             "content_type": content_type, "size_label": label, "bytes": len(data),
             "image_work_ms": round(statistics.median(work_ms), 3),
             "image_work_bench_ms": round(bench_work_ms, 3),
-            "upload_service_ms": round(statistics.median(map(cpu_ms, uploads["service"])), 3),
-            "upload_passthrough_ms": round(statistics.median(map(cpu_ms, uploads["passthrough"])), 3),
+            "upload_service_ms": round(statistics.median(map(cpu_ms, upload_rounds["service"])), 3),
+            "upload_passthrough_ms": round(statistics.median(map(cpu_ms, upload_rounds["passthrough"])), 3),
             "upload_overhead_ms": round(upload_overhead, 3),
             "variant_puts_ms": round(puts_ms, 3),
-            "upload_overhead_beyond_puts_ms": round(upload_overhead - puts_ms, 3),
-            "download_service_ms": round(statistics.median(map(cpu_ms, downloads["service"])), 3),
-            "download_passthrough_ms": round(statistics.median(map(cpu_ms, downloads["passthrough"])), 3),
-            "download_overhead_ms": round(median_difference(downloads["service"], downloads["passthrough"]), 3),
+            "spool_ms": round(spool_ms, 3),
+            "upload_overhead_beyond_floors_ms": round(upload_overhead - puts_ms - spool_ms, 3),
+            "download_service_ms": round(statistics.median(map(cpu_ms, download_rounds["service"])), 3),
+            "download_passthrough_ms": round(statistics.median(map(cpu_ms, download_rounds["passthrough"])), 3),
+            "download_overhead_ms": round(median_difference(download_rounds["service"],
+                                                            download_rounds["passthrough"]), 3),
             "requests": {f"{direction} {system}": sum(r.requests for r in rounds[system])
-                         for direction, rounds in (("upload", uploads), ("download", downloads))
+                         for direction, rounds in (("upload", upload_rounds), ("download", download_rounds))
                          for system in rounds},
-            "errors": [r.first_error for rounds in (uploads, downloads) for results in rounds.values()
+            "errors": [r.first_error for rounds in (upload_rounds, download_rounds) for results in rounds.values()
                        for r in results if r.first_error][:3],
         }
         self.log(f"  {content_type:10} {label:>6}: image work {row['image_work_ms']:7.2f} ms "
-                 f"(here {bench_work_ms:7.2f}), variant puts {puts_ms:5.2f} ms, upload overhead "
-                 f"{row['upload_overhead_ms']:7.2f} ms, download overhead {row['download_overhead_ms']:6.2f} ms"
+                 f"(here {bench_work_ms:7.2f}), variant puts {puts_ms:5.2f} ms, spool {spool_ms:5.2f} ms, "
+                 f"upload overhead {row['upload_overhead_ms']:7.2f} ms, "
+                 f"download overhead {row['download_overhead_ms']:6.2f} ms"
                  + (f"  errors: {row['errors'][0][:120]}" if row["errors"] else ""))
         return row
 

@@ -32,9 +32,11 @@ from bench.stack import Stack  # noqa: E402
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--system", default="service", choices=("service", "passthrough", "bare", "flask"),
+    parser.add_argument("--system", default="service",
+                        choices=("service", "passthrough", "bare", "flask", "contract"),
                         help="bare: bench/bare.py's 304, the floor of --direction conditional; "
-                             "flask: bench/bare_flask.py's, Flask's own floor")
+                             "flask: bench/bare_flask.py's, Flask's own floor; "
+                             "contract: bench/contract_304.py's, the least a correct 304 costs")
     parser.add_argument("--direction", default="upload", choices=("upload", "download", "conditional"))
     parser.add_argument("--size", default="1 MB", choices=list(SIZES))
     parser.add_argument("--format", default="image/jpeg")
@@ -66,7 +68,8 @@ def main(argv=None):
             grid = Grid(stack, args.format, args.seconds, 10**6, log=print)
             grid.warm_up(cached_image(CACHE_DIR, args.format, SIZES["10 KB"]))
             call, pids = _call(grid, args, data)
-            server = getattr(stack, {"flask": "flask_floor"}.get(args.system, args.system))
+            server = getattr(stack, {"flask": "flask_floor", "contract": "contract_floor"}.get(args.system,
+                                                                                                args.system))
             raw_files = []
             recorders = []
             for pid in server.worker_pids():
@@ -103,13 +106,14 @@ def _call(grid, args, data):
                       else (grid.stack.flask_floor.port, grid.flask_floor_pids))
         path = "/api/v2/chats/files/x"
         return HttpCall(port, "GET", path, status=304, expect_bytes=0, warm_path=path), pids
-    if args.direction == "conditional":
+    if args.direction == "conditional" or args.system == "contract":
         file_id, etag = grid.seed_service_file(data)
         from bench.load import HttpCall
 
         headers = {"Coder-Session-Token": grid.downloader.token, "If-None-Match": etag}
-        return HttpCall(grid.stack.service.port, "GET", f"/api/v2/chats/files/{file_id}", headers, status=304,
-                        expect_bytes=0), grid.service_pids
+        port, pids = ((grid.stack.contract_floor.port, grid.contract_floor_pids) if args.system == "contract"
+                      else (grid.stack.service.port, grid.service_pids))
+        return HttpCall(port, "GET", f"/api/v2/chats/files/{file_id}", headers, status=304, expect_bytes=0), pids
     seed = grid.seed(data)[args.system] if args.direction == "download" else None
     return grid._call(args.system, args.direction, data, seed)
 

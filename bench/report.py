@@ -166,7 +166,8 @@ def upload_rss_allowance(content_type):
 def not_modified_overhead(results, above="bare", of="304"):
     """{concurrency: server CPU ms per request of ``of`` − of ``above``}, from the conditional section.
 
-    Default: the 304 overhead (the service's 304 − the bare app's); ``of="flask"``: Flask's own floor.
+    Default: the 304 overhead (the service's 304 − the bare app's); ``of="flask"``: Flask's own floor;
+    ``of="contract"``: the least a correct 304 costs (bench/contract_304.py).
     """
     by_key = {(row["status"], row["concurrency"]): row for row in results.get("conditional", [])}
     return {c: _per_request(by_key[of, c], "server_cpu") - _per_request(by_key[above, c], "server_cpu")
@@ -220,7 +221,8 @@ def _overhead(results, image_names):
               _fmt(row["upload_passthrough_ms"], 2), _overhead_cell(row["upload_overhead_ms"],
                                                                    upload_overhead_allowance(row["bytes"])),
               _fmt(upload_overhead_allowance(row["bytes"]), 2), _fmt(row.get("variant_puts_ms"), 2),
-              _fmt(row.get("upload_overhead_beyond_puts_ms"), 2), _fmt(row["download_service_ms"], 2),
+              _fmt(row.get("spool_ms"), 2), _fmt(row.get("upload_overhead_beyond_floors_ms"), 2),
+              _fmt(row["download_service_ms"], 2),
               _fmt(row["download_passthrough_ms"], 2), _overhead_cell(row["download_overhead_ms"],
                                                                      DOWNLOAD_OVERHEAD_MS)]
              for row in rows]
@@ -236,11 +238,14 @@ def _overhead(results, image_names):
         "Upload overhead = service − passthrough − image work in the worker, per round; download overhead = "
         "service − passthrough. *Variant puts* = boto3's CPU for putting the upload's stored variants (the "
         "thumbnail, and the preview unless the original serves as it) to the same moto, timed in the benchmark "
-        "process: objects the passthrough does not write, so a floor inside the upload overhead; *beyond puts* = "
-        "upload overhead − variant puts. Bold = over target.", "",
+        "process: objects the passthrough does not write, so a floor inside the upload overhead. *Spool* = the "
+        "CPU of taking the same body in as the upload view does (`uploads.SpooledBody`: its SHA-256, which the "
+        "contract makes the ETag, and the temporary file that keeps a slow client's body out of memory), timed "
+        "in the benchmark process: a floor too. *Beyond floors* = upload overhead − variant puts − spool. "
+        "Bold = over target.", "",
         _table(["type", "size", "image work here", "image work in the worker", "upload svc", "upload pass",
-                "upload overhead", "allowed", "variant puts", "beyond puts", "download svc", "download pass",
-                "download overhead"], table), "",
+                "upload overhead", "allowed", "variant puts", "spool", "beyond floors", "download svc",
+                "download pass", "download overhead"], table), "",
     ])
 
 
@@ -358,25 +363,29 @@ def _conditional(results, image_names):
     table = []
     for c in sorted({row["concurrency"] for row in rows}):
         plain, conditional = by_key.get(("200", c)), by_key.get(("304", c))
-        bare, flask = by_key.get(("bare", c)), by_key.get(("flask", c))
+        floors = [by_key.get((name, c)) for name in ("bare", "flask", "contract")]
         table.append([c, _fmt(plain["rate"]), _fmt(plain["p50_ms"]), _fmt(conditional["rate"]),
                       _fmt(conditional["p50_ms"]), _fmt(conditional["p99_ms"]), f"{speedups.get(c, float('nan')):.1f}×",
                       _fmt(_per_request(conditional, "server_cpu"), 2),
-                      _fmt(_per_request(bare, "server_cpu"), 2) if bare else "–",
-                      _fmt(_per_request(flask, "server_cpu"), 2) if flask else "–",
+                      *(_fmt(_per_request(floor, "server_cpu"), 2) if floor else "–" for floor in floors),
                       _fmt(not_modified_overhead(results).get(c), 2),
                       _fmt(not_modified_overhead(results, of="flask").get(c), 2),
-                      _fmt(not_modified_overhead(results, above="flask").get(c), 2)])
+                      _fmt(not_modified_overhead(results, of="contract", above="flask").get(c), 2),
+                      _fmt(not_modified_overhead(results, above="contract").get(c), 2)])
     return "\n".join([
         f"## Conditional GET (304) against plain GET (200), {results['conditional_size_label']} image", "",
         "\"bare\" is bench/bare.py, a WSGI app that answers every request with a hand-built 304, under the same "
         "gunicorn settings, measured in the same rounds; 304 overhead = the service's 304 CPU − the bare one's. "
         "\"Flask\" is bench/bare_flask.py, the same 304 from a one-route Flask app (no middleware, token, database "
-        "or log line): Flask's own floor, which the service's 304 overhead splits into (Flask − bare) and "
-        "(service − Flask).", "",
+        "or log line): Flask's own floor. \"contract\" is bench/contract_304.py, a one-route Flask app doing only "
+        "what the contract asks of a 304, with the service's own token check and row lookup on the service's "
+        "database: the least a correct 304 costs in Flask. The service's 304 overhead splits into Flask's floor "
+        "(Flask − bare), the contract's work (contract − Flask) and what the service adds to every request: the "
+        "request log line, metrics, request id, body and cross-origin middleware (service − contract).", "",
         _table(["c", "200 req/s", "200 p50 ms", "304 req/s", "304 p50 ms", "304 p99 ms", "304 ÷ 200",
-                "304 server CPU ms/req", "bare CPU ms/req", "Flask CPU ms/req", "304 overhead ms",
-                "of it Flask's floor", "of it the service's code"], table),
+                "304 server CPU ms/req", "bare CPU ms/req", "Flask CPU ms/req", "contract CPU ms/req",
+                "304 overhead ms", "of it Flask's floor", "of it the contract's work", "of it the service's additions"],
+               table),
         "",
     ])
 
@@ -693,6 +702,20 @@ def target_values(results):
     return values
 
 
+def floor_values(results):
+    """One run's figures beside the targets, not judged: the floors under them, and what is left above them."""
+    values = {}
+    for label, of in (("Flask's own 304 over a bare request, ms (bench/bare_flask.py)", "flask"),
+                      ("the contract's minimum 304 over a bare request, ms (bench/contract_304.py)", "contract")):
+        for c, value in sorted(not_modified_overhead(results, of=of).items()):
+            values[label, f"c={c}"] = value
+    for row in results.get("overhead", []):
+        if "upload_overhead_beyond_floors_ms" in row:
+            values["upload overhead beyond variant puts and spool, ms",
+                   f"{row['content_type']} {row['size_label']}"] = row["upload_overhead_beyond_floors_ms"]
+    return values
+
+
 def render_targets(runs):
     """The targets judged on the median of each figure over ``runs`` (a list of results)."""
     per_run = [target_values(results) for results in runs]
@@ -706,6 +729,10 @@ def render_targets(runs):
         met, judged = met + ok, judged + 1
         rows.append([key[0], key[1], *(_fmt(value, 2) for value in seen), _fmt(median, 2), _fmt(allowed, 2),
                      _verdict(ok)])
+    floors = [floor_values(results) for results in runs]
+    floor_rows = [[key[0], key[1], *(_fmt(values.get(key), 2) for values in floors),
+                   _fmt(_median([values[key] for values in floors if key in values]), 2)]
+                  for key in dict.fromkeys(key for values in floors for key in values)]
     starts = ", ".join(results["meta"]["finished_at"] for results in runs)
     loads = "; ".join(f"{results['meta'].get('load_before')} / {results['meta'].get('load_after')}"
                       for results in runs)
@@ -716,4 +743,8 @@ def render_targets(runs):
         f"{met} of {judged} figures meet their target.", "",
         _table(["target", "cell", *(f"run {number}" for number in range(1, len(runs) + 1)), "median", "allowed",
                 "met"], rows), "",
+        *(["Beside the targets, from the same runs and not judged: the floors under the 304 target, and the "
+           "upload overhead left above its own floors (see the Overhead section):", "",
+           _table(["floor", "cell", *(f"run {number}" for number in range(1, len(runs) + 1)), "median"],
+                  floor_rows), ""] if floor_rows else []),
     ])

@@ -59,7 +59,7 @@ class BareServer(PassthroughServer):
         return [os.path.join(BIN, "gunicorn"), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", self.APP]
 
     def _answers(self):
-        return _answers_304(self.port, "/")
+        return _answers_with(self.port, "/")
 
 
 class FlaskFloorServer(BareServer):
@@ -69,16 +69,26 @@ class FlaskFloorServer(BareServer):
     APP = "bench.bare_flask:app"
 
     def _answers(self):
-        return _answers_304(self.port, "/api/v2/chats/files/x")
+        return _answers_with(self.port, "/api/v2/chats/files/x")
 
 
-def _answers_304(port, path):
+class ContractFloorServer(BareServer):
+    """bench/contract_304.py on the service's database: the least a correct 304 costs in Flask."""
+
+    NAME = "contract-floor gunicorn"
+    APP = "bench.contract_304:app"
+
+    def _answers(self):
+        return _answers_with(self.port, "/api/v2/chats/files/x", status=401)  # no token: the route ran
+
+
+def _answers_with(port, path, status=304):
     import http.client
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
     try:
         connection.request("GET", path)
-        return connection.getresponse().status == 304
+        return connection.getresponse().status == status
     except OSError:
         return False
     finally:
@@ -102,6 +112,7 @@ class Stack:
         self.passthrough = None
         self.bare = None
         self.flask_floor = None
+        self.contract_floor = None
 
     def __enter__(self):
         return self
@@ -126,6 +137,8 @@ class Stack:
         self.passthrough = self._started(PassthroughServer(self.s3_environment(), work_dir=self._dir("passthrough")))
         self.bare = self._started(BareServer({}, work_dir=self._dir("bare")))
         self.flask_floor = self._started(FlaskFloorServer({}, work_dir=self._dir("flask-floor")))
+        self.contract_floor = self._started(ContractFloorServer({"DATABASE_URL": self.service.env["DATABASE_URL"]},
+                                                               work_dir=self._dir("contract-floor")))
         return self
 
     def s3_environment(self):

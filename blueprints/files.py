@@ -65,7 +65,7 @@ def upload():
 @login_required
 def download(file_id):
     row = _readable_file(file_id, _FILE_TO_SEND)
-    return _send(row.content_type, row.name, row.sha256, row.size, _original_key(row))
+    return _send(row.content_type, row.name, row.sha256, row.size, lambda: _original_key(row))
 
 
 def _download_variant(file_id, variant):
@@ -75,9 +75,9 @@ def _download_variant(file_id, variant):
         raise ApiError(404, f"The file has no {variant} yet.",
                        "Files uploaded before variants existed get them from the generate-variants command.")
     if stored.original:
-        return _send(row.content_type, row.name, row.sha256, row.size, _original_key(row))
-    key = variant_key(current_app.config["VARIANTS_PREFIX"], row.organization_id, row.id, variant)
-    return _send(stored.content_type, variants.renamed(row.name, stored.content_type), stored.sha256, stored.size, key)
+        return _send(row.content_type, row.name, row.sha256, row.size, lambda: _original_key(row))
+    return _send(stored.content_type, variants.renamed(row.name, stored.content_type), stored.sha256, stored.size,
+                 lambda: variant_key(current_app.config["VARIANTS_PREFIX"], row.organization_id, row.id, variant))
 
 
 # One route per variant (variants.VARIANTS): /thumbnail, /preview.
@@ -140,8 +140,11 @@ def _all_keys(row):
     return [_original_key(row)] + [variant_key(prefix, row.organization_id, row.id, name) for name in variants.NAMES]
 
 
-def _send(content_type, name, sha256, size, key):
-    """200 with the object's bytes streamed from storage, 304 for a matching If-None-Match, headers only for HEAD."""
+def _send(content_type, name, sha256, size, key_of):
+    """200 with the object's bytes streamed from storage, 304 for a matching If-None-Match, headers only for HEAD.
+
+    ``key_of()`` names the object: only a 200 with a body needs it.
+    """
     headers = {
         "Content-Type": content_type,
         "Content-Disposition": inline_content_disposition(name),
@@ -155,7 +158,7 @@ def _send(content_type, name, sha256, size, key):
     headers["Content-Length"] = str(size)
     if request.method == "HEAD":
         return Response(status=200, headers=headers)
-    stored = _open_object(key)
+    stored = _open_object(key_of())
     return Response(_stream(stored), status=200, headers=headers, direct_passthrough=True)
 
 
