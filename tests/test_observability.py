@@ -544,6 +544,14 @@ def test_live_dead_worker_keeps_its_counts_but_not_its_gauge(live):
     assert scrape(live)[("chatfiles_watch_sockets_open", ())] == 0
 
 
+def test_line_timestamps_are_each_records_own_second():
+    """The formatted second is reused between lines: a line in another second must never get it."""
+    # A second, the same second again, the next one, an earlier one (another thread's older record), the epoch.
+    for created in (1_764_630_000.25, 1_764_630_000.75, 1_764_630_001.0, 1_764_629_999.5, 0.0):
+        second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(created)))
+        assert jsonlog._timestamp(created) == f"{second}.{round(created % 1 * 1000):03d}Z"
+
+
 def test_scrub_removes_query_strings_cookies_and_tokens_from_gunicorn_warnings():
     token = "0123456789-abcdefghijklmnopqrstuv"
     line = (f"Invalid request from ip=1.2.3.4: Invalid HTTP request line: "
