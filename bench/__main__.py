@@ -132,6 +132,7 @@ def run(args):
         "sections": args.sections,
     }}
     log("preparing images (cached in var/bench/images)")
+    prepare_images(args)
     grid_images = {label: cached_image(CACHE_DIR, args.format, size) for label, size in args.sizes.items()}
     sample = grid_images[max(args.sizes, key=args.sizes.get)]
     results["meta"]["bytes_per_pixel"] = round(len(sample) / pixel_count(sample), 2)
@@ -166,6 +167,36 @@ def run(args):
     results["meta"]["load_after"] = procstat.load_average()
     results["meta"]["finished_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return results
+
+
+def prepare_images(args):
+    """Make every sample image the run's sections will ask for, on every core at once, largest first.
+
+    On a fresh clone nothing is cached and making them one after another
+    took a tenth of the run; the sections then read them from the cache.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench import variants
+
+    wanted = {(args.format, size, None) for size in args.sizes.values()}
+    if {"verify", "overhead"} & set(args.sections):
+        wanted |= {(content_type, size, None) for content_type in VERIFY_TYPES for size in args.sizes.values()}
+    if "memory" in args.sections:
+        wanted |= {(content_type, *sizes) for content_type in MEMORY_TYPES
+                   for sizes in ((10_000, None), MEMORY_IMAGE)}
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        made = [pool.submit(cached_image, CACHE_DIR, *image) for image in sorted(wanted, key=lambda w: -w[1])]
+        if complete_run(args):
+            made += [pool.submit(variants.sample, label) for label in variants.SAMPLES]
+        for future in made:
+            future.result()  # an image that could not be made fails the run here, not half-way through
+
+
+def complete_run(args):
+    """Every section of the kind of run, not --quick: the one that rewrites docs/ (and runs the variants)."""
+    postgres = args.database == "postgres"
+    return set(args.sections) == set(POSTGRES_SECTIONS if postgres else SECTIONS) and not args.quick
 
 
 def run_verify(args, results, done):
@@ -314,7 +345,7 @@ def main(argv=None):
     postgres = args.database == "postgres"
     latest = None if args.watch_only else POSTGRES_LATEST if postgres else "results-latest.json"
     log(f"results saved to {save(results, latest)} ({results['meta']['elapsed_s']:.0f} s)")
-    complete = set(args.sections) == set(POSTGRES_SECTIONS if postgres else SECTIONS) and not args.quick
+    complete = complete_run(args)
     if args.watch_only:
         log(f"wrote the watch section of {report.write_section(results, ROOT / 'docs', 'watch')}")
     elif postgres and (complete or args.write_docs):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import boto3
 
 from bench import stack as bench_stack
-from bench.load import Boto3Call, Cell, HttpCall
+from bench.load import Boto3Call, Cell, ClientPool, HttpCall
 from storage.s3 import CLIENT_CONFIG
 
 SYSTEMS = ("service", "passthrough", "boto3")
@@ -47,6 +47,7 @@ class Grid:
         self.uploader = create_account(stack.service, "bench-uploader")
         self.downloader = create_account(stack.service, "bench-downloader")
         self.s3 = self.new_s3_client()
+        self.boto3_clients = ClientPool(self.new_s3_client)  # the storage floor's, one per client thread
         self.service_pids = lambda: [stack.service.pid, *stack.service.worker_pids()]
         self.passthrough_pids = lambda: [stack.passthrough.pid, *stack.passthrough.worker_pids()]
         self.bare_pids = lambda: [stack.bare.pid, *stack.bare.worker_pids()]
@@ -183,9 +184,9 @@ class Grid:
 
     def _boto3_call(self, direction, data, key):
         if direction == "upload":
-            return Boto3Call(self.new_s3_client, bench_stack.BUCKET, "upload", data, prefix="direct/up/",
+            return Boto3Call(self.boto3_clients, bench_stack.BUCKET, "upload", data, prefix="direct/up/",
                              content_type=self.content_type)
-        return Boto3Call(self.new_s3_client, bench_stack.BUCKET, "download", data, key=key)
+        return Boto3Call(self.boto3_clients, bench_stack.BUCKET, "download", data, key=key)
 
     # -- objects --
 
