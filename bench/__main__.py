@@ -159,8 +159,7 @@ def run(args):
             if "memory" in args.sections:
                 timing("memory", run_memory, args, stack, results)
             if "watch" in args.sections:
-                log("starting a single-worker service (WEB_CONCURRENCY=1) for the watch")
-                timing("watch", run_watch, args, stack.start_service("watch", WEB_CONCURRENCY=1), results)
+                timing("watch", run_watch, args, stack, results)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     results["meta"]["elapsed_s"] = time.perf_counter() - started
@@ -266,20 +265,29 @@ def run_memory(args, stack, results):
         stack.stop(service)
 
 
-def run_watch(args, service, results):
-    from bench.watch import SCALE_CASES, SCALE_SOCKETS, WatchBench, WatchUnavailable
+def run_watch(args, stack, results):
+    from bench.watch import SCALE_CASES, SCALE_SOCKETS, WatchBench, WatchUnavailable, measure_scale
 
+    log("starting a single-worker service (WEB_CONCURRENCY=1) for the watch")
+    bench = WatchBench(stack.start_service("watch", WEB_CONCURRENCY=1), log=log)
     log("watch: write→message latency and idle CPU")
-    bench = WatchBench(service, log=log)
     watch = {"available": True, "latency": []}
     try:
         for files in WATCH_FILES:
             measured = bench.latency(files, args.watch_rounds, budget_seconds=30)
             watch["latency"].append(measured.summary())
         watch["idle"] = bench.idle_cpu(args.idle_seconds)
-        log(f"watch: large workspaces, {SCALE_SOCKETS} sockets each")
-        watch["scale"] = [bench.scale(label, repositories, untracked, args.scale_seconds)
-                          for label, repositories, untracked in SCALE_CASES]
+        log(f"watch: large workspaces, {SCALE_SOCKETS} sockets each, each on a single-worker service of its own")
+        cases = []
+        try:
+            for number, (label, repositories, untracked) in enumerate(SCALE_CASES):
+                service = stack.start_service(f"watch-scale-{number}", WEB_CONCURRENCY=1)
+                cases.append(WatchBench(service, log=log).open_scale(label, repositories, untracked))
+        except BaseException:
+            for case in cases:
+                case.close()
+            raise
+        watch["scale"] = measure_scale(cases, args.scale_seconds, log)
     except WatchUnavailable as why:
         watch = {"available": False, "reason": str(why)}
         log(f"  git watch: not available: {why}")

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import boto3
 
+import config
 from bench import stack as bench_stack
 from bench.load import Boto3Call, Cell, ClientPool, HttpCall
+from storage import variant_key
 from storage.s3 import CLIENT_CONFIG
 
 SYSTEMS = ("service", "passthrough", "boto3")
@@ -181,6 +183,19 @@ class Grid:
             return HttpCall(port, "POST", lambda: f"/objects/passthrough/up/{uuid.uuid4()}",
                             {"Content-Type": content_type}, body=data, status=201, warm_path="/")
         return HttpCall(port, "GET", f"/objects/{key}", expect_bytes=len(data), warm_path="/")
+
+    def thumbnail_calls(self, file_id):
+        """GET of a seeded file's thumbnail from the service, and of the same object through the passthrough.
+
+        {system: (call, pids)}: a variant download against its floor, the same bytes from the same store.
+        """
+        key = variant_key(config.DEFAULTS["VARIANTS_PREFIX"], self.downloader.organization_id, file_id, "thumbnail")
+        size = self.s3.head_object(Bucket=bench_stack.BUCKET, Key=key)["ContentLength"]
+        service = HttpCall(self.stack.service.port, "GET", f"/api/v2/chats/files/{file_id}/thumbnail",
+                           {TOKEN_HEADER: self.downloader.token}, expect_bytes=size)
+        passthrough = HttpCall(self.stack.passthrough.port, "GET", f"/objects/{key}", expect_bytes=size,
+                               warm_path="/")
+        return {"service": (service, self.service_pids), "passthrough": (passthrough, self.passthrough_pids)}
 
     def _boto3_call(self, direction, data, key):
         if direction == "upload":

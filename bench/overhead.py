@@ -16,6 +16,8 @@
   view's read chunks): the hash is the contract's (the ETag, ``/info``, the
   object metadata) and the file is the slow-client defence, so a floor too;
 - download overhead = service CPU per download − passthrough CPU per download;
+  the same for the file's thumbnail (a variant download: the service's
+  ``/thumbnail`` route against the same object through the passthrough);
 - 304 overhead (in the conditional section) = a 304's CPU − a bare request's
   on bench/bare.py under the same gunicorn settings.
 
@@ -150,6 +152,7 @@ class OverheadBench:
         seeds = grid.seed(data, content_type)
         download_rounds = self._rounds({system: grid._call(system, "download", data, seeds[system], content_type)
                                         for system in ("service", "passthrough")})
+        thumbnail_rounds = self._rounds(grid.thumbnail_calls(seeds["service"]))
         work_ms = [1000 * seconds / result.requests if result.requests else float("nan")
                    for seconds, result in zip(image_seconds, upload_rounds["service"])]
         puts_ms = 1000 * time_variant_puts(grid.s3, BUCKET, made)
@@ -169,16 +172,22 @@ class OverheadBench:
             "download_passthrough_ms": round(statistics.median(map(cpu_ms, download_rounds["passthrough"])), 3),
             "download_overhead_ms": round(median_difference(download_rounds["service"],
                                                             download_rounds["passthrough"]), 3),
+            "thumbnail_service_ms": round(statistics.median(map(cpu_ms, thumbnail_rounds["service"])), 3),
+            "thumbnail_passthrough_ms": round(statistics.median(map(cpu_ms, thumbnail_rounds["passthrough"])), 3),
+            "thumbnail_overhead_ms": round(median_difference(thumbnail_rounds["service"],
+                                                             thumbnail_rounds["passthrough"]), 3),
             "requests": {f"{direction} {system}": sum(r.requests for r in rounds[system])
-                         for direction, rounds in (("upload", upload_rounds), ("download", download_rounds))
+                         for direction, rounds in (("upload", upload_rounds), ("download", download_rounds),
+                                                   ("thumbnail", thumbnail_rounds))
                          for system in rounds},
-            "errors": [r.first_error for rounds in (upload_rounds, download_rounds) for results in rounds.values()
-                       for r in results if r.first_error][:3],
+            "errors": [r.first_error for rounds in (upload_rounds, download_rounds, thumbnail_rounds)
+                       for results in rounds.values() for r in results if r.first_error][:3],
         }
         self.log(f"  {content_type:10} {label:>6}: image work {row['image_work_ms']:7.2f} ms "
                  f"(here {bench_work_ms:7.2f}), variant puts {puts_ms:5.2f} ms, spool {spool_ms:5.2f} ms, "
                  f"upload overhead {row['upload_overhead_ms']:7.2f} ms, "
-                 f"download overhead {row['download_overhead_ms']:6.2f} ms"
+                 f"download overhead {row['download_overhead_ms']:6.2f} ms, "
+                 f"thumbnail overhead {row['thumbnail_overhead_ms']:6.2f} ms"
                  + (f"  errors: {row['errors'][0][:120]}" if row["errors"] else ""))
         return row
 

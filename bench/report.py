@@ -452,13 +452,16 @@ def _watch(results, image_names):
                  f"{100 * row['idle_cpu_per_socket']:.2f}%", f"{100 * row['busy_cpu_per_socket']:.2f}%"]
                 for row in scale]
         window = scale[0]["window_s"]
+        side_by_side = (f"Each workspace is on a single-worker service of its own, set up and timed one after "
+                        f"another; their CPU windows run side by side ({scale[0]['side_by_side']} workers at once). "
+                        if scale[0].get("side_by_side") else "")
         out += [
             "### Large workspaces", "",
             f"{scale[0]['sockets']} sockets on each workspace (one user); repositories have one modified file each. "
             "*Scan* is the time from a `refresh` to its answer (a fresh scan, shared by the sockets). CPU is the "
             f"worker's over {window:g} s divided by the sockets: idle (the 10 s safety rescan only) and with one "
-            "write a second. At most 64 repositories are read (the contract's ceiling); 30,000 untracked files "
-            "give the size note, known from the file list without reading the files.", "",
+            f"write a second. {side_by_side}At most 64 repositories are read (the contract's ceiling); 30,000 "
+            "untracked files give the size note, known from the file list without reading the files.", "",
             _table(["workspace", "repositories reported", "first message s", "scan s", "CPU/socket idle",
                     "CPU/socket, 1 write/s"], rows), "",
         ]

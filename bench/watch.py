@@ -7,10 +7,12 @@ workspace is a git repository with N committed files, all N modified (N
 changed files); each round rewrites one of them with a fresh marker and
 times until a message whose diff carries that marker arrives.
 
-Scale cases (``WatchBench.scale``): the first message's latency, the time a
-refresh takes to be answered (a fresh scan: the scan time), and the worker's
-CPU per socket with four sockets on the workspace, idle (periodic rescans
-only) and with one write a second.
+Scale cases (``WatchBench.open_scale``, ``measure_scale``): the first
+message's latency, the time a refresh takes to be answered (a fresh scan: the
+scan time), and the worker's CPU per socket with four sockets on the
+workspace, idle (periodic rescans only) and with one write a second. Each
+case runs on a single-worker service of its own, so their CPU windows can
+run side by side.
 """
 
 import json
@@ -228,15 +230,15 @@ class WatchBench:
                 "per_socket": per_socket, "seconds": seconds}
 
     def _cpu_rate(self, seconds):
-        before = procstat.cpu_seconds(self.worker_pid)
+        before = self.cpu_seconds()
         time.sleep(seconds)
-        return (procstat.cpu_seconds(self.worker_pid) - before) / seconds
+        return (self.cpu_seconds() - before) / seconds
 
 
     # -- scale --
 
-    def scale(self, label, repositories, untracked, window_seconds):
-        """First message, scan time and CPU per socket for one large workspace."""
+    def open_scale(self, label, repositories, untracked):
+        """One large workspace with SCALE_SOCKETS sockets open on it: its first message and scan time."""
         account = create_account(self.service, f"bench-scale-{repositories}-{untracked}")
         name = f"scale-{repositories}-{untracked}"
         workspace = make_repositories(self._workspaces_dir(account), name, repositories, untracked)
@@ -244,23 +246,15 @@ class WatchBench:
         connect_started = time.perf_counter()
         socket, first, _ = self.connect(chat_id, account)
         first_message_s = time.perf_counter() - connect_started
-        sockets = [socket] + [self.connect(chat_id, account)[0] for _ in range(SCALE_SOCKETS - 1)]
+        case = ScaleCase(self, label, repositories, untracked, workspace / "repo000" / "repo-bench.txt", [socket],
+                         first, first_message_s)
         try:
-            scans = [self._refresh_seconds(socket) for _ in range(3)]
-            idle = self._cpu_rate(window_seconds) / SCALE_SOCKETS
-            busy = self._cpu_with_writes(workspace / "repo000" / "repo-bench.txt", window_seconds, sockets)
-        finally:
-            for each in sockets:
-                each.close()
-        row = {"label": label, "repositories": repositories, "untracked": untracked,
-               "reported": len(first.get("repositories", [])), "truncated": bool(first.get("truncated")),
-               "first_message_s": round(first_message_s, 3), "scan_s": round(sorted(scans)[1], 3),
-               "idle_cpu_per_socket": idle, "busy_cpu_per_socket": busy / SCALE_SOCKETS,
-               "sockets": SCALE_SOCKETS, "window_s": window_seconds}
-        self.log(f"  {label}: first message {row['first_message_s']} s, scan {row['scan_s']} s, "
-                 f"{row['reported']} reported{' (truncated)' if row['truncated'] else ''}, CPU per socket "
-                 f"{100 * idle:.2f}% idle, {100 * row['busy_cpu_per_socket']:.2f}% with a write a second")
-        return row
+            case.sockets += [self.connect(chat_id, account)[0] for _ in range(SCALE_SOCKETS - 1)]
+            case.scans = [self._refresh_seconds(socket) for _ in range(3)]
+        except BaseException:
+            case.close()
+            raise
+        return case
 
     def _refresh_seconds(self, socket):
         self._drain(socket)
@@ -273,14 +267,72 @@ class WatchBench:
             if json.loads(text).get("type") == "changes":
                 return time.perf_counter() - started
 
-    def _cpu_with_writes(self, path, seconds, sockets):
-        before = procstat.cpu_seconds(self.worker_pid)
-        started = time.monotonic()
-        number = 0
-        while time.monotonic() - started < seconds:
-            path.write_text(f"write {number}\n")
+    def cpu_seconds(self):
+        return procstat.cpu_seconds(self.worker_pid)
+
+
+@dataclass
+class ScaleCase:
+    """A large workspace opened by ``WatchBench.open_scale`` on its own single-worker service."""
+
+    bench: WatchBench
+    label: str
+    repositories: int
+    untracked: int
+    written: Path  # the file each write of the busy window rewrites
+    sockets: list
+    first: dict
+    first_message_s: float
+    scans: list = field(default_factory=list)
+
+    def close(self):
+        for socket in self.sockets:
+            socket.close()
+
+
+def measure_scale(cases, window_seconds, log=print):
+    """Worker CPU per socket of every case, idle and with one write a second, in windows the cases share.
+
+    Each case has a worker of its own, so the windows run side by side: a
+    worker's CPU is its own workspace's, and the run takes two windows, not
+    two per case. Idle is the periodic rescans only (a window is longer
+    than the 10 s rescan interval).
+    """
+    try:
+        idle = _cpu_rates(cases, window_seconds, write=False)
+        busy = _cpu_rates(cases, window_seconds, write=True)
+    finally:
+        for case in cases:
+            case.close()
+    rows = []
+    for case in cases:
+        row = {"label": case.label, "repositories": case.repositories, "untracked": case.untracked,
+               "reported": len(case.first.get("repositories", [])), "truncated": bool(case.first.get("truncated")),
+               "first_message_s": round(case.first_message_s, 3), "scan_s": round(sorted(case.scans)[1], 3),
+               "idle_cpu_per_socket": idle[case.label] / SCALE_SOCKETS,
+               "busy_cpu_per_socket": busy[case.label] / SCALE_SOCKETS,
+               "sockets": SCALE_SOCKETS, "window_s": window_seconds, "side_by_side": len(cases)}
+        log(f"  {case.label}: first message {row['first_message_s']} s, scan {row['scan_s']} s, "
+            f"{row['reported']} reported{' (truncated)' if row['truncated'] else ''}, CPU per socket "
+            f"{100 * row['idle_cpu_per_socket']:.2f}% idle, {100 * row['busy_cpu_per_socket']:.2f}% with a write "
+            f"a second")
+        rows.append(row)
+    return rows
+
+
+def _cpu_rates(cases, seconds, write):
+    """{label: the case's worker CPU over one window / its length}; with ``write``, one write a second to each."""
+    before = {case.label: case.bench.cpu_seconds() for case in cases}
+    started = time.monotonic()
+    number = 0
+    while time.monotonic() - started < seconds:
+        if write:
+            for case in cases:
+                case.written.write_text(f"write {number}\n")
             number += 1
-            time.sleep(1)
-            for socket in sockets:
-                self._drain(socket)
-        return (procstat.cpu_seconds(self.worker_pid) - before) / (time.monotonic() - started)
+        time.sleep(1)
+        for case in cases:
+            for socket in case.sockets:
+                WatchBench._drain(socket)
+    elapsed = time.monotonic() - started
+    return {case.label: (case.bench.cpu_seconds() - before[case.label]) / elapsed for case in cases}

@@ -70,7 +70,7 @@ def download(file_id):
 
 def _download_variant(file_id, variant):
     row = _readable_file(file_id, _FILE_TO_SEND)
-    stored = ChatFileVariant.get_or_none((ChatFileVariant.file == row.id) & (ChatFileVariant.variant == variant))
+    stored = _VARIANT_TO_SEND.first(row.id, variant)
     if stored is None:
         raise ApiError(404, f"The file has no {variant} yet.",
                        "Files uploaded before variants existed get them from the generate-variants command.")
@@ -330,6 +330,12 @@ _OWN_FILE = _own_file_query()
 # What sending the bytes needs, and no more: no dates to parse.
 _FILE_TO_SEND = _own_file_query(ChatFile.id, ChatFile.organization, ChatFile.name, ChatFile.content_type,
                                 ChatFile.size, ChatFile.sha256)
+# A variant's row as sending it needs it.
+_VARIANT_TO_SEND = PreparedSelect(
+    lambda file_id, variant: ChatFileVariant.select(ChatFileVariant.original, ChatFileVariant.content_type,
+                                                    ChatFileVariant.size, ChatFileVariant.sha256)
+    .where((ChatFileVariant.file == file_id) & (ChatFileVariant.variant == variant)),
+    (ChatFileVariant.file, ChatFileVariant.variant), (uuid.UUID(int=1), "thumbnail"))
 _MEMBER = PreparedSelect(
     lambda user_id, organization_id: Membership.select(Membership.organization)
     .where((Membership.user == user_id) & (Membership.organization == organization_id)),

@@ -61,6 +61,21 @@ def test_the_prepared_variant_upsert_inserts_then_replaces(app, user):
         assert rows == [("thumbnail", True, "image/png", 11, 21, 31, "b" * 64)]
 
 
+def test_the_prepared_variant_lookup_finds_that_files_variant_only(app, user):
+    with app.app_context(), models.db.connection_context():
+        file_id, other_id = make_file(user).id, make_file(user).id
+        files._UPSERT_VARIANT.execute(file_id, "thumbnail", False, "image/webp", 10, 20, 30, "a" * 64).close()
+        files._UPSERT_VARIANT.execute(file_id, "preview", True, "image/png", 11, 21, 31, "b" * 64).close()
+        files._UPSERT_VARIANT.execute(other_id, "thumbnail", False, "image/jpeg", 12, 22, 32, "c" * 64).close()
+        thumbnail = files._VARIANT_TO_SEND.first(file_id, "thumbnail")
+        preview = files._VARIANT_TO_SEND.first(file_id, "preview")
+        assert (thumbnail.original, thumbnail.content_type, thumbnail.size, thumbnail.sha256) == (
+            False, "image/webp", 30, "a" * 64)
+        assert (preview.original, preview.content_type, preview.size, preview.sha256) == (
+            True, "image/png", 31, "b" * 64)
+        assert files._VARIANT_TO_SEND.first(uuid.uuid4(), "thumbnail") is None
+
+
 def test_a_narrow_prepared_select_leaves_unselected_columns_empty(app, user):
     with app.app_context(), models.db.connection_context():
         created = make_file(user)
