@@ -13,7 +13,10 @@ import threading
 
 import pytest
 import requests
+from gunicorn.http.unreader import SocketUnreader
 
+import uploads
+from tests.conftest import make_app
 from tests.imaging import make_image
 from tests.live import GunicornServer, sqlite_settings
 from tests.servers import LOCALHOST
@@ -268,3 +271,14 @@ def test_gunicorn_warnings_about_bad_requests_hold_no_token_cookie_or_query(live
     secret_part = token.split("-", 1)[1]
     assert secret_part not in text
     assert secret not in text
+
+
+# --- reading a body ---------------------------------------------------------------
+
+
+def test_gunicorn_reads_a_body_ahead_no_further_than_one_read_of_the_app(monkeypatch, tmp_path):
+    """gunicorn's reader copies all it holds ahead on every read the app makes: more read-ahead than one
+    read of the app costs CPU for every byte of an upload (the benchmark's upload overhead)."""
+    monkeypatch.setattr(SocketUnreader, "max_body_chunk", 1024 * 1024)  # gunicorn's own
+    make_app(f"sqlite:///{tmp_path}/app.db", {"LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}, tmp_path)
+    assert SocketUnreader.max_body_chunk <= uploads.READ_CHUNK
