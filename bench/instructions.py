@@ -128,7 +128,7 @@ def _prepared_request(kind, settings, log_stream):
     else:
         headers = auth if kind == "200" else {**auth, "If-None-Match": etag}
         environ = EnvironBuilder(path=file_url, headers=headers).get_environ()
-        make_environ, status = (lambda: dict(environ)), kind[:3]
+        make_environ, status = (lambda: dict(environ)), "200" if kind == "200" else "304"
     wsgi_app = app.wsgi_app
     if kind in FLOOR_APPS:
         import importlib

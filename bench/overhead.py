@@ -112,6 +112,12 @@ def cpu_ms(result):
     return 1000 * result.server_cpu / result.requests if result.requests else float("nan")
 
 
+def side_by_side(name, rounds):
+    """``{name}_service_ms`` and ``{name}_passthrough_ms``: each system's median CPU ms per request over its rounds."""
+    return {f"{name}_{system}_ms": round(statistics.median(map(cpu_ms, rounds[system])), 3)
+            for system in ("service", "passthrough")}
+
+
 def median_difference(rounds_a, rounds_b, less_ms=None):
     """Median over rounds of (CPU ms per request of a − of b − ``less_ms[i]``); rounds are paired by index."""
     less_ms = less_ms or [0.0] * len(rounds_a)
@@ -162,18 +168,15 @@ class OverheadBench:
             "content_type": content_type, "size_label": label, "bytes": len(data),
             "image_work_ms": round(statistics.median(work_ms), 3),
             "image_work_bench_ms": round(bench_work_ms, 3),
-            "upload_service_ms": round(statistics.median(map(cpu_ms, upload_rounds["service"])), 3),
-            "upload_passthrough_ms": round(statistics.median(map(cpu_ms, upload_rounds["passthrough"])), 3),
+            **side_by_side("upload", upload_rounds),
             "upload_overhead_ms": round(upload_overhead, 3),
             "variant_puts_ms": round(puts_ms, 3),
             "spool_ms": round(spool_ms, 3),
             "upload_overhead_beyond_floors_ms": round(upload_overhead - puts_ms - spool_ms, 3),
-            "download_service_ms": round(statistics.median(map(cpu_ms, download_rounds["service"])), 3),
-            "download_passthrough_ms": round(statistics.median(map(cpu_ms, download_rounds["passthrough"])), 3),
+            **side_by_side("download", download_rounds),
             "download_overhead_ms": round(median_difference(download_rounds["service"],
                                                             download_rounds["passthrough"]), 3),
-            "thumbnail_service_ms": round(statistics.median(map(cpu_ms, thumbnail_rounds["service"])), 3),
-            "thumbnail_passthrough_ms": round(statistics.median(map(cpu_ms, thumbnail_rounds["passthrough"])), 3),
+            **side_by_side("thumbnail", thumbnail_rounds),
             "thumbnail_overhead_ms": round(median_difference(thumbnail_rounds["service"],
                                                              thumbnail_rounds["passthrough"]), 3),
             "requests": {f"{direction} {system}": sum(r.requests for r in rounds[system])

@@ -282,3 +282,18 @@ def test_gunicorn_reads_a_body_ahead_no_further_than_one_read_of_the_app(monkeyp
     monkeypatch.setattr(SocketUnreader, "max_body_chunk", 1024 * 1024)  # gunicorn's own
     make_app(f"sqlite:///{tmp_path}/app.db", {"LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}, tmp_path)
     assert SocketUnreader.max_body_chunk <= uploads.READ_CHUNK
+
+
+@pytest.mark.parametrize("environ, length", [
+    ({}, 0),  # no body (PEP 3333: CONTENT_LENGTH absent or empty)
+    ({"CONTENT_LENGTH": ""}, 0),
+    ({"CONTENT_LENGTH": "12"}, 12),
+    ({"CONTENT_LENGTH": "-5"}, 0),
+    ({"CONTENT_LENGTH": "abc"}, 0),
+    ({"wsgi.input_terminated": True}, None),  # chunked: read until the server's stream ends
+    ({"CONTENT_LENGTH": "", "wsgi.input_terminated": True}, None),
+    ({"CONTENT_LENGTH": "abc", "wsgi.input_terminated": True}, None),
+])
+def test_a_bodys_declared_length(environ, length):
+    """A chunked body is never taken for an empty one, and a malformed length never for a body."""
+    assert uploads._declared_length(environ) == length
