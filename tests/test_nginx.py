@@ -7,6 +7,7 @@ act on one of them on purpose.
 
 import json
 import os
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -137,6 +138,57 @@ def test_nginx_errors_of_its_own_are_json(nginx, instances):
     response = requests.get(f"{nginx.url}/healthz", timeout=30)
     assert response.status_code == 502
     assert response.json() == {"message": "Service unavailable."}
+
+
+def raw_exchange(nginx, request):
+    """(status, headers, body) of nginx's answer to bytes no well-behaved client sends; nginx closes after it."""
+    with socket.create_connection(("127.0.0.1", nginx.port), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+# Past large_client_header_buffers (4 x 8k by default): nginx reads no further.
+LONG_REQUEST_LINE = b"GET /api/v2/chats?q=" + b"a" * 20000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+NGINX_OWN_ERRORS = {
+    "414 request line too long": (LONG_REQUEST_LINE, 414, "Request URI too long."),
+    "414 on the upload route": (LONG_REQUEST_LINE.replace(b"/api/v2/chats?", b"/api/v2/chats/files?"), 414,
+                                "Request URI too long."),
+    "501 unknown transfer coding": (b"POST /api/v2/chats/files HTTP/1.1\r\nHost: localhost\r\n"
+                                    b"Transfer-Encoding: gzip\r\n\r\n", 501, "Not implemented."),
+    "400 request line not HTTP": (b"NOT A REQUEST LINE\r\n\r\n", 400, "Bad request."),
+    "400 no Host": (b"GET /healthz HTTP/1.1\r\n\r\n", 400, "Bad request."),
+    # 494 goes out as 400 (nginx's choice), with its own words.
+    "494 header too large": (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+                             400, "Request headers too large."),
+    "505 HTTP version": (b"GET /healthz HTTP/2.0\r\nHost: localhost\r\n\r\n", 505, "HTTP version not supported."),
+    "404 the error page itself": (b"GET /_chatfiles/nginx-error HTTP/1.1\r\nHost: localhost\r\n"
+                                  b"Connection: close\r\n\r\n", 404, "Not found."),
+}
+
+
+def test_nginx_answers_malformed_requests_with_json_and_their_own_status(nginx):
+    # One nginx for every case: starting the instances is most of the time.
+    answers = {}
+    for case, (request_bytes, _, _) in NGINX_OWN_ERRORS.items():
+        status, headers, body = raw_exchange(nginx, request_bytes)
+        answers[case] = (status, headers.get("content-type"), body)
+    expected = {case: (status, "application/json", {"message": message})
+                for case, (_, status, message) in NGINX_OWN_ERRORS.items()}
+    assert {case: (status, content_type, json_or_text(body))
+            for case, (status, content_type, body) in answers.items()} == expected
+
+
+def json_or_text(body):
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("latin-1")
 
 
 def watch_url(nginx, chat):
