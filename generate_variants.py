@@ -8,6 +8,8 @@ displayed width and height (EXIF orientation applied) and ``animated`` are
 written in one transaction: objects first, rows last, as an upload does. A run
 killed anywhere leaves at worst objects without rows, which the next run makes
 and records again, so running it again is always safe and finishes the job.
+A file deleted while the run goes on (its row gone, its objects gone or
+going) is skipped: counted, not a failure.
 
 Files are visited in id order, ``BATCH_SIZE`` rows per query.
 """
@@ -32,6 +34,7 @@ class BackfillResult:
     complete: int = 0  # already had every variant
     generated: int = 0  # files given their missing variants
     variants_stored: int = 0  # objects put
+    skipped: int = 0  # files deleted while the run went on
     failed: list = field(default_factory=list)  # {"id", "error"} for files that could not be done
 
     def as_dict(self):
@@ -40,6 +43,8 @@ class BackfillResult:
     def summary(self):
         line = (f"Checked {self.files} files: {self.complete} already complete, {self.generated} given their "
                 f"missing variants ({self.variants_stored} objects stored).")
+        if self.skipped:
+            line += f" {self.skipped} skipped (deleted meanwhile)."
         if self.failed:
             line += f" {len(self.failed)} failed."
         return line
@@ -50,7 +55,8 @@ def generate_missing(storage, progress=None, batch_size=BATCH_SIZE):
 
     ``progress(result, total)`` is called after each file. A file that cannot
     be done (its original missing or no longer passing verification, storage
-    failing) is recorded in the result and the run goes on.
+    failing) is recorded in the result and the run goes on; one whose row is
+    gone by then was deleted meanwhile, and is skipped.
     """
     result = BackfillResult()
     total = ChatFile.select().count()
@@ -66,8 +72,15 @@ def generate_missing(storage, progress=None, batch_size=BATCH_SIZE):
             result.files += 1
             try:
                 _complete(storage, row, result)
+            except _Deleted:
+                result.skipped += 1
             except (StorageError, FileNotFoundError, images.UnsupportedType, images.InvalidImage) as error:
-                result.failed.append({"id": str(row.id), "error": _describe(error)})
+                # A delete removes the row before the objects: an object missing with its row gone is a
+                # deletion, with the row there a real loss.
+                if _deleted(row):
+                    result.skipped += 1
+                else:
+                    result.failed.append({"id": str(row.id), "error": _describe(error)})
             if progress is not None:
                 progress(result, total)
         last_id = rows[-1].id
@@ -90,8 +103,18 @@ def _complete(storage, row, result):
             ChatFile.update(width=still.width, height=still.height,
                             animated=info.animated).where(ChatFile.id == row.id).execute()
     except IntegrityError:
-        return  # the file was deleted meanwhile: gc-storage removes the objects just stored
+        if _deleted(row):  # meanwhile: gc-storage removes the objects just stored
+            raise _Deleted() from None
+        raise
     result.generated += 1
+
+
+class _Deleted(Exception):
+    """The file was deleted while the run worked on it."""
+
+
+def _deleted(row):
+    return not ChatFile.select().where(ChatFile.id == row.id).exists()
 
 
 def _missing_variants(storage, row):

@@ -566,7 +566,7 @@ def test_generate_variants_backfills_old_files_and_is_idempotent(app, client, au
 
     result, summary = backfill(app)
     assert result.exit_code == 0, result.output
-    assert summary == {"files": 2, "complete": 0, "generated": 2, "variants_stored": 3, "failed": []}
+    assert summary == {"files": 2, "complete": 0, "generated": 2, "variants_stored": 3, "skipped": 0, "failed": []}
     assert "\r" not in result.output  # no progress line when stdout is not a terminal
     photo = info(client, auth, photo_id)
     assert (photo["width"], photo["height"], photo["preview"]["width"]) == (2000, 1000, 1280)
@@ -574,7 +574,7 @@ def test_generate_variants_backfills_old_files_and_is_idempotent(app, client, au
     assert info(client, auth, gif_id)["animated"] is True
 
     _, again = backfill(app)
-    assert again == {"files": 2, "complete": 2, "generated": 0, "variants_stored": 0, "failed": []}
+    assert again == {"files": 2, "complete": 2, "generated": 0, "variants_stored": 0, "skipped": 0, "failed": []}
 
 
 def test_generate_variants_remakes_a_variant_whose_object_is_missing_whatever_the_database_says(app, client, auth,
@@ -609,7 +609,7 @@ def test_generate_variants_resumes_after_a_kill(app, client, auth, user, monkeyp
             generate_variants.generate_missing(get_storage())
 
     _, summary = backfill(app)
-    assert summary == {"files": 3, "complete": 1, "generated": 2, "variants_stored": 4, "failed": []}
+    assert summary == {"files": 3, "complete": 1, "generated": 2, "variants_stored": 4, "skipped": 0, "failed": []}
     for file_id in file_ids:
         assert opened(fetch(client, auth, file_id, "preview")).width == 1280
     with app.app_context(), models.db.connection_context():
@@ -657,11 +657,71 @@ def test_generate_variants_passes_over_a_file_deleted_while_it_works(app, client
     monkeypatch.setattr(generate_variants, "store_variants", store_then_delete)
     result, summary = backfill(app)
     assert summary is not None, result.output
-    assert (summary["generated"], summary["failed"]) == (0, [])
+    assert result.exit_code == 0, result.output
+    assert (summary["generated"], summary["skipped"], summary["failed"]) == (0, 1, [])
     assert len(variant_keys(app)) <= 2  # whatever the delete missed, gc-storage removes
     result = app.test_cli_runner().invoke(args=["gc-storage", "--older-than", "0"])
     assert result.exit_code == 0, result.output
     assert variant_keys(app) == []
+
+
+def on_another_thread(action):
+    """action() on a thread of its own (its own database connection), as another request runs it."""
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(action()))
+    worker.start()
+    worker.join(timeout=30)
+    assert outcome, "the action failed on its thread"
+    return outcome[0]
+
+
+def delete_row(app, file_id):
+    """What a delete does first: the row (its variants' rows go with it); its objects stay for now."""
+    with app.app_context(), models.db.connection_context():
+        return models.ChatFile.delete().where(models.ChatFile.id == file_id).execute()
+
+
+@pytest.mark.parametrize("deletion", ["by its user", "row only so far"])
+def test_generate_variants_skips_a_file_deleted_after_it_was_listed(app, client, auth, user, monkeypatch, deletion):
+    doomed, kept = (uploaded(client, auth, user, encode(smooth_image(1400 + n, 1000), "image/png"), "image/png")
+                    for n in range(2))
+    forget_variants(app, [doomed, kept])
+    real_missing_variants = generate_variants._missing_variants
+
+    def delete_then_look(storage, row):  # listed already: the batch's rows are in hand
+        if str(row.id) == doomed:
+            if deletion == "by its user":
+                assert on_another_thread(lambda: client.delete(f"{FILES}/{doomed}", headers=auth).status_code) == 204
+            else:
+                assert on_another_thread(lambda: delete_row(app, doomed)) == 1
+        return real_missing_variants(storage, row)
+
+    monkeypatch.setattr(generate_variants, "_missing_variants", delete_then_look)
+    result, summary = backfill(app)
+    assert result.exit_code == 0, result.output
+    assert (summary["files"], summary["generated"], summary["skipped"], summary["failed"]) == (2, 1, 1, [])
+    assert fetch(client, auth, kept, "thumbnail").status_code == 200
+
+    result = app.test_cli_runner().invoke(args=["generate-variants"])
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith("Checked 1 files: 1 already complete, 0 given their missing variants "
+                                  "(0 objects stored).\n")
+
+
+def test_generate_variants_says_how_many_it_skipped(app, client, auth, user, monkeypatch):
+    file_id = uploaded(client, auth, user, make_image(), "image/png")
+    forget_variants(app, [file_id])
+    real_missing_variants = generate_variants._missing_variants
+
+    def delete_then_look(storage, row):
+        assert on_another_thread(lambda: client.delete(f"{FILES}/{file_id}", headers=auth).status_code) == 204
+        return real_missing_variants(storage, row)
+
+    monkeypatch.setattr(generate_variants, "_missing_variants", delete_then_look)
+    result = app.test_cli_runner().invoke(args=["generate-variants"])
+    assert result.exit_code == 0, result.output
+    assert result.output == ("Checked 1 files: 0 already complete, 0 given their missing variants "
+                             "(0 objects stored). 1 skipped (deleted meanwhile).\n")
 
 
 def test_a_wide_16_bit_grey_png_shrinks_by_more_than_the_reducing_gap(sqlite_app):
