@@ -25,6 +25,7 @@ import shutil
 import tempfile
 
 import gunicorn.glogging
+import gunicorn.http.wsgi
 import gunicorn.util
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
@@ -87,6 +88,23 @@ def write_json_error(sock, status_int, reason, mesg):
 
 # Workers are forked from the master after this file ran, so they inherit it.
 gunicorn.util.write_error = write_json_error
+
+_process_headers = gunicorn.http.wsgi.Response.process_headers
+
+
+def process_headers_honouring_close(self, headers):
+    """gunicorn drops an application's Connection header and says keep-alive; "close" ends the connection.
+
+    uploads.BodyMiddleware sends it on an answer after which the connection
+    ends anyway (a body that will not come, or cannot all be drained): the
+    answer says so, and gunicorn closes it instead of waiting for a request.
+    """
+    _process_headers(self, headers)
+    if any(name.lower() == "connection" and value.strip(" \t").lower() == "close" for name, value in headers):
+        self.force_close()
+
+
+gunicorn.http.wsgi.Response.process_headers = process_headers_honouring_close
 
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 OWNED_METRICS_DIR = "CHATFILES_OWNED_METRICS_DIR"  # survives a config reload; a module global would not

@@ -16,6 +16,10 @@ body is read and discarded (up to ``DRAIN_FACTOR`` x ``MAX_FILE_SIZE``), and
 past that the socket is half-closed and read for a moment before gunicorn
 closes it. Closing a socket the client is still writing into makes the
 kernel send a reset, and the client (or nginx) never reads the answer.
+An answer after which the connection will close (a body that will not come
+or cannot all be drained) says ``Connection: close``; the middleware alone
+decides it, when the response starts (gunicorn.conf.py makes gunicorn
+honour it).
 
 Upload bodies are spooled to a temporary file as they arrive, hashed on the
 way (:func:`spooled_body`): a body on the wire costs no memory. JSON bodies
@@ -65,24 +69,24 @@ def init_app(app):
 # --- errors -------------------------------------------------------------------
 
 
+# Whether the connection ends after an error is BodyMiddleware's to say (BodyInput.closes_after_response):
+# a 413 whose body is then drained whole keeps it alive.
+
+
 def too_large(limit):
-    # Connection: close where the server honours it; gunicorn keeps a connection
-    # whose body was drained whole and ends the others (BodyInput.linger).
-    return ApiError(413, "File too large.", f"Maximum file size is {limit} bytes.", headers={"Connection": "close"})
+    return ApiError(413, "File too large.", f"Maximum file size is {limit} bytes.")
 
 
 def _timed_out(seconds):
-    return ApiError(408, "Request body timed out.", f"No byte of the body arrived for {seconds} seconds.",
-                    headers={"Connection": "close"})
+    return ApiError(408, "Request body timed out.", f"No byte of the body arrived for {seconds} seconds.")
 
 
 def _incomplete(detail):
-    return ApiError(400, "Incomplete request body.", detail, headers={"Connection": "close"})
+    return ApiError(400, "Incomplete request body.", detail)
 
 
 def _malformed(error):
-    return ApiError(400, "Malformed request body.", f"The chunked body could not be read: {error}.",
-                    headers={"Connection": "close"})
+    return ApiError(400, "Malformed request body.", f"The chunked body could not be read: {error}.")
 
 
 # --- reading ------------------------------------------------------------------
@@ -101,6 +105,8 @@ class BodyInput:
         )
         self._stall_timeout = stall_timeout
         self._remaining = _declared_length(environ)  # None: until the server's stream ends (chunked)
+        # gunicorn ends a stream without Content-Length at once unless it is chunked (Transfer-Encoding).
+        self._length_unknown = self._remaining is None and bool(environ.get("HTTP_TRANSFER_ENCODING"))
         self.bytes_read = 0
         self.at_end = self._remaining == 0
         self.failed = False
@@ -147,6 +153,28 @@ class BodyInput:
     def __iter__(self):
         return iter(lambda: self.read(READ_CHUNK), b"")
 
+    def closes_after_response(self, drain_limit):
+        """Whether the connection will end after the answer: what is left of the body cannot all be drained.
+
+        Decided when the answer starts, from what is known then: a body the
+        client will not send (it waits for "100 Continue"), one whose reading
+        failed (where the next request would start is unknown), one longer
+        than ``drain`` reads, or a chunked one not read to its end (its
+        length is unknown). A drain that stalls or runs out of time later
+        still closes; that cannot be told in advance.
+        """
+        if self._socket is None:
+            return False  # not gunicorn: nothing here closes the connection
+        if self.failed:
+            return True
+        if self.at_end:
+            return False
+        if self._continue_owed:
+            return True
+        if self._remaining is None:
+            return self._length_unknown
+        return self.bytes_read + self._remaining > drain_limit
+
     def drain(self, limit, seconds):
         """Read and discard the rest of the body; True when it all came."""
         if self._continue_owed:
@@ -164,9 +192,10 @@ class BodyInput:
     def linger(self, seconds):
         """Half-close, then read what the client still sends for a moment, so closing does not reset.
 
-        gunicorn ignores an application's ``Connection: close``: the half-close
-        is what ends the connection with the answer. A client still waiting
-        for "100 Continue" sends nothing more: no lingering for it.
+        The half-close is what ends the connection with the answer (gunicorn
+        closes it next if the answer said ``Connection: close``, else when it
+        reads the end of the stream). A client still waiting for
+        "100 Continue" sends nothing more: no lingering for it.
         """
         if self._socket is None:
             return
@@ -211,7 +240,12 @@ def _declared_length(environ):
 
 
 class BodyMiddleware:
-    """WSGI middleware: every body through BodyInput; an unread rest drained once the answer is sent."""
+    """WSGI middleware: every body through BodyInput; an unread rest drained once the answer is sent.
+
+    It owns the response's ``Connection: close``: set when the connection
+    will end after the answer (BodyInput.closes_after_response), removed
+    when an application set it on an answer after which it will not.
+    """
 
     def __init__(self, app, stall_timeout, drain_limit):
         self.app = app
@@ -221,7 +255,18 @@ class BodyMiddleware:
     def __call__(self, environ, start_response):
         body = BodyInput(environ, self.stall_timeout)
         environ["wsgi.input"] = environ[ENVIRON_KEY] = body
-        return _DrainAfterResponse(self.app(environ, start_response), body, self.drain_limit)
+
+        def start_response_saying_close(status, headers, exc_info=None):
+            headers = [(name, value) for name, value in headers if not _is_connection_close(name, value)]
+            if body.closes_after_response(self.drain_limit):
+                headers.append(("Connection", "close"))
+            return start_response(status, headers, exc_info)
+
+        return _DrainAfterResponse(self.app(environ, start_response_saying_close), body, self.drain_limit)
+
+
+def _is_connection_close(name, value):
+    return name.lower() == "connection" and value.strip(" \t").lower() == "close"
 
 
 class _DrainAfterResponse:
@@ -336,8 +381,7 @@ def json_body(limit=JSON_BODY_LIMIT):
 
 
 def _json_too_large(limit):
-    return ApiError(413, "Request body too large.", f"JSON request bodies are at most {limit} bytes.",
-                    headers={"Connection": "close"})
+    return ApiError(413, "Request body too large.", f"JSON request bodies are at most {limit} bytes.")
 
 
 def _short(error):

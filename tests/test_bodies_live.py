@@ -127,7 +127,61 @@ def test_chunked_body_over_the_limit_written_before_reading_gets_the_json_413(li
 def test_connection_stays_usable_after_a_drained_early_answer(live):
     with connect(live) as sock:
         sock.sendall(upload_head(live, MiB, token="") + b"\0" * MiB)
-        assert read_response(sock)[0] == 401
+        status, headers, _ = read_response(sock)
+        assert (status, headers["connection"]) == (401, "keep-alive")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert (status, headers["connection"]) == (200, "keep-alive")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert read_response(sock)[0] == 200  # it did keep alive
+
+
+def assert_closes(sock):
+    """The server ends the connection (a reset counts: the answer was read already)."""
+    try:
+        assert sock.recv(1) == b""
+    except ConnectionResetError:
+        pass
+
+
+EARLY_ANSWERS_THAT_CLOSE = {
+    # The client waits for a "100 Continue" that never comes: the body will not arrive.
+    "401 after Expect": (lambda live: upload_head(live, MiB, token="", extra=["Expect: 100-continue"]), 401),
+    "403 after Expect": (lambda live: upload_head(live, MiB, organization=live.bob["organization_id"],
+                                                  extra=["Expect: 100-continue"]), 403),
+    "413 after Expect": (lambda live: upload_head(live, 12 * MiB, extra=["Expect: 100-continue"]), 413),
+    # More than the drain reads (DRAIN_FACTOR x the limit): the rest is never read.
+    "401 over the drain": (lambda live: upload_head(live, 50 * MiB, token=""), 401),
+    "413 over the drain": (lambda live: upload_head(live, 50 * MiB), 413),
+    # Chunked: how much is left is unknown when the answer starts.
+    "401 chunked": (lambda live: upload_head(live, token=""), 401),
+}
+
+
+@pytest.mark.parametrize("head, status", EARLY_ANSWERS_THAT_CLOSE.values(), ids=EARLY_ANSWERS_THAT_CLOSE.keys())
+def test_an_early_answer_after_which_the_connection_closes_says_connection_close(live, head, status):
+    with connect(live) as sock:
+        sock.sendall(head(live))
+        got, headers, body = read_response(sock)
+        assert got == status, body
+        assert headers["connection"] == "close"
+        assert "message" in json.loads(body)
+        assert_closes(sock)
+
+
+def test_a_stalled_body_answer_says_connection_close(live):
+    with connect(live) as sock:
+        sock.sendall(upload_head(live, 1000) + b"\x89PNG\r\n\x1a\n")  # then nothing more
+        got, headers, _ = read_response(sock)
+        assert (got, headers["connection"]) == (408, "close")
+        assert_closes(sock)
+
+
+def test_an_early_413_whose_body_is_drained_whole_keeps_alive(live):
+    with connect(live) as sock:
+        sock.sendall(upload_head(live, 12 * MiB) + b"\0" * (12 * MiB))
+        status, headers, _ = read_response(sock)
+        assert (status, headers["connection"]) == (413, "keep-alive")
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert read_response(sock)[0] == 200
 
@@ -141,7 +195,9 @@ def test_expect_100_continue_gets_the_413_without_sending_the_body(live):
 def test_expect_100_continue_gets_the_401_without_sending_the_body_and_the_connection_closes(live):
     with connect(live) as sock:
         sock.sendall(upload_head(live, MiB, token="", extra=["Expect: 100-continue"]))
-        assert_json_error(read_response(sock), 401)
+        response = read_response(sock)
+        assert_json_error(response, 401)
+        assert response[1]["connection"] == "close"  # and says so
         assert sock.recv(1) == b""  # closed: where the next request would start (after a body or not) is unknown
 
 
