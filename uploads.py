@@ -313,6 +313,11 @@ class SpooledBody:
     def sha256(self):
         return self._hash.hexdigest()
 
+    def fileno(self):
+        """The file's descriptor, everything written flushed to it: what a sandbox process is handed."""
+        self.file.flush()
+        return self.file.fileno()
+
     def rewound(self):
         """The file, at its start: for a store that copies it."""
         self.file.seek(0)

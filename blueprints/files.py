@@ -14,6 +14,8 @@ import images
 import observability
 import uploads
 import variants
+from sandbox import PoolBusy
+from sandbox import tasks as sandboxed
 from auth import login_required
 from errors import ApiError, error_response
 from filenames import inline_content_disposition, name_from_content_disposition
@@ -36,10 +38,6 @@ log = logging.getLogger(__name__)
 CACHE_FOREVER = "private, max-age=31536000, immutable"
 # How long a decode waits for room in the worker's upload budget before a 503.
 BUDGET_WAIT_SECONDS = 30
-# Decoding an image may take up to MAX_DECODE_MEMORY (estimated before it
-# starts); a worker has dozens of threads, so only two decode at once (more
-# would not go faster on the machine's two cores; raise with the core count).
-DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 
 @bp.post("/api/v2/chats/files")
@@ -222,30 +220,26 @@ def _check_declared_type():
 
 
 def _verify(body):
-    """Decode the spooled body in one of the worker's decode slots, its bytes counted in the memory budget."""
+    """Decode the spooled body in a sandbox process (sandbox/tasks.py), its bytes counted in the memory budget.
+
+    The worker's decode sandboxes are its decode slots: an upload waits up to
+    DECODE_WAIT_TIMEOUT for one, then gets 503.
+    """
     config = current_app.config
     try:
         with (
-            _decode_slot(config["DECODE_WAIT_TIMEOUT"]),
             current_app.extensions["upload_budget"].reserve(body.size, BUDGET_WAIT_SECONDS),
-            body.mapped() as data,
             observability.image_work(),
         ):
-            return variants.verify_and_make(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"], body.sha256)
+            return sandboxed.verify_and_make(body.fileno(), config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"],
+                                             body.sha256, max_file_size=config["MAX_FILE_SIZE"],
+                                             wait=config["DECODE_WAIT_TIMEOUT"])
+    except PoolBusy:
+        raise _busy() from None
     except images.UnsupportedType as error:
         raise ApiError(400, "Unsupported file type.", str(error)) from None
     except images.InvalidImage as error:
         raise ApiError(400, "Invalid image file.", str(error)) from None
-
-
-@contextlib.contextmanager
-def _decode_slot(timeout):
-    if not DECODE_SLOTS.acquire(timeout=timeout):
-        raise _busy()
-    try:
-        yield
-    finally:
-        DECODE_SLOTS.release()
 
 
 def _busy():

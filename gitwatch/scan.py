@@ -8,6 +8,10 @@
   huge one still makes progress), the others only while the budget lasts;
   those not reached keep their last state and are read first next time.
 - ``SharedScans``: sockets on the same workspace in one worker share scans.
+
+Each repository is read in a sandbox process (sandbox/tasks.py), under a
+memory ceiling and a deadline: a repository built to block or burn is left
+out, and the socket's thread waits without holding the GIL.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
-from gitwatch.repository import MAX_DIFF_BYTES, OUT_OF_TIME, RepositoryRefused, RepoState, read_repository
+from gitwatch.repository import MAX_DIFF_BYTES, OUT_OF_TIME, RepositoryRefused, RepoState
+from sandbox import tasks as sandboxed  # each repository is read in a sandbox process
 
 MAX_REPOSITORIES = 64
 MAX_MESSAGE_DIFF_BYTES = 8 * 1024 * 1024
@@ -98,8 +104,14 @@ def scan(
     max_total_diff_bytes: int = MAX_MESSAGE_DIFF_BYTES,
     time_budget: float = DEFAULT_TIME_BUDGET,
     previous: Scan | None = None,
+    read: Callable[..., RepoState] | None = None,
 ) -> Scan:
-    """Read every repository of the workspace; nothing outside ``boundary`` (default: the workspace)."""
+    """Read every repository of the workspace; nothing outside ``boundary`` (default: the workspace).
+
+    ``read`` reads one repository: a sandbox process's (the default), or
+    ``repository.read_repository`` in this process (tests that look inside it).
+    """
+    read = read or sandboxed.read_repository
     started = time.monotonic()
     deadline = started + time_budget
     root = os.path.realpath(workspace)
@@ -109,7 +121,7 @@ def scan(
     states, skipped, budget = {}, [], max_total_diff_bytes
     for number, repo_root in enumerate(_read_order(roots, previous)):
         try:
-            state = read_repository(
+            state = read(
                 roots[repo_root], repo_root, boundary,
                 max_diff_bytes=min(max_diff_bytes, budget),
                 deadline=float("inf") if number == 0 else deadline,

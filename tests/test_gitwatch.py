@@ -744,7 +744,8 @@ def test_thousands_of_untracked_files_give_the_note_without_reading_each(workspa
     real = gitwatch.repository._patch_text
     monkeypatch.setattr(gitwatch.repository, "_patch_text", lambda *a: patches.append(1) or real(*a))
 
-    diff = scan_workspace(workspace)["."].unified_diff
+    # In this process, where the counting _patch_text is.
+    diff = scan_workspace(workspace, read=gitwatch.repository.read_repository)["."].unified_diff
 
     assert re.fullmatch(r"Diff too large to display \(\d+ bytes\)\.", diff)
     assert patches == []  # known from the file list alone: no file was read for text
@@ -753,12 +754,10 @@ def test_thousands_of_untracked_files_give_the_note_without_reading_each(workspa
 def test_a_repository_vanishing_during_the_scan_is_left_out(workspace: Path, monkeypatch) -> None:
     make_repo(workspace / "a")
     make_repo(workspace / "b")
-    real = gitwatch.scan.read_repository
+    real = gitwatch.scan.sandboxed.read_repository
 
     def delete_b_first(repo_dir, *args, **kwargs):
         shutil.rmtree(workspace / "b", ignore_errors=True)
         return real(repo_dir, *args, **kwargs)
 
-    monkeypatch.setattr(gitwatch.scan, "read_repository", delete_b_first)
-
-    assert list(scan_workspace(workspace)) == ["a"]
+    assert list(scan_workspace(workspace, read=delete_b_first)) == ["a"]

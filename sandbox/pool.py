@@ -1,0 +1,245 @@
+"""A small pool of pre-started sandbox processes, and the serving side of a call into one.
+
+A call takes an idle process (or waits for one), sends it the task, and waits
+for the answer on a socket: the serving thread holds no GIL meanwhile, and
+the process's own limits stop a task that runs away (sandbox/worker.py). Past
+``Limits.wall_seconds`` the serving side kills the process itself. A process
+that dies or is killed fails that one call (:class:`SandboxFailed`, with its
+cause); the pool starts another in the background, and the other calls never
+notice.
+"""
+
+import atexit
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from sandbox.wire import WireError, recv_frame, send_frame
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_SECONDS = 30  # a new process imports Pillow and pygit2: a fraction of a second, unless the machine is swamped
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int  # bytes of address space one task may add to the idle process (RLIMIT_AS)
+    cpu_seconds: int  # CPU time one task may use (RLIMIT_CPU: the kernel sends SIGXCPU)
+    wall_seconds: float  # past this the serving side kills the process (a task blocked, not burning)
+
+
+class SandboxFailed(Exception):
+    """The task did not finish: ``cause`` is memory, cpu, deadline or crashed."""
+
+    def __init__(self, cause, detail):
+        super().__init__(f"{cause}: {detail}")
+        self.cause = cause
+        self.detail = detail
+
+
+class PoolBusy(Exception):
+    """No sandbox process came free within the wait."""
+
+
+class _Process:
+    """One sandbox process and the serving side's end of its socket."""
+
+    @classmethod
+    def start(cls, limits, tasks):
+        """A new process, started by the one long-lived thread that starts them all: the kernel ends a
+        process when the thread that started it ends (PR_SET_PDEATHSIG), not only with its process."""
+        return _spawner().submit(cls, limits, tasks).result()
+
+    def __init__(self, limits, tasks):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with theirs:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "sandbox.worker", str(theirs.fileno()), json.dumps(asdict(limits)), tasks],
+                pass_fds=[theirs.fileno()], cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            )
+        self.sock = ours
+        try:
+            ready, _, _ = recv_frame(self.sock, deadline=time.monotonic() + START_SECONDS)
+        except (WireError, OSError) as error:
+            self.kill()
+            raise SandboxFailed("crashed", f"the sandbox process did not start: {error}") from None
+        self.idle_memory = ready["idle_memory"]
+        self.retiring = False  # it grew past its idle size and exits after this answer
+
+    def call(self, task, header, fds, seconds):
+        """The task's answer (header, blobs); SandboxFailed when the process died or ran out of time."""
+        deadline = time.monotonic() + seconds
+        try:
+            self.sock.settimeout(seconds)
+            send_frame(self.sock, {"task": task, **header}, fds=fds)
+            answer, blobs, _ = recv_frame(self.sock, deadline=deadline)
+        except TimeoutError:
+            self.kill()
+            raise SandboxFailed("deadline", f"no answer within {seconds:g} s; killed") from None
+        except (WireError, OSError) as error:
+            raise SandboxFailed(self.kill(), f"the process ended ({error})") from None
+        if "failed" in answer:  # the task hit its memory ceiling: the process exits after saying so
+            self.kill()
+            raise SandboxFailed(answer["failed"], answer.get("detail", ""))
+        self.retiring = bool(answer.pop("retiring", False))
+        return answer, blobs
+
+    def kill(self):
+        """Kill and reap the process; the cause its end suggests."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGKILL)
+        status = self.popen.wait()
+        return {-signal.SIGXCPU: "cpu", -signal.SIGKILL: "deadline"}.get(status, "crashed")
+
+
+class Pool:
+    """``size`` sandbox processes with the same limits; started on first use (or ``warm()``).
+
+    ``tasks`` names the module whose ``run(header, fds)`` the processes call.
+    """
+
+    def __init__(self, name, size, limits, tasks="sandbox.tasks"):
+        self.name = name
+        self.size = size
+        self.limits = limits
+        self.tasks = tasks
+        self._idle = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._alive = 0  # started or starting
+        self._closed = False
+
+    def run(self, task, header, *, fds=(), wait):
+        """Run ``task`` in an idle process (waiting up to ``wait`` s for one): its (header, blobs).
+
+        Raises PoolBusy, or SandboxFailed when the task could not finish.
+        """
+        process = self._take(wait)
+        try:
+            answer, blobs = process.call(task, header, fds, self.limits.wall_seconds)
+        except SandboxFailed as failure:
+            log.warning("sandbox %s: task %s failed (%s); starting another process", self.name, task, failure)
+            self._replace()
+            raise
+        if process.retiring:
+            process.kill()
+            self._replace()
+        else:
+            self._idle.put(process)
+        return answer, blobs
+
+    @contextlib.contextmanager
+    def held(self, wait):
+        """One idle process, kept from calls until the block ends (what a running call does to a pool)."""
+        process = self._take(wait)
+        try:
+            yield process
+        finally:
+            self._idle.put(process)
+
+    def warm(self):
+        """Start every process now, not on first use (gunicorn's post_worker_init)."""
+        for _ in range(self.size):
+            with self._lock:
+                if self._alive >= self.size:
+                    return
+                self._alive += 1
+            self._start_into_idle()
+
+    def close(self):
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().kill()
+            except queue.Empty:
+                return
+
+    def _take(self, wait):
+        with contextlib.suppress(queue.Empty):
+            return self._idle.get_nowait()
+        with self._lock:
+            start_one = self._alive < self.size
+            self._alive += start_one
+        if start_one:
+            try:
+                return _Process.start(self.limits, self.tasks)
+            except SandboxFailed:
+                with self._lock:
+                    self._alive -= 1
+                raise
+        try:
+            return self._idle.get(timeout=wait)
+        except queue.Empty:
+            raise PoolBusy(f"no {self.name} sandbox came free within {wait:g} s") from None
+
+    def _replace(self):
+        # In the background: the failed call answers now, and the next one finds a fresh process.
+        threading.Thread(target=self._start_into_idle, name=f"sandbox-{self.name}-start", daemon=True).start()
+
+    def _start_into_idle(self):
+        try:
+            process = _Process.start(self.limits, self.tasks)
+        except SandboxFailed as failure:
+            with self._lock:
+                self._alive -= 1
+            log.error("sandbox %s: %s", self.name, failure)
+            return
+        if self._closed:
+            process.kill()
+        else:
+            self._idle.put(process)
+
+
+_POOLS = {}
+_POOLS_LOCK = threading.Lock()
+_POOLS_PID = os.getpid()
+_SPAWNER = None
+
+
+def _spawner():
+    global _SPAWNER
+    with _POOLS_LOCK:
+        _forget_after_fork()
+        if _SPAWNER is None:
+            _SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sandbox-start")
+        return _SPAWNER
+
+
+def _forget_after_fork():
+    """Forked (gunicorn --preload): the parent's processes and threads are not this process's."""
+    global _POOLS_PID, _SPAWNER
+    if _POOLS_PID != os.getpid():
+        _POOLS.clear()
+        _SPAWNER = None
+        _POOLS_PID = os.getpid()
+
+
+def pool(name, size, limits):
+    """The process's pool of that name, size and limits (one each, made on first ask)."""
+    with _POOLS_LOCK:
+        _forget_after_fork()
+        key = (name, size, limits)
+        if key not in _POOLS:
+            _POOLS[key] = Pool(name, size, limits)
+        return _POOLS[key]
+
+
+@atexit.register
+def close_all():
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values()) if _POOLS_PID == os.getpid() else []
+    for each in pools:
+        each.close()

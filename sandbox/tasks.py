@@ -1,0 +1,151 @@
+"""The work that runs in sandbox processes, and the serving side's call for each.
+
+Each task is a pair kept side by side: ``_<task>(header, fds)`` runs in the
+sandbox and answers (header, blobs); the public function of the same name is
+what the serving process calls, with the same arguments and results as the
+in-process function it wraps, and the sandbox's failures mapped to that
+function's own errors:
+
+- ``verify_and_make``: an upload's image work (variants.verify_and_make) on
+  its spooled file, passed as a file descriptor. A sandbox that ran out of
+  memory or time is ``InvalidImage`` ("too expensive to decode").
+- ``read_repository``: one repository of a watched workspace
+  (gitwatch.repository.read_repository). A sandbox that failed leaves the
+  repository out (``RepositoryRefused``); no free sandbox in the scan's time
+  is the scan running out of time (the repository is read next turn).
+"""
+
+import logging
+import math
+import mmap
+import time
+
+import images
+import variants
+from gitwatch import repository
+from sandbox.pool import Limits, PoolBusy, SandboxFailed, pool
+
+log = logging.getLogger(__name__)
+
+# Image work: as many processes as decodes may run at once per serving process (more would not go
+# faster on two cores); each may add MAX_DECODE_MEMORY to its idle size, plus the upload's own mapping.
+DECODE_PROCESSES = 2
+DECODE_CPU_SECONDS = 5
+DECODE_WALL_SECONDS = 15
+# Repository reads: a workspace's repositories are read one by one.
+SCAN_PROCESSES = 2
+SCAN_MEMORY = 256 * 1024 * 1024
+SCAN_LIMITS = Limits(memory=SCAN_MEMORY, cpu_seconds=5, wall_seconds=10)
+
+TOO_EXPENSIVE = {
+    "memory": "it needs more memory than the decoder's ceiling",
+    "cpu": "it needs more CPU time than the decoder's limit",
+    "deadline": "it did not finish within the decoder's time limit",
+    "crashed": "the decoder failed on it",
+}
+
+
+def decode_pool(max_decode_memory, max_file_size):
+    return pool("decode", DECODE_PROCESSES,
+                Limits(max_decode_memory + max_file_size, DECODE_CPU_SECONDS, DECODE_WALL_SECONDS))
+
+
+def scan_pool():
+    return pool("scan", SCAN_PROCESSES, SCAN_LIMITS)
+
+
+def run(header, fds):
+    """Inside the sandbox: the task the header names."""
+    return _TASKS[header["task"]](header, fds)
+
+
+# --- an upload's image work -----------------------------------------------------
+
+
+def verify_and_make(fileno, max_pixels, max_memory, sha256, *, max_file_size, wait):
+    """variants.verify_and_make on the file open at ``fileno``, in a sandbox; raises what it raises, and PoolBusy."""
+    header = {"max_pixels": max_pixels, "max_memory": max_memory, "sha256": sha256}
+    try:
+        answer, blobs = decode_pool(max_memory, max_file_size).run("verify_and_make", header, fds=[fileno],
+                                                                   wait=wait)
+    except SandboxFailed as failure:
+        raise images.InvalidImage(f"The image is too expensive to decode: {TOO_EXPENSIVE[failure.cause]}.") from None
+    if "unsupported" in answer:
+        raise images.UnsupportedType(answer["unsupported"])
+    if "invalid" in answer:
+        raise images.InvalidImage(answer["invalid"])
+    info = images.ImageInfo(**answer["info"])
+    still = variants.Still(None, **answer["still"])
+    made = [variants.Made(**{**fields, "data": None if index is None else blobs[index]})
+            for fields, index in answer["made"]]
+    return info, still, made
+
+
+def _verify_and_make(header, fds):
+    with mmap.mmap(fds[0], 0, access=mmap.ACCESS_READ) as data:
+        try:
+            info, still, made = variants.verify_and_make(data, header["max_pixels"], header["max_memory"],
+                                                         header["sha256"])
+        except images.UnsupportedType as error:
+            return {"unsupported": str(error)}, []
+        except images.InvalidImage as error:
+            if _caused_by_memory(error):
+                raise MemoryError() from error
+            return {"invalid": str(error)}, []
+    blobs, made_fields = [], []
+    for variant in made:
+        fields = {name: getattr(variant, name) for name in ("name", "content_type", "width", "height", "size", "sha256")}
+        made_fields.append((fields, None if variant.data is None else len(blobs)))
+        if variant.data is not None:
+            blobs.append(variant.data)
+    answer = {
+        "info": {"content_type": info.content_type, "width": info.width, "height": info.height,
+                 "animated": info.animated},
+        "still": {"width": still.width, "height": still.height},
+        "made": made_fields,
+    }
+    return answer, blobs
+
+
+def _caused_by_memory(error):
+    """Pillow's errors wrap a failed allocation (verify_image turns every decoder error into InvalidImage)."""
+    while error is not None:
+        if isinstance(error, MemoryError):
+            return True
+        error = error.__context__
+    return False
+
+
+# --- one repository of a watched workspace ----------------------------------------
+
+
+def read_repository(repo_dir, repo_root, boundary, *, max_diff_bytes=repository.MAX_DIFF_BYTES,
+                    deadline=math.inf):
+    """gitwatch.repository.read_repository in a sandbox (monotonic deadlines are the same in every process)."""
+    header = {"repo_dir": repo_dir, "repo_root": repo_root, "boundary": boundary, "max_diff_bytes": max_diff_bytes,
+              "deadline": None if math.isinf(deadline) else deadline}
+    wait = SCAN_LIMITS.wall_seconds if math.isinf(deadline) else max(0.0, deadline - time.monotonic())
+    try:
+        answer, _ = scan_pool().run("read_repository", header, wait=wait)
+    except PoolBusy:
+        return repository.RepoState(repo_root, error=repository.OUT_OF_TIME)
+    except SandboxFailed as failure:
+        log.warning("repository %s left out: its read failed in the sandbox (%s)", repo_root, failure)
+        raise repository.RepositoryRefused(f"reading it failed: {failure}") from None
+    if "refused" in answer:
+        raise repository.RepositoryRefused(answer["refused"])
+    return repository.RepoState(**answer["state"])
+
+
+def _read_repository(header, fds):
+    deadline = math.inf if header["deadline"] is None else header["deadline"]
+    try:
+        state = repository.read_repository(header["repo_dir"], header["repo_root"], header["boundary"],
+                                           max_diff_bytes=header["max_diff_bytes"], deadline=deadline)
+    except repository.RepositoryRefused as refused:
+        return {"refused": str(refused)}, []
+    fields = ("repo_root", "branch", "remote_origin", "unified_diff", "error")
+    return {"state": {name: getattr(state, name) for name in fields}}, []
+
+
+_TASKS = {"verify_and_make": _verify_and_make, "read_repository": _read_repository}

@@ -1,0 +1,90 @@
+"""A sandbox process: runs tasks on untrusted bytes under limits the kernel enforces.
+
+``python -m sandbox.worker FD LIMITS TASKS`` (sandbox/pool.py starts it). It
+imports the tasks' module (and so what they need), then fixes its limits
+before it takes any task:
+
+- address space (RLIMIT_AS): its idle size plus ``memory``, a hard limit it
+  cannot raise; an allocation past it fails (Python's MemoryError, or a C
+  decoder's own error), and the process answers and exits;
+- CPU time (RLIMIT_CPU): ``cpu_seconds`` more for each task, after which the
+  kernel ends it with SIGXCPU (no core file);
+- it dies with its serving process (PR_SET_PDEATHSIG), and it has no stdin,
+  no stdout and none of the serving process's sockets or files.
+
+The serving side adds the wall-clock deadline (a task blocked in the kernel
+burns no CPU) by killing the process. A process that grew past its idle size
+(a fragmented heap) says so and exits after its answer, and the pool starts a
+fresh one.
+"""
+
+import contextlib
+import ctypes
+import ctypes.util
+import importlib
+import json
+import math
+import os
+import resource
+import signal
+import socket
+import sys
+
+from sandbox.wire import WireError, recv_frame, send_frame
+
+RETIRE_GROWTH = 64 * 1024 * 1024  # address space kept after a task beyond which the process retires
+_PR_SET_PDEATHSIG = 1
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def main(argv):
+    sock = socket.socket(fileno=int(argv[1]))
+    limits = json.loads(argv[2])
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Buffers over 1 MiB are mapped on their own, so a decode's memory goes back when it is freed.
+    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    tasks = importlib.import_module(argv[3])  # Pillow, pygit2: loaded before the ceiling, in the idle size
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    idle = address_space()
+    ceiling = idle + limits["memory"]
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+    send_frame(sock, {"idle_memory": idle})
+    while True:
+        try:
+            header, _, fds = recv_frame(sock, with_fds=True)
+        except (WireError, OSError):
+            return 0  # the serving process closed or died
+        _allow_cpu(limits["cpu_seconds"])
+        try:
+            answer, blobs = tasks.run(header, fds)
+        except MemoryError:
+            send_frame(sock, {"failed": "memory", "detail": f"over the {limits['memory']}-byte ceiling"})
+            return 0  # a failed allocation may have left a library half-done: never reuse the process
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        libc.malloc_trim(0)
+        answer["retiring"] = address_space() > idle + RETIRE_GROWTH
+        send_frame(sock, answer, blobs)
+        if answer["retiring"]:
+            return 0
+
+
+def address_space():
+    """The process's virtual size in bytes (what RLIMIT_AS counts)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _allow_cpu(seconds):
+    """The next task may use ``seconds`` of CPU from now: the soft limit moves, the hard one stays."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = math.ceil(usage.ru_utime + usage.ru_stime)
+    resource.setrlimit(resource.RLIMIT_CPU, (used + seconds, resource.RLIM_INFINITY))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

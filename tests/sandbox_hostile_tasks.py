@@ -1,0 +1,53 @@
+"""Tasks that misbehave the ways a hostile file makes a parser misbehave, for tests/test_sandbox.py.
+
+Run inside a sandbox process (sandbox/worker.py imports this module as its tasks).
+"""
+
+import os
+import signal
+import time
+
+
+def run(header, fds):
+    return _TASKS[header["task"]](header, fds)
+
+
+def _echo(header, fds):
+    """What a healthy task does: answer, with a blob; and which process answered."""
+    return {"pid": os.getpid(), "fds": len(fds)}, [header["text"].encode()]
+
+
+def _allocate(header, fds):
+    """A decoder asking for more memory than the ceiling."""
+    hoard = bytearray(header["bytes"])
+    return {"allocated": len(hoard)}, []
+
+
+def _spin(header, fds):
+    """A decoder in a loop that only burns CPU (LittleCMS on a pipeline of a million stages)."""
+    while True:
+        pass
+
+
+def _block(header, fds):
+    """A read blocked in the kernel, burning nothing (libgit2 opening a FIFO)."""
+    with open(header["fifo"], "rb") as fifo:
+        return {"read": len(fifo.read())}, []
+
+
+def _crash(header, fds):
+    """A decoder that corrupts its memory."""
+    os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(10)
+
+
+_KEPT = []
+
+
+def _keep(header, fds):
+    """A library that caches what it decoded and never gives it back."""
+    _KEPT.append(bytearray(header["bytes"]))
+    return {"kept": len(_KEPT[-1])}, []
+
+
+_TASKS = {"echo": _echo, "allocate": _allocate, "spin": _spin, "block": _block, "crash": _crash, "keep": _keep}
