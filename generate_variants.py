@@ -3,7 +3,7 @@
 A file needs work when one of its variants has no row, or has a row saying it
 is stored while its object is absent from storage (whatever the database
 says). Such a file is read, verified and decoded once, by the same code an
-upload runs; its missing variants are put, then their rows and the file's
+upload runs, in a decode sandbox as an upload's is; its missing variants are put, then their rows and the file's
 displayed width and height (EXIF orientation applied) and ``animated`` are
 written in one transaction: objects first, rows last, as an upload does. A run
 killed anywhere leaves at worst objects without rows, which the next run makes
@@ -14,6 +14,7 @@ going) is skipped: counted, not a failure.
 Files are visited in id order, ``BATCH_SIZE`` rows per query.
 """
 
+import tempfile
 from dataclasses import asdict, dataclass, field
 
 from flask import current_app
@@ -23,6 +24,7 @@ import images
 import variants
 from blueprints.files import record_variants, store_variants
 from models import ChatFile, db
+from sandbox import tasks as sandboxed
 from storage import StorageError, object_key, variant_key
 
 BATCH_SIZE = 200
@@ -91,10 +93,11 @@ def _complete(storage, row, result):
     if not missing:
         result.complete += 1
         return
-    data = _read_original(storage, row)
     config = current_app.config
-    info, still, made = variants.verify_and_make(data, config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"],
-                                                 row.sha256)
+    with _spooled_original(storage, row) as original:
+        info, still, made = sandboxed.verify_and_make(
+            original.fileno(), config["MAX_IMAGE_PIXELS"], config["MAX_DECODE_MEMORY"], row.sha256,
+            max_file_size=config["MAX_FILE_SIZE"], wait=config["DECODE_WAIT_TIMEOUT"])
     made = [variant for variant in made if variant.name in missing]
     result.variants_stored += len(store_variants(storage, row.organization_id, row.id, made))
     try:
@@ -135,12 +138,20 @@ def _exists(storage, key):
     return True
 
 
-def _read_original(storage, row):
+def _spooled_original(storage, row):
+    """The original's bytes in a temporary file, flushed: what the decode sandbox is handed, as an upload's."""
     stored = storage.open(object_key(current_app.config["S3_PREFIX"], row.organization_id, row.id))
+    spooled = tempfile.TemporaryFile(prefix="chatfiles-variants-")
     try:
-        return b"".join(stored)
+        for chunk in stored:
+            spooled.write(chunk)
+        spooled.flush()
+    except BaseException:
+        spooled.close()
+        raise
     finally:
         stored.close()
+    return spooled
 
 
 def _describe(error):

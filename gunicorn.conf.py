@@ -142,8 +142,10 @@ def pre_request(worker, req):
 
 def post_worker_init(worker):
     import shutdown
+    from sandbox import tasks
 
     shutdown.close_sockets_on_sigterm()
+X
 
 
 def worker_int(worker):

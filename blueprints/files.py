@@ -63,7 +63,7 @@ def upload():
 @login_required
 def download(file_id):
     row = _readable_file(file_id, _FILE_TO_SEND)
-    return _send(row.content_type, row.name, row.sha256, row.size, lambda: _original_key(row))
+    return _send(row.id, row.content_type, row.name, row.sha256, row.size, lambda: _original_key(row))
 
 
 def _download_variant(file_id, variant):
@@ -73,8 +73,8 @@ def _download_variant(file_id, variant):
         raise ApiError(404, f"The file has no {variant} yet.",
                        "Files uploaded before variants existed get them from the generate-variants command.")
     if stored.original:
-        return _send(row.content_type, row.name, row.sha256, row.size, lambda: _original_key(row))
-    return _send(stored.content_type, variants.renamed(row.name, stored.content_type), stored.sha256, stored.size,
+        return _send(row.id, row.content_type, row.name, row.sha256, row.size, lambda: _original_key(row))
+    return _send(row.id, stored.content_type, variants.renamed(row.name, stored.content_type), stored.sha256, stored.size,
                  lambda: variant_key(current_app.config["VARIANTS_PREFIX"], row.organization_id, row.id, variant))
 
 
@@ -138,7 +138,7 @@ def _all_keys(row):
     return [_original_key(row)] + [variant_key(prefix, row.organization_id, row.id, name) for name in variants.NAMES]
 
 
-def _send(content_type, name, sha256, size, key_of):
+def _send(file_id, content_type, name, sha256, size, key_of):
     """200 with the object's bytes streamed from storage, 304 for a matching If-None-Match, headers only for HEAD.
 
     ``key_of()`` names the object: only a 200 with a body needs it.
@@ -156,7 +156,7 @@ def _send(content_type, name, sha256, size, key_of):
     headers["Content-Length"] = str(size)
     if request.method == "HEAD":
         return Response(status=200, headers=headers)
-    stored = _open_object(key_of())
+    stored = _open_object(key_of(), file_id)
     return Response(_stream(stored), status=200, headers=headers, direct_passthrough=True)
 
 
@@ -361,15 +361,22 @@ def _readable_file(file_id, query=_OWN_FILE):
     return row
 
 
-def _open_object(key):
+def _open_object(key, file_id):
     try:
         return get_storage().open(key)
     except FileNotFoundError:
+        if _deleted_meanwhile(file_id):  # its row went first: a delete raced this download
+            raise ApiError(404, "File not found.") from None
         log.error("a row points to %s, which is missing", key)
         raise ApiError(500, "Failed to read chat file.", "The file's bytes are missing from storage.") from None
     except StorageError:
         log.exception("opening %s failed", key)
         raise ApiError(500, "Failed to read chat file.", "The file store is unavailable; try again.") from None
+
+
+def _deleted_meanwhile(file_id):
+    with db.connection_context():
+        return not ChatFile.select(ChatFile.id).where(ChatFile.id == file_id).exists()
 
 
 def _stream(stored):

@@ -18,6 +18,7 @@ function's own errors:
 import logging
 import math
 import mmap
+import threading
 import time
 
 import images
@@ -52,6 +53,12 @@ def decode_pool(max_decode_memory, max_file_size):
 
 def scan_pool():
     return pool("scan", SCAN_PROCESSES, SCAN_LIMITS)
+
+
+def warm(config):
+    """Start the decode and scan sandboxes now, in the background, not on the first upload or watch."""
+    for each in (decode_pool(config["MAX_DECODE_MEMORY"], config["MAX_FILE_SIZE"]), scan_pool()):
+        threading.Thread(target=each.warm, name=f"sandbox-{each.name}-warm", daemon=True).start()
 
 
 def run(header, fds):

@@ -414,6 +414,27 @@ def test_download_when_storage_fails_is_json_500(app, client, auth, uploaded, mo
     assert_error(client.get(f"/api/v2/chats/files/{uploaded[0]}", headers=auth), 500)
 
 
+@pytest.mark.parametrize("path", ["", "/thumbnail", "/preview"])
+def test_a_delete_racing_a_download_answers_404_not_500(app, client, auth, uploaded, monkeypatch, path):
+    """The download read the row; the delete (row first, then objects) runs before it opens the object."""
+    storage = app.extensions["storage"]
+    real_open = storage.open
+
+    def deleted_meanwhile(key):
+        assert client.delete(f"/api/v2/chats/files/{uploaded[0]}", headers=auth).status_code == 204
+        return real_open(key)
+
+    monkeypatch.setattr(storage, "open", deleted_meanwhile)
+    assert_error(client.get(f"/api/v2/chats/files/{uploaded[0]}{path}", headers=auth), 404, "File not found.")
+
+
+def test_an_object_missing_under_its_row_is_still_a_500(app, client, auth, uploaded):
+    storage = app.extensions["storage"]
+    for key, _ in list(storage.iter_objects()):
+        storage.delete(key)
+    assert_error(client.get(f"/api/v2/chats/files/{uploaded[0]}", headers=auth), 500, "Failed to read chat file.")
+
+
 def test_upload_budget_queues_bodies_beyond_its_capacity():
     from blueprints.files import UploadBudget
 
