@@ -120,6 +120,7 @@ class Pool:
         self._idle = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._alive = 0  # started or starting
+        self._members = set()  # the live processes, idle or busy
         self._closed = False
 
     def run(self, task, header, *, fds=(), wait):
@@ -159,6 +160,11 @@ class Pool:
                 self._alive += 1
             self._start_into_idle()
 
+    def members(self):
+        """The pool's live processes (their ``popen.pid`` and ``idle_memory``): for benchmarks and tests."""
+        with self._lock:
+            return [process for process in self._members if process.popen.poll() is None]
+
     def close(self):
         self._closed = True
         while True:
@@ -175,7 +181,7 @@ class Pool:
             self._alive += start_one
         if start_one:
             try:
-                return _Process.start(self.limits, self.tasks)
+                return self._joined(_Process.start(self.limits, self.tasks))
             except SandboxFailed:
                 with self._lock:
                     self._alive -= 1
@@ -200,7 +206,12 @@ class Pool:
         if self._closed:
             process.kill()
         else:
-            self._idle.put(process)
+            self._idle.put(self._joined(process))
+
+    def _joined(self, process):
+        with self._lock:
+            self._members = {member for member in self._members if member.popen.poll() is None} | {process}
+        return process
 
 
 _POOLS = {}

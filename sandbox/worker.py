@@ -66,7 +66,6 @@ def main(argv):
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        libc.malloc_trim(0)
         answer["retiring"] = address_space() > idle + RETIRE_GROWTH
         send_frame(sock, answer, blobs)
         if answer["retiring"]:
