@@ -5,7 +5,8 @@ Sections: grid (service / passthrough / boto3 side by side), conditional
 passthrough and the image work, per type and size), verify (Pillow), memory
 (one worker under 8 x 10 MiB), watch (git watch latency and idle CPU); a
 complete run then runs ``scripts/bench variants`` (bench/variants.py, which
-also runs alone). ``--database postgres`` runs grid, conditional and
+also runs alone) and ``scripts/bench sandbox`` (bench/sandbox.py: parsing in
+sandbox processes, before and after). ``--database postgres`` runs grid, conditional and
 overhead against PostgreSQL and rewrites only the PostgreSQL section of the
 page. With a subset of sections, or --quick, results go to var/bench/ only
 and docs/ is left alone unless --write-docs is given. ``--render FILE``
@@ -343,6 +344,10 @@ def main(argv=None):
         from bench import variants
 
         return variants.main(argv[1:])
+    if argv[:1] == ["sandbox"]:  # `scripts/bench sandbox`: parsing in sandbox processes, before and after
+        from bench import sandbox
+
+        return sandbox.main(argv[1:])
     if argv[:1] == ["targets"]:  # `scripts/bench targets [--runs N]`: the targets' figures, medians of N runs
         return run_targets(argv[1:])
     args = parse_args(argv)
@@ -367,6 +372,9 @@ def main(argv=None):
         from bench import variants
 
         log(f"wrote {variants.write(variants.run(log), ROOT / 'docs')}")
+        from bench import sandbox
+
+        log(f"wrote {sandbox.write(sandbox.run(log=log), ROOT / 'docs')}")
     return 0
 
 
