@@ -93,6 +93,13 @@ def test_a_task_blocked_in_the_kernel_is_killed_at_the_deadline(make_pool, tmp_p
     assert echo(pool)[1] == [b"hello"]
 
 
+def test_a_failure_is_logged_with_its_cause(make_pool, caplog):
+    pool = make_pool(cpu_seconds=1)
+    with caplog.at_level("WARNING", logger="sandbox.pool"), pytest.raises(SandboxFailed):
+        pool.run("spin", {}, wait=30)
+    assert any("task spin failed (cpu:" in record.getMessage() for record in caplog.records), caplog.text
+
+
 def test_a_crash_fails_only_its_own_call(make_pool):
     pool = make_pool()
     with pytest.raises(SandboxFailed) as failed:
@@ -154,7 +161,7 @@ def test_sandbox_processes_die_with_their_serving_process(tmp_path):
         from sandbox import Limits, Pool
         pool = Pool("orphans", 2, Limits(64 << 20, 5, 30), tasks={TASKS!r})
         pool.warm()
-        print(" ".join(str(p.popen.pid) for p in [pool._idle.get(), pool._idle.get()]), flush=True)
+        print(" ".join(str(process.popen.pid) for process in pool.members()), flush=True)
         time.sleep(60)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
