@@ -4,6 +4,11 @@ Each object is two files: the bytes under the key's path and a JSON sidecar
 with its type and metadata. Both are written to a temporary file, fsynced and
 renamed into place, so a reader sees a whole object or none; the bytes are
 renamed last, so their presence is what makes an object exist.
+
+A delete removes the directories it leaves empty, up to the root: each with
+rmdir, which fails on one that is not empty, so a put that has a file in a
+directory keeps it; a put whose directory vanished before its first file was
+in it makes it again.
 """
 
 import datetime
@@ -16,6 +21,8 @@ from storage import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObj
 
 META_SUFFIX = ".meta.json"
 TEMP_PREFIX = ".tmp-"
+# A put makes its directory again if a delete's cleanup removed it this many times in a row.
+DIRECTORY_ATTEMPTS = 10
 
 
 class LocalStore(ObjectStore):
@@ -33,7 +40,6 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         sidecar = json.dumps({"content_type": content_type, "metadata": metadata}).encode()
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             _write_atomically(path + META_SUFFIX, sidecar)
             _write_atomically(path, data)
         except OSError as error:
@@ -65,6 +71,7 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         for name in (path, path + META_SUFFIX):
             _remove_if_present(name, key)
+        self._remove_empty_directories(os.path.dirname(path))
 
     def iter_objects(self, prefix=""):
         for key, path, name, _siblings in self._walk(prefix):
@@ -94,6 +101,18 @@ class LocalStore(ObjectStore):
         if base.endswith(META_SUFFIX) and os.path.exists(path[: -len(META_SUFFIX)]):
             return  # its bytes arrived since: a whole object now
         _remove_if_present(path, name)
+        self._remove_empty_directories(os.path.dirname(path))
+
+    def _remove_empty_directories(self, directory):
+        """Remove ``directory``, then its parents, while they are empty; never the root."""
+        while directory.startswith(self.root + os.sep):
+            try:
+                os.rmdir(directory)  # only if empty: a put's file in it keeps it
+            except FileNotFoundError:
+                pass  # another delete's cleanup got there first: its parent may be empty now
+            except OSError:
+                return  # not empty (or not ours to remove): nor are its parents
+            directory = os.path.dirname(directory)
 
     def _walk(self, prefix):
         """(key, path, file name, names in its directory) for every file under ``prefix``."""
@@ -137,7 +156,7 @@ def _mtime(stat):
 
 
 def _write_atomically(path, data):
-    fd, temp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=os.path.dirname(path))
+    fd, temp_path = _temp_file_in(os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as temp_file:
             if hasattr(data, "read"):
@@ -153,3 +172,21 @@ def _write_atomically(path, data):
         except FileNotFoundError:
             pass
         raise
+
+
+def _temp_file_in(directory):
+    """mkstemp in ``directory``, made first, and again if a delete's cleanup removed it before the file was in it.
+
+    Once the temporary file is in it, rmdir cannot remove the directory; nothing
+    of ``data`` is read before, so trying again is safe for a stream. makedirs
+    raises FileNotFoundError when a parent went before its mkdir, and
+    FileExistsError when the directory was made by another put and removed
+    again between its mkdir and its check.
+    """
+    for attempt in range(DIRECTORY_ATTEMPTS):
+        try:
+            os.makedirs(directory, exist_ok=True)
+            return tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        except (FileNotFoundError, FileExistsError):
+            if attempt == DIRECTORY_ATTEMPTS - 1:
+                raise

@@ -5,10 +5,12 @@ Runs on every database and storage backend. S3 cannot backdate an object, so
 """
 
 import datetime
+import io
 import json
 import os
 import signal
 import sqlite3
+import tempfile
 import threading
 import uuid
 
@@ -22,6 +24,7 @@ import models
 import storage
 from blueprints import files
 from storage import StorageError, get_storage, object_key, variant_key
+from storage.local import LocalStore
 from tests.concurrency import wait_for
 from tests.imaging import make_image
 from tests.live import GunicornServer, backend_settings
@@ -292,6 +295,95 @@ def test_a_sidecar_whose_bytes_arrive_is_not_removed(app):
             get_storage().remove_leftover(key)  # an object is never a leftover
         with pytest.raises(StorageError):
             get_storage().remove_leftover("../outside.meta.json")
+
+
+def empty_directories(root):
+    return sorted(os.path.relpath(directory, root) for directory, dirs, names in os.walk(root)
+                  if directory != root and not dirs and not names)
+
+
+@local_only
+def test_deleting_every_key_of_a_file_leaves_no_directory_of_it(app, client, auth, user):
+    root = app.config["LOCAL_STORAGE_ROOT"]
+    organization = user["organization_id"]
+    doomed, kept = (uploaded(app, client, auth, user)[0] for _ in range(2))
+    variants_dir = os.path.join(root, app.config["VARIANTS_PREFIX"], organization)
+    assert sorted(os.listdir(variants_dir)) == sorted([doomed, kept])  # chat-file-variants/<org>/<file>/thumbnail
+
+    assert client.delete(f"/api/v2/chats/files/{doomed}", headers=auth).status_code == 204
+    assert os.listdir(variants_dir) == [kept]  # its siblings stay
+    assert empty_directories(root) == []
+
+    assert client.delete(f"/api/v2/chats/files/{kept}", headers=auth).status_code == 204
+    assert os.listdir(root) == []  # nothing of the organization left; the root itself stays
+    with app.app_context():
+        get_storage().delete(object_key(app.config["S3_PREFIX"], organization, kept))  # deleting again: no error
+    assert os.path.isdir(root)
+
+
+@local_only
+def test_removing_a_leftover_leaves_no_empty_directory(app):
+    root = app.config["LOCAL_STORAGE_ROOT"]
+    leftover = f"{app.config['S3_PREFIX']}{uuid.uuid4()}/.tmp-abc123"
+    write_file(app, leftover, age_seconds=7200)
+    assert gc(app).leftovers == [leftover]
+    assert os.listdir(root) == []
+
+
+def read_object(store, key):
+    stored = store.open(key)
+    try:
+        return b"".join(stored)
+    finally:
+        stored.close()
+
+
+def test_a_put_whose_directory_a_delete_removes_meanwhile_still_stores(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "objects")
+    directory = os.path.join(store.root, "chat-file-variants", "org", "file")
+    store.put("chat-file-variants/org/file/thumbnail", b"thumbnail", "image/webp", {})
+    real_mkstemp = tempfile.mkstemp
+    removed = []
+
+    def delete_the_last_object_then_mkstemp(*args, **kwargs):
+        # Between the put's makedirs and its first file: the directory is empty but for what goes.
+        if not removed:
+            store.delete("chat-file-variants/org/file/thumbnail")
+            removed.append(not os.path.exists(os.path.join(store.root, "chat-file-variants")))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", delete_the_last_object_then_mkstemp)
+    store.put("chat-file-variants/org/file/preview", io.BytesIO(b"preview"), "image/webp", {"a": "b"})
+
+    assert removed == [True]  # the delete did remove the directories under the put
+    info = store.head("chat-file-variants/org/file/preview")
+    assert (info.size, info.content_type, info.metadata) == (7, "image/webp", {"a": "b"})
+    assert read_object(store, "chat-file-variants/org/file/preview") == b"preview"
+    assert sorted(os.listdir(directory)) == ["preview", "preview.meta.json"]
+
+
+def test_puts_and_deletes_racing_in_one_directory_all_succeed(tmp_path):
+    store = LocalStore(tmp_path / "objects")
+    errors = []
+
+    def churn(name):
+        key = f"chat-file-variants/org/file/{name}"
+        try:
+            for round_ in range(300):
+                data = f"{name} {round_}".encode()
+                store.put(key, data, "image/webp", {})
+                assert read_object(store, key) == data
+                store.delete(key)
+        except BaseException as error:  # noqa: BLE001 - reported below, with its thread
+            errors.append((name, error))
+
+    threads = [threading.Thread(target=churn, args=(name,)) for name in ("thumbnail", "preview", "other")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert os.listdir(store.root) == []
 
 
 # --- a real gunicorn worker, SIGKILLed between the two writes ----------------
