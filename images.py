@@ -14,6 +14,7 @@ far above what real images use.
 """
 
 import io
+import math
 import mmap
 import struct
 import warnings
@@ -29,10 +30,33 @@ PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", 
 
 # Pillow's own bomb check is ours to make, per request, from config.
 Image.MAX_IMAGE_PIXELS = None
-# A truncated or odd file makes Pillow warn: that is an invalid image. Set once
-# for the process, for Pillow's warnings only: warnings.catch_warnings() is
-# process-wide state and not safe around concurrent requests' threads.
-warnings.filterwarnings("error", module=r"PIL(\.|$)")
+
+
+def pillow_warnings_as_errors():
+    """A truncated or odd file makes Pillow warn: that is an invalid image.
+
+    Set once for the process (at import), for Pillow's warnings only:
+    warnings.catch_warnings() is process-wide state and not safe around
+    concurrent requests' threads. (pytest restores the filters after
+    importing a test module: a test that needs them calls this in its own
+    catch_warnings().)
+    """
+    warnings.filterwarnings("error", module=r"PIL(\.|$)")
+    # Except those of the EXIF parser (TiffImagePlugin: here it only ever
+    # reads the TIFF directories of a JPEG's EXIF and MPF blocks, PNG's eXIf
+    # and WebP's EXIF). Pillow parses a JPEG's EXIF while opening it (to find
+    # its DPI) and warns of each tag that points past the block, or of a
+    # directory cut short, then skips it: metadata, not pixels. A browser
+    # ignores what it cannot read of an EXIF block and shows the picture
+    # (variants.orientation: 1 when unreadable).
+    warnings.filterwarnings("ignore", module=r"PIL\.TiffImagePlugin$")
+    # And a JPEG's broken MPF index (the camera's further images, never
+    # shown): Pillow then reads the file as the plain JPEG it also is.
+    warnings.filterwarnings("ignore", message="Image appears to be a malformed MPO file",
+                            module=r"PIL\.JpegImagePlugin$")
+
+
+pillow_warnings_as_errors()
 
 MAX_FRAMES = 10_000  # Pillow spends ~50 us on each, however small
 MAX_JPEG_SCANS = 100  # each is a pass over the whole image; encoders write about 10
@@ -91,10 +115,10 @@ def verify_image(data, max_pixels, max_memory=None, *, on_first_frame=None):
     content_type = sniff(data)
     if content_type is None:
         raise UnsupportedType("The file content is not a PNG, JPEG, GIF or WebP image.")
-    _check_container(data, content_type)
+    canvas = _check_container(data, content_type)
     forget_pages(data, len(data))  # the walk read every page of the file; the decode reads them again in turn
     try:
-        width, height, frames = _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_frame)
+        width, height, frames = _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_frame, canvas)
     except InvalidImage:
         raise
     except UnidentifiedImageError:  # its message names the reader object, an address in memory
@@ -133,7 +157,7 @@ def _draft_jpeg(image):
     image.draft(None, (max(1, width // scale), max(1, height // scale)))
 
 
-def _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_frame=None):
+def _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_frame=None, canvas=None):
     with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
         width, height = image.size
         if width * height == 0:
@@ -141,7 +165,7 @@ def _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_fram
         if content_type == "image/jpeg":
             _draft_jpeg(image)
         if max_memory is not None:
-            estimate = decode_memory_estimate(image, content_type, data)
+            estimate = decode_memory_estimate(image, content_type, data, canvas)
             if estimate > max_memory:
                 raise InvalidImage(f"The image is too large to decode: it would take about {estimate} bytes of "
                                    f"memory, more than the {max_memory} allowed.")
@@ -166,62 +190,107 @@ def _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_fram
 _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
 # Allocator slack, tables and buffers a decode needs whatever the image's size.
 DECODE_BASE_MEMORY = 8 * 1024 * 1024
+# Besides its pixels, each image Pillow holds has an array of pointers to its
+# rows (libImaging's Imaging.image): 8 bytes a row. Nothing beside a photo's
+# pixels, but 305 MiB for a 1 x 39,999,999 PNG's 38 MiB of palette pixels
+# (bench/decode_memory.py measured 354 MiB for it).
+ROW_POINTER_BYTES = struct.calcsize("P")
 
 
 def estimate_decode_memory(data):
     """decode_memory_estimate for the bytes of an image (for benchmarks and tests)."""
     content_type = sniff(data)
+    canvas = _check_container(data, content_type)
     with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
         if content_type == "image/jpeg":
             _draft_jpeg(image)
-        return decode_memory_estimate(image, content_type, data)
+        return decode_memory_estimate(image, content_type, data, canvas)
 
 
-def decode_memory_estimate(image, content_type, data):
+def decode_memory_estimate(image, content_type, data, canvas=None):
     """Bytes the decode of ``image`` (opened, JPEG drafted, not loaded) and its variants will need at their peak.
 
     From the header only, per format, as measured by bench/decode_memory.py
     (docs/PERFORMANCE.md): frames decode one after another, so an animation
-    costs the canvases its decoder keeps, not its frame count.
+    costs the canvases its decoder keeps, not its frame count. ``canvas`` is
+    the size the container walk found the frames to need (_check_container:
+    a GIF's frames may reach past its logical screen, and Pillow grows the
+    canvas to hold them); None: the header's.
     """
-    pixels = image.size[0] * image.size[1]
+    width, height = image.size
+    if canvas is not None:
+        width, height = max(width, canvas[0]), max(height, canvas[1])
+    pixels = width * height
     pixel_bytes = _MODE_BYTES.get(image.mode, 4)
     animated = getattr(image, "n_frames", 1) > 1 if content_type != "image/gif" else image.is_animated
+    # cost: the pixels' bytes; held: the full-size images Pillow holds at once, each with its row pointers.
     if content_type == "image/jpeg":
-        cost = pixels * pixel_bytes + _jpeg_decoder_memory(image, data)
+        cost, held = pixels * pixel_bytes + _jpeg_decoder_memory(image, data), 1
     elif content_type == "image/webp":
         # libwebp's canvas and its disposed copy, Pillow's copy of the frame
-        # and the image, all RGBA; lossless adds its own ARGB buffer.
-        cost = pixels * 4 * (5 if _webp_is_lossless(data) else 4)
+        # (flat buffers) and the image, all RGBA; lossless adds its own ARGB buffer.
+        cost, held = pixels * 4 * (5 if _webp_is_lossless(data) else 4), 1
     elif animated and content_type == "image/gif":
         # The canvas, the previous one, the disposal fill, the frame and its
         # RGBA conversion (a GIF's frames after the first are RGB(A)).
-        cost = pixels * 20
+        cost, held = pixels * 20, 5
     elif animated:
         # APNG: the canvas, the previous one (to dispose to), the frame and its blend.
-        cost = pixels * 4 * 4
+        cost, held = pixels * 4 * 4, 4
     else:
-        cost = pixels * pixel_bytes
-    return DECODE_BASE_MEMORY + cost + _variant_memory(image)
+        cost, held = pixels * pixel_bytes, 1
+    if content_type == "image/png":
+        cost += _png_line_buffers(data)
+    return DECODE_BASE_MEMORY + cost + held * height * ROW_POINTER_BYTES + _variant_memory(image)
+
+
+def _png_line_buffers(data):
+    """Pillow's PNG decoder holds two rows as stored (the row and the one before it, for the filters):
+    nothing for a photo, twice the image for a PNG one row high. From IHDR, the first chunk (Pillow opened it)."""
+    width, bit_depth, colour_type = struct.unpack_from(">I", data, 16)[0], data[24], data[25]
+    samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour_type, 4)
+    return 2 * (-(-width * samples * bit_depth // 8) + 1)
 
 
 # What variants.py adds while it makes the still from the first frame
 # (measured by bench/decode_memory.py): the band it shrinks at a time
 # (banded.py: cropped, converted to RGB(A), premultiplied, resampled: at most
-# 4 bytes a pixel each), or the whole frame converted when it fits the
-# preview's box; then the still, its resized copy and the encoder's buffers,
-# each at most the preview's box in RGBA.
-BAND_BYTES_PER_PIXEL = 4 * 4
-VARIANT_WORKING_MEMORY = 3 * DRAFT_BOUND * DRAFT_BOUND * 4
+# 4 bytes a pixel each, and a row pointer a row each), or the whole frame
+# converted when it fits the preview's box; then the still, its resized copy
+# and the encoder's buffers, each at most the preview's box in RGBA.
+BAND_COPIES = 4
+BAND_BYTES_PER_PIXEL = 4 * BAND_COPIES
+VARIANT_WORKING_MEMORY = 3 * (DRAFT_BOUND * DRAFT_BOUND * 4 + DRAFT_BOUND * ROW_POINTER_BYTES)
 
 
 def _variant_memory(image):
-    target = banded.fit(*image.size, DRAFT_BOUND, DRAFT_BOUND)
+    width, height = image.size
+    target = banded.fit(width, height, DRAFT_BOUND, DRAFT_BOUND)
     if target == image.size:
-        shrink = target[0] * target[1] * 4  # fits: converted whole, if at all
+        shrink = target[0] * target[1] * 4 + target[1] * ROW_POINTER_BYTES  # fits: converted whole, if at all
     else:
-        shrink = banded.largest_band(image.size, target, image.mode) * BAND_BYTES_PER_PIXEL
+        band = banded.largest_band(image.size, target, image.mode)
+        rows = band // width
+        shrink = (band * BAND_BYTES_PER_PIXEL + BAND_COPIES * rows * ROW_POINTER_BYTES
+                  + _resample_weights(image.size, target, rows, image.mode))
     return shrink + VARIANT_WORKING_MEMORY
+
+
+def _resample_weights(size, target, band_rows, mode):
+    """The weights resize() computes first: for each pixel of the result along each axis, a double for
+    each source pixel its filter reaches (Pillow's Resample.c, precompute_coeffs).
+
+    After banded.py's box-reduce that is a few per result pixel; but 16-bit grey cannot be reduced, so
+    a shrink from a row of 39,999,999 pixels weighs 2 x 31,250 of them for each of its 1280: 610 MiB
+    (measured). Across, each band weighs the whole width; down, only its own rows.
+    """
+    if banded.can_reduce(mode):
+        return 0
+    reach = banded.SUPPORT[banded.SHRINK_FILTER]
+    (width, height), (result_width, result_height) = size, target
+    across = (math.ceil(reach * width / result_width) * 2 + 1) * result_width
+    down = (math.ceil(reach * height / result_height) * 2 + 1) * math.ceil(band_rows * result_height / height)
+    return (across + down) * 8
 
 
 def _jpeg_decoder_memory(image, data):
@@ -302,11 +371,17 @@ def _check_container(data, content_type):
 
     Bytes after the end of a PNG, GIF or WebP make a polyglot. After a JPEG's
     end marker they are allowed: cameras put further images (MPF) and
-    motion-photo videos there.
+    motion-photo videos there. Returns the canvas (width, height) the frames
+    need when the walk finds it larger than the header may say (a GIF's, see
+    _gif_walk), else None.
     """
-    end = _CONTAINER_ENDS[content_type](data)
+    if content_type == "image/gif":
+        end, canvas = _gif_walk(data)
+    else:
+        end, canvas = _CONTAINER_ENDS[content_type](data), None
     if end < len(data) and content_type != "image/jpeg":
         raise InvalidImage(f"The image has {len(data) - end} unexpected bytes after its end.")
+    return canvas
 
 
 def _png_end(data):
@@ -372,19 +447,28 @@ def _next_jpeg_marker(data, offset):
     return None
 
 
-def _gif_end(data):
-    """Offset just past the trailer, walking every block and sub-block."""
+def _gif_walk(data):
+    """(offset just past the trailer, canvas), walking every block and sub-block.
+
+    The canvas is the logical screen grown to hold every frame's image
+    descriptor (left + width, top + height): Pillow grows it to hold a frame
+    that reaches past the screen, so a 10 x 10 GIF can decode a 6320 x 6320
+    canvas.
+    """
     if len(data) < 13:
         raise InvalidImage("The GIF ends inside its header.")
+    width, height = struct.unpack_from("<HH", data, 6)
     offset = 13 + _gif_color_table_size(data[10])
     blocks = 0
     while offset < len(data):
         introducer = data[offset]
         if introducer == 0x3B:  # trailer
-            return offset + 1
+            return offset + 1, (width, height)
         if introducer == 0x21:  # extension: label, then sub-blocks
             offset += 2
         elif introducer == 0x2C and offset + 10 <= len(data):  # image: descriptor, colour table, LZW size, sub-blocks
+            left, top, frame_width, frame_height = struct.unpack_from("<4H", data, offset + 1)
+            width, height = max(width, left + frame_width), max(height, top + frame_height)
             offset += 10 + _gif_color_table_size(data[offset + 9]) + 1
         elif introducer == 0x2C:
             break
@@ -412,7 +496,7 @@ def _webp_end(data):
     return min(end + end % 2, len(data))  # RIFF pads odd-sized chunks
 
 
-_CONTAINER_ENDS = {"image/png": _png_end, "image/jpeg": _jpeg_end, "image/gif": _gif_end, "image/webp": _webp_end}
+_CONTAINER_ENDS = {"image/png": _png_end, "image/jpeg": _jpeg_end, "image/webp": _webp_end}  # a GIF's: _gif_walk
 
 
 # A mapped file's pages count in the process's RSS once read, and stay counted

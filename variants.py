@@ -19,7 +19,9 @@ to resample a palette frame or the premultiplied one for alpha
 
 import hashlib
 import io
+import math
 import os
+import struct
 from dataclasses import dataclass, replace
 
 from PIL import Image, ImageCms
@@ -192,14 +194,15 @@ def _eight_bit(image):
 def _to_srgb(image, icc_profile, frame):
     """RGB (RGBA when any pixel is see-through), converted from the embedded profile to sRGB, without metadata.
 
-    A profile lcms cannot use (broken, or for another colour space) is
-    ignored: the pixels are taken as sRGB, as browsers do.
+    A profile lcms cannot use (broken, or for another colour space), or one
+    beyond what browsers accept (acceptable_icc_profile), is ignored: the
+    pixels are taken as sRGB, as browsers do.
     """
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
     if alpha is not None and alpha.getextrema()[0] == 255:
         alpha = None  # fully opaque: no alpha channel to store
     colour = image if image.mode in ("RGB", "CMYK", "L") else image.convert("RGB")
-    if icc_profile:
+    if icc_profile and acceptable_icc_profile(icc_profile):
         try:
             profile = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
             colour = ImageCms.profileToProfile(colour, profile, SRGB, outputMode="RGB")
@@ -213,6 +216,103 @@ def _to_srgb(image, icc_profile, frame):
         colour.putalpha(alpha)
     colour.info = {}
     return colour
+
+
+# --- embedded colour profiles ------------------------------------------------------
+#
+# LittleCMS parses and runs whatever pipeline a profile describes: a 1,868-byte
+# PNG whose iCCP chunk inflates to a D2B0 'mpet' of 100,000 matrices kept it
+# busy for 271 s (issue 16). So a profile goes to it only when a browser's colour
+# engine would take it: Firefox's qcms (src/iccread.rs) and Chrome's skcms
+# (skcms.cc, skcms_Parse). Beyond these bounds it is ignored like a broken one.
+
+MAX_ICC_PROFILE_SIZE = 4 * 1024 * 1024  # qcms MAX_PROFILE_SIZE
+MAX_ICC_TAGS = 1024  # qcms MAX_TAG_COUNT
+# Elements of a multiProcessElements tag ('mpet': the D2Bx/B2Dx float
+# pipelines, which LittleCMS prefers to A2Bx). qcms and skcms run none at all.
+# A float profile's pipeline needs a few: curves, a matrix or a CLUT, curves.
+# 16 leaves room for any of those, and LittleCMS then builds the transform in
+# milliseconds (measured, a whole small upload: 10 matrices 0.05 s; 10,000
+# matrices 5 s; 100,000 more than 20 s, minutes in the issue).
+MAX_PIPELINE_ELEMENTS = 16
+# Segments of all the segmented curves ('curf') of an mpet's curve sets, each
+# counted as often as the pipeline uses it. LittleCMS evaluates a curve
+# segment by segment: one curve set of 30,000 segments took 2.3 s, 16 of them
+# more than a minute. A curve has a few (below, within and above 0..1); 256 is
+# 16 RGB curve sets of 5.
+MAX_PIPELINE_SEGMENTS = 256
+# Grid points of a CLUT, the product over its inputs ('mft1'/'mft2' lut8/16,
+# 'mAB '/'mBA ', an mpet's 'clut' element): qcms MAX_LUT_SIZE. A 33 x 33 x 33
+# RGB grid is 35,937 points, a 17^4 CMYK one 83,521.
+MAX_CLUT_POINTS = 500_000
+
+
+def acceptable_icc_profile(data):
+    """Whether an embedded ICC profile is one browsers would use: its header (size, 'acsp'), its tag
+    table and every tag inside the profile (skcms), and no pipeline or CLUT grid beyond the bounds above."""
+    view = memoryview(data).cast("B")
+    if not 132 <= len(view) <= MAX_ICC_PROFILE_SIZE or view[36:40] != b"acsp":
+        return False
+    size, count = struct.unpack_from(">I", view, 0)[0], struct.unpack_from(">I", view, 128)[0]
+    if size > len(view) or count > MAX_ICC_TAGS or 132 + 12 * count > size:
+        return False
+    for entry in range(count):
+        offset, length = struct.unpack_from(">II", view, 132 + 12 * entry + 4)
+        if length < 4 or offset + length > size or not _acceptable_tag(view[offset : offset + length]):
+            return False
+    return True
+
+
+def _acceptable_tag(tag):
+    kind = bytes(tag[:4])
+    if kind in (b"mft1", b"mft2"):  # inputs at 8, grid points (every axis) at 10
+        return len(tag) >= 48 and tag[10] ** tag[8] <= MAX_CLUT_POINTS
+    if kind in (b"mAB ", b"mBA "):  # inputs at 8, the CLUT's offset at 24 (0: none): a grid point count per input
+        if len(tag) < 32:
+            return False
+        clut = struct.unpack_from(">I", tag, 24)[0]
+        return clut == 0 or (clut + 20 <= len(tag) and math.prod(tag[clut : clut + min(tag[8], 16)]) <= MAX_CLUT_POINTS)
+    if kind == b"mpet":
+        return _acceptable_pipeline(tag)
+    return True
+
+
+def _acceptable_pipeline(tag):
+    """An mpet: channels at 8, its element count at 12, then a position (offset, size) per element."""
+    if len(tag) < 16:
+        return False
+    count = struct.unpack_from(">I", tag, 12)[0]
+    if count > MAX_PIPELINE_ELEMENTS or 16 + 8 * count > len(tag):
+        return False
+    segments = 0
+    for entry in range(count):
+        offset, length = struct.unpack_from(">II", tag, 16 + 8 * entry)
+        if length < 12 or offset + length > len(tag):
+            return False
+        element = tag[offset : offset + length]
+        kind = bytes(element[:4])
+        if kind == b"clut":  # a grid point count per input (at 8) from 12
+            inputs = struct.unpack_from(">H", element, 8)[0]
+            if len(element) < 28 or math.prod(element[12 : 12 + min(inputs, 16)]) > MAX_CLUT_POINTS:
+                return False
+        elif kind == b"cvst":
+            segments += _curve_set_segments(element)
+    return segments <= MAX_PIPELINE_SEGMENTS
+
+
+def _curve_set_segments(element):
+    """Segments of a curve set's curves: a position per channel (count at 8) from 12, each a 'curf'
+    with its segment count at 8. One that does not fit counts as too many."""
+    channels = struct.unpack_from(">H", element, 8)[0]
+    if 12 + 8 * channels > len(element):
+        return MAX_PIPELINE_SEGMENTS + 1
+    segments = 0
+    for channel in range(channels):
+        offset, length = struct.unpack_from(">II", element, 12 + 8 * channel)
+        if length < 12 or offset + length > len(element) or element[offset : offset + 4] != b"curf":
+            return MAX_PIPELINE_SEGMENTS + 1
+        segments += struct.unpack_from(">H", element, offset + 8)[0]
+    return segments
 
 
 def _encode(image):

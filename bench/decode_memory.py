@@ -16,8 +16,10 @@ import argparse
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -59,6 +61,72 @@ def _save_animation(frames, fmt, **options):
     return _save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, **options)
 
 
+# Shapes Pillow's encoders will not write (or only slowly, holding the whole image), written by hand.
+
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # per pixel, by IHDR colour type
+
+
+def _png_chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_pixels(width, height, colour_type, bit_depth):
+    """The zlib stream of ``height`` rows of zeros (filter 0), compressed a few MiB at a time."""
+    row = bytes(1 + -(-width * _PNG_SAMPLES[colour_type] * bit_depth // 8))
+    compressor, parts, left = zlib.compressobj(9), [], height
+    while left:
+        rows = min(left, max(1, (4 << 20) // len(row)))
+        parts.append(compressor.compress(row * rows))
+        left -= rows
+    return b"".join(parts) + compressor.flush()
+
+
+def _png_by_hand(width, height, colour_type, bit_depth=8, frames=1, dispose=0, blend=0):
+    """A PNG of one colour (an APNG of ``frames`` frames, each the whole canvas, when more than one)."""
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0))
+    if colour_type == 3:
+        header += _png_chunk(b"PLTE", bytes((200, 30, 90)))
+    pixels = _png_pixels(width, height, colour_type, bit_depth)
+    if frames == 1:
+        return b"\x89PNG\r\n\x1a\n" + header + _png_chunk(b"IDAT", pixels) + _png_chunk(b"IEND", b"")
+    body, sequence = _png_chunk(b"acTL", struct.pack(">II", frames, 0)), 0
+    for frame in range(frames):
+        body += _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, 1, 10, dispose, blend))
+        sequence += 1
+        if frame == 0:
+            body += _png_chunk(b"IDAT", pixels)
+        else:
+            body += _png_chunk(b"fdAT", struct.pack(">I", sequence) + pixels)
+            sequence += 1
+    return b"\x89PNG\r\n\x1a\n" + header + body + _png_chunk(b"IEND", b"")
+
+
+def _gif_frame(width, height, index):
+    """The image descriptor, LZW size and data of a one-colour frame, as Pillow encodes it."""
+    image = Image.new("P", (width, height), index)
+    image.putpalette([0, 0, 0, 200, 30, 90, 40, 160, 90, 90, 40, 200])
+    data = _save(image, "GIF")
+    offset = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    while data[offset] == 0x21:  # extensions: label, sub-blocks
+        offset += 2
+        while data[offset]:
+            offset += 1 + data[offset]
+        offset += 1
+    return data[offset:-1]  # up to the trailer
+
+
+def _gif_by_hand(screen, frames):
+    """A GIF whose logical screen is ``screen`` and whose frames are at (left, top, width, height):
+    Pillow's encoder would grow the screen to hold them."""
+    palette = bytes((0, 0, 0, 200, 30, 90, 40, 160, 90, 90, 40, 200))
+    data = b"GIF89a" + struct.pack("<HHBBB", *screen, 0x81, 0, 0) + palette  # a global table of 4 colours
+    for index, (left, top, width, height) in enumerate(frames):
+        descriptor = _gif_frame(width, height, 1 + index % 3)
+        data += b"\x21\xf9\x04\x00\x0a\x00\x00\x00"  # graphic control: 100 ms, no disposal
+        data += b"\x2c" + struct.pack("<HH", left, top) + descriptor[5:]
+    return data + b"\x3b"
+
+
 # (name, content type, builder): builders run once, their output is cached under var/bench.
 CORPUS = (
     ("png-rgb", "image/png", lambda: _save(_still("RGB"), "PNG")),
@@ -73,6 +141,8 @@ CORPUS = (
     ("gif-2-frames", "image/gif", lambda: _save_animation(_frames("RGB"), "GIF")),
     ("gif-2-frames-background", "image/gif",
      lambda: _save_animation(_frames("RGB"), "GIF", disposal=2, transparency=0)),
+    # A 10 x 10 logical screen whose second frame is 6320 x 6320: Pillow grows the canvas.
+    ("gif-frame-past-the-screen", "image/gif", lambda: _gif_by_hand((10, 10), [(0, 0, 10, 10), (0, 0, SIDE, SIDE)])),
     ("jpeg-baseline-rgb", "image/jpeg", lambda: _save(_still("RGB"), "JPEG")),
     ("jpeg-baseline-444", "image/jpeg", lambda: _save(_still("RGB"), "JPEG", subsampling=0)),
     ("jpeg-progressive-rgb", "image/jpeg", lambda: _save(_still("RGB"), "JPEG", progressive=True)),
@@ -88,6 +158,25 @@ CORPUS = (
     ("webp-animated-lossy", "image/webp", lambda: _save_animation(_frames("RGB"), "WEBP", quality=50, method=0)),
     ("webp-animated-lossless", "image/webp",
      lambda: _save_animation(_frames("RGBA"), "WEBP", lossless=True, method=0)),
+)
+
+# Extreme aspect ratios, at the pixel limit: one pixel wide, Pillow holds a
+# row pointer (8 bytes) per row of each image; one row high, the PNG decoder
+# holds two rows and resize() weighs a 16-bit row's every pixel. The estimate
+# covers them, far above the peak one row high (banded.py's band is then the
+# whole row, counted as if converted): refused, like any of these at 40 M pixels.
+LONG = 39_999_999
+ASPECT_CORPUS = (
+    ("png-palette-1x39999999", "image/png", lambda: _png_by_hand(1, LONG, 3)),
+    ("png-rgba-1x39999999", "image/png", lambda: _png_by_hand(1, LONG, 6)),
+    ("png-gray16-1x39999999", "image/png", lambda: _png_by_hand(1, LONG, 0, 16)),
+    ("png-palette-39999999x1", "image/png", lambda: _png_by_hand(LONG, 1, 3)),
+    ("png-rgb-39999999x1", "image/png", lambda: _png_by_hand(LONG, 1, 2)),
+    ("png-gray16-39999999x1", "image/png", lambda: _png_by_hand(LONG, 1, 0, 16)),
+    ("apng-previous-over-1x19999999", "image/png",
+     lambda: _png_by_hand(1, LONG // 2, 6, frames=2, dispose=2, blend=1)),
+    ("apng-previous-over-19999999x1", "image/png",
+     lambda: _png_by_hand(LONG // 2, 1, 6, frames=2, dispose=2, blend=1)),
 )
 
 WARM_UP = {"image/png": "PNG", "image/gif": "GIF", "image/jpeg": "JPEG", "image/webp": "WEBP"}
@@ -163,7 +252,7 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = parser.parse_args(argv)
     wanted = {name for name in args.only.split(",") if name}
-    rows = [measure(*entry) for entry in CORPUS if not wanted or entry[0] in wanted]
+    rows = [measure(*entry) for entry in CORPUS + ASPECT_CORPUS if not wanted or entry[0] in wanted]
     print(json.dumps(rows, indent=1) if args.json else table(rows))
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import images
-from bench.decode_memory import CORPUS, corpus_file, measure
+from bench.decode_memory import ASPECT_CORPUS, CORPUS, _gif_by_hand, corpus_file, measure
 from blueprints import files
 from tests.conftest import _create_user, make_app
 from tests.single_backend import database_url, storage_config  # noqa: F401 (fixtures)
@@ -28,6 +28,39 @@ def test_estimate_covers_the_measured_peak_and_is_not_far_above_it(entry):
     assert row["estimate"] >= row["measured"], row
     # Generous: the estimate may not refuse an image for want of precision (APNG without disposal: 2x).
     assert row["estimate"] <= 3 * row["measured"] + images.DECODE_BASE_MEMORY, row
+
+
+@pytest.mark.parametrize("entry", ASPECT_CORPUS, ids=[entry[0] for entry in ASPECT_CORPUS])
+def test_estimate_covers_the_measured_peak_of_extreme_aspect_ratios(entry):
+    """One pixel wide: a row pointer per row of every image Pillow holds (8 bytes, for 1 byte of palette
+    pixel); one row high: the PNG decoder's two rows and resize()'s weights. Over, not near: no upper bound."""
+    row = measure(*entry)
+    assert row["estimate"] >= row["measured"], row
+
+
+# Issue 16: a GIF whose second frame grows its 10 x 10 screen to 6320 x 6320 (+495 MiB), and a
+# 1 x 39,999,999 palette PNG (+354 MiB), both under the pixel limit, were estimated from their headers.
+@pytest.mark.parametrize("name", ["gif-frame-past-the-screen", "png-palette-1x39999999"])
+def test_the_issues_grown_gif_and_one_pixel_wide_png_are_refused_before_decoding(client, auth, user, app, name):
+    name, content_type, builder = next(entry for entry in CORPUS + ASPECT_CORPUS if entry[0] == name)
+    data = corpus_file(name, builder).read_bytes()
+    response = upload(client, auth, data, content_type, organization=user["organization_id"])
+    assert_error(response, 400, "Invalid image file.")
+    assert "too large to decode" in response.json["detail"]
+    assert row_count(app) == 0
+    assert object_count(app) == 0
+
+
+def small_screen_large_frame():
+    """A 10 x 10 screen and a 1200 x 900 frame at (1200, 900): Pillow decodes a 2400 x 1800 canvas."""
+    return _gif_by_hand((10, 10), [(0, 0, 10, 10), (1200, 900, 1200, 900)])
+
+
+def test_a_gif_frame_past_its_screen_is_counted_at_the_canvas_it_grows_and_accepted_when_small(client, auth, user):
+    row = measure("gif-frame-past-a-small-screen", "image/gif", small_screen_large_frame)
+    assert row["estimate"] >= row["measured"], row
+    response = upload(client, auth, small_screen_large_frame(), "image/gif", organization=user["organization_id"])
+    assert response.status_code == 201, response.json
 
 
 def noise_image(content_type, side):
