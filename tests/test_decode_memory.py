@@ -6,6 +6,7 @@ var/bench/decode-corpus (bench/decode_memory.py, which prints the table).
 Each measurement is a fresh subprocess; memory, not time, is asserted.
 """
 
+import contextlib
 import io
 import mmap
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 import images
 from bench.decode_memory import ASPECT_CORPUS, CORPUS, _gif_by_hand, corpus_file, measure
-from blueprints import files
+from sandbox import tasks as sandboxed
 from tests.conftest import _create_user, make_app
 from tests.single_backend import database_url, storage_config  # noqa: F401 (fixtures)
 from tests.test_files import assert_error, object_count, row_count, upload
@@ -126,12 +127,11 @@ def test_waiting_for_a_decode_slot_is_bounded_with_a_503(tmp_path, database_url,
     app = make_app(database_url, storage_config, tmp_path, DECODE_WAIT_TIMEOUT=0)
     account = _create_user(app, "carol", "acme")
     data = webp_lossless(16)
-    taken = [files.DECODE_SLOTS.acquire(timeout=10) for _ in range(2)]  # both slots busy decoding
-    try:
+    decode = sandboxed.decode_pool(app.config["MAX_DECODE_MEMORY"], app.config["MAX_FILE_SIZE"])
+    with contextlib.ExitStack() as busy:
+        for _ in range(decode.size):  # every decode sandbox busy decoding
+            busy.enter_context(decode.held(wait=10))
         response = upload(app.test_client(), {"Coder-Session-Token": account["token"]}, data, "image/webp",
                           organization=account["organization_id"])
-    finally:
-        for _ in filter(None, taken):
-            files.DECODE_SLOTS.release()
     assert_error(response, 503, "Too many uploads in progress.")
     assert response.headers["Retry-After"]
