@@ -158,6 +158,8 @@ def _draft_jpeg(image):
 
 
 def _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_frame=None, canvas=None):
+    if max_memory is not None and content_type == "image/webp":
+        _refuse_webp_before_opening(data, max_memory)
     with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
         width, height = image.size
         if width * height == 0:
@@ -165,10 +167,7 @@ def _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_fram
         if content_type == "image/jpeg":
             _draft_jpeg(image)
         if max_memory is not None:
-            estimate = decode_memory_estimate(image, content_type, data, canvas)
-            if estimate > max_memory:
-                raise InvalidImage(f"The image is too large to decode: it would take about {estimate} bytes of "
-                                   f"memory, more than the {max_memory} allowed.")
+            _refuse_over(decode_memory_estimate(image, content_type, data, canvas), max_memory)
         decoded = frames = 0
         for frame in _seek_each_frame(image, content_type):
             # Counted at the frame's own size, before decoding: a GIF frame may
@@ -242,6 +241,43 @@ def decode_memory_estimate(image, content_type, data, canvas=None):
     if content_type == "image/png":
         cost += _png_line_buffers(data)
     return DECODE_BASE_MEMORY + cost + held * height * ROW_POINTER_BYTES + _variant_memory(image)
+
+
+def _refuse_over(estimate, max_memory):
+    if estimate > max_memory:
+        raise InvalidImage(f"The image is too large to decode: it would take about {estimate} bytes of "
+                           f"memory, more than the {max_memory} allowed.")
+
+
+@dataclass(frozen=True)
+class _HeaderOnly:
+    """What decode_memory_estimate reads of an opened image, known from a header before opening."""
+
+    size: tuple[int, int]
+    mode: str = "RGBA"
+    n_frames: int = 1
+
+
+def _refuse_webp_before_opening(data, max_memory):
+    """Pillow's WebP open already makes libwebp's decoder, which allocates its canvases: a 6320 x 6320
+    lossless WebP of a few hundred bytes takes 320 MB there. So its estimate comes from the header first."""
+    size = _webp_canvas_size(data)
+    if size is not None:
+        _refuse_over(decode_memory_estimate(_HeaderOnly(size), "image/webp", data), max_memory)
+
+
+def _webp_canvas_size(data):
+    """(width, height) from a WebP's first chunk (VP8X's canvas, or a still's VP8L / VP8 frame header);
+    None when it has no such header (Pillow then refuses it)."""
+    kind = bytes(data[12:16])
+    if kind == b"VP8X" and len(data) >= 30:
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if kind == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 " and len(data) >= 30 and bytes(data[23:26]) == b"\x9d\x01\x2a":
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return None
 
 
 def _png_line_buffers(data):

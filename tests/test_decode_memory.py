@@ -104,6 +104,24 @@ def webp_lossless(side):
     return buffer.getvalue()
 
 
+def _webp(size, **options):
+    buffer = io.BytesIO()
+    frames = [Image.new("RGBA", size, (1, 2, 3, 128)), Image.new("RGBA", size, (3, 2, 1, 255))]
+    frames[0].save(buffer, "WEBP", save_all=options.pop("animated", False), append_images=frames[1:], **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 80}, {"quality": 80, "exif": b"Exif\0\0"},
+                                     {"animated": True, "lossless": True}],
+                         ids=["VP8L", "VP8", "VP8X still", "VP8X animation"])
+@pytest.mark.parametrize("size", [(1, 1), (317, 2), (16383, 3)])
+def test_the_webp_size_read_before_opening_is_the_one_pillow_opens(options, size):
+    """Pillow's WebP open already allocates libwebp's canvases, so the estimate reads the size first."""
+    data = _webp(size, **options)
+    with Image.open(io.BytesIO(data)) as image:
+        assert images._webp_canvas_size(data) == image.size == size
+
+
 def test_the_issues_tiny_lossless_webp_is_refused_before_decoding(client, auth, user, app):
     name, content_type, builder = next(entry for entry in CORPUS if entry[0] == "webp-lossless")
     data = corpus_file(name, builder).read_bytes()  # 6320 x 6320 in a few bytes: under the pixel limit
