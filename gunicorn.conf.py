@@ -145,7 +145,9 @@ def post_worker_init(worker):
     from sandbox import tasks
 
     shutdown.close_sockets_on_sigterm()
-X
+    config = getattr(worker.wsgi, "config", None)  # None: the app failed to load, gunicorn serves its error
+    if config is not None:
+        tasks.warm(config)  # the worker's decode and scan sandboxes (sandbox/), started now
 
 
 def worker_int(worker):
