@@ -151,6 +151,8 @@ def _read_repository(header, fds):
                                            max_diff_bytes=header["max_diff_bytes"], deadline=deadline)
     except repository.RepositoryRefused as refused:
         return {"refused": str(refused)}, []
+    if state.error.startswith("MemoryError"):  # read_repository keeps every failure; this one is the ceiling's
+        raise MemoryError(state.error)
     fields = ("repo_root", "branch", "remote_origin", "unified_diff", "error")
     return {"state": {name: getattr(state, name) for name in fields}}, []
 
