@@ -7,7 +7,6 @@ repositories are real ones.
 
 from pathlib import Path
 
-
 from gitwatch import scan_workspace
 from sandbox import Limits
 from sandbox import tasks as sandboxed
