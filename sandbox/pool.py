@@ -78,17 +78,24 @@ class _Process:
         self.retiring = False  # it grew past its idle size and exits after this answer
 
     def call(self, task, header, fds, seconds):
-        """The task's answer (header, blobs); SandboxFailed when the process died or ran out of time."""
+        """The task's answer (header, blobs); SandboxFailed when the process died or ran out of time,
+        _DiedIdle when it was dead before the task reached it."""
         deadline = time.monotonic() + seconds
         try:
             self.sock.settimeout(seconds)
             send_frame(self.sock, {"task": task, **header}, fds=fds)
+        except OSError as error:
+            self.kill()
+            raise _DiedIdle(str(error)) from None
+        try:
             answer, blobs, _ = recv_frame(self.sock, deadline=deadline)
         except TimeoutError:
             self.kill()
             raise SandboxFailed("deadline", f"no answer within {seconds:g} s; killed") from None
         except (WireError, OSError) as error:
-            raise SandboxFailed(self.kill(), f"the process ended ({error})") from None
+            status = self.kill()
+            raise SandboxFailed("cpu" if status == -signal.SIGXCPU else "crashed",
+                                f"the process ended ({error}; exit status {status})") from None
         if "failed" in answer:  # the task hit its memory ceiling: the process exits after saying so
             self.kill()
             raise SandboxFailed(answer["failed"], answer.get("detail", ""))
@@ -96,14 +103,17 @@ class _Process:
         return answer, blobs
 
     def kill(self):
-        """Kill and reap the process; the cause its end suggests."""
+        """Kill and reap the process; its exit status (a signal's is negative: -SIGXCPU, the CPU limit's)."""
         with contextlib.suppress(OSError):
             self.sock.close()
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(signal.SIGKILL)
-        status = self.popen.wait()
-        return {-signal.SIGXCPU: "cpu", -signal.SIGKILL: "deadline"}.get(status, "crashed")
+        return self.popen.wait()
+
+
+class _DiedIdle(Exception):
+    """The process was gone before the task reached it (killed from outside while idle): no fault of the task."""
 
 
 class Pool:
@@ -130,7 +140,17 @@ class Pool:
         """
         process = self._take(wait)
         try:
-            answer, blobs = process.call(task, header, fds, self.limits.wall_seconds)
+            try:
+                answer, blobs = process.call(task, header, fds, self.limits.wall_seconds)
+            except _DiedIdle as died:  # once more, in a fresh process: the task itself has not run
+                log.warning("sandbox %s: an idle process had died (%s); starting another", self.name, died)
+                with self._lock:
+                    self._alive -= 1
+                process = self._take(wait)
+                answer, blobs = process.call(task, header, fds, self.limits.wall_seconds)
+        except _DiedIdle as died:
+            self._replace()
+            raise SandboxFailed("crashed", f"a fresh process was gone before the task reached it ({died})") from None
         except SandboxFailed as failure:
             log.warning("sandbox %s: task %s failed (%s); starting another process", self.name, task, failure)
             self._replace()

@@ -129,6 +129,15 @@ def test_other_calls_and_threads_go_on_while_a_task_burns(make_pool):
     assert len(counted) > 10_000
 
 
+def test_a_process_killed_while_idle_costs_the_next_call_nothing(make_pool):
+    pool = make_pool()
+    pid, _ = echo(pool)
+    os.kill(pid, signal.SIGKILL)  # the kernel's OOM killer, an operator's kill
+    time.sleep(0.2)
+    other, blobs = echo(pool)
+    assert blobs == [b"hello"] and other != pid
+
+
 def test_a_busy_pool_says_so_after_the_wait(make_pool):
     pool = make_pool(size=1)
     with pool.held(wait=30):
