@@ -7,10 +7,17 @@ directory, shared by every socket watching it. Reads are not subscribed to
 ``.git/objects`` or to ``.git/*.lock`` are ignored (a commit or ``git add``
 also changes the index or a ref). If no watch can be made (inotify limits),
 the watcher polls: it reports a change every ``poll_interval`` seconds and
-retries a real watch every 10 s. A missing workspace is watched through its
-nearest existing parent; deletion and re-creation are followed. A workspace
-that resolves outside ``boundary`` is not watched at all (polling instead,
-so the session notices and reports it).
+retries a real watch every 10 s; so does any other failure to make one,
+and a watch whose inotify reader thread died. A missing workspace is watched
+through its nearest existing parent; deletion and re-creation are followed.
+A workspace that resolves outside ``boundary`` is not watched at all
+(polling instead, so the session notices and reports it).
+
+A tree of any depth is watched: watchdog walks it with ``os.walk``, which on
+Python 3.11 recurses once per level (a directory 2,000 deep raised
+RecursionError, in the socket's thread when the watch began, or later in
+the thread reading inotify for every socket of the process, which died
+with it); our emitter walks without recursion.
 
 A change reaches the client after the route's receive timeout (0.25 s) +
 the debounce (0.1 s after the last write, at most 0.5 s into a continuous
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
+    DirModifiedEvent,
     DirMovedEvent,
     FileAttribEvent,
     FileClosedEvent,
@@ -39,7 +47,9 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
+from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
+from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD
 
 __all__ = ["WorkspaceWatcher"]
 
@@ -70,6 +80,91 @@ def _is_relevant(event: FileSystemEvent) -> bool:
     source = os.fsdecode(event.src_path)
     destination = os.fsdecode(event.dest_path) if event.dest_path else ""
     return not _is_noise(source) or bool(destination and not _is_noise(destination))
+
+
+def _walk(top: bytes, followlinks: bool = False):
+    """``os.walk(top)`` (top-down, unreadable directories skipped) without recursion."""
+    pending = [top]
+    while pending:
+        root = pending.pop()
+        try:
+            with os.scandir(root) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        dirnames, filenames, walk_into = [], [], []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            (dirnames if is_dir else filenames).append(entry.name)
+            if is_dir and (followlinks or not entry.is_symlink()):
+                walk_into.append(entry.path)
+        yield root, dirnames, filenames
+        pending.extend(reversed(walk_into))
+
+
+class _WatchGroup(InotifyWatchGroup):
+    """watchdog's recursive inotify watch, its two walks made without recursion."""
+
+    def _add_all_callbacks(self, path: bytes) -> None:
+        is_dir = os.path.isdir(path)
+        self._add_callback(path)
+        if is_dir and self.is_recursive:
+            for root, dirnames, _ in _walk(path, self.follow_symlink):
+                for dirname in dirnames:
+                    full_path = os.path.join(root, dirname)
+                    if self.follow_symlink or not os.path.islink(full_path):
+                        self._add_callback(full_path)
+
+    def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
+        events = []
+        for root, dirnames, filenames in _walk(src_path, self.follow_symlink):
+            watched = self._active_callbacks_by_path.get(root)
+            if watched is not None:  # else its own creation event reports its content
+                events += [InotifyEvent(watched, InotifyConstants.IN_CREATE | InotifyConstants.IN_ISDIR, 0, name)
+                           for name in dirnames]
+                events += [InotifyEvent(watched, InotifyConstants.IN_CREATE, 0, name) for name in filenames]
+        return events
+
+
+class _Emitter(InotifyEmitter):
+    """watchdog's inotify emitter with ``_WatchGroup``."""
+
+    def on_thread_start(self) -> None:
+        self._inotify = _WatchGroup(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=self.watch.follow_symlink,
+        )
+
+    def build_and_queue_event(self, event, *, full_events: bool = False) -> None:
+        # A directory moved in gets synthetic events for its content, made with os.walk; the move
+        # itself is all a watcher needs, so a tree too deep for it is one change, not a dead thread.
+        try:
+            super().build_and_queue_event(event, full_events=full_events)
+        except RecursionError:
+            self.queue_event(DirModifiedEvent(self.watch.path))
+
+
+class _Observer(BaseObserver):
+    """watchdog's InotifyObserver with ``_Emitter``; ``delivering()`` tells whether its threads live."""
+
+    def __init__(self) -> None:
+        self.inotify_fd = InotifyFD()
+        self.inotify_fd.start()
+        super().__init__(_Emitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self.inotify_fd)
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self.inotify_fd.stop()
+        self.inotify_fd.join()
+
+    def delivering(self) -> bool:
+        return self.is_alive() and self.inotify_fd.is_alive()
 
 
 @dataclass(frozen=True)
@@ -142,7 +237,7 @@ class _WatchRegistry:
         self._watches: dict[tuple[str, bool], _SharedWatch] = {}
 
     def acquire(self, target: _WatchTarget, watcher: WorkspaceWatcher) -> _SharedWatch:
-        """Subscribe ``watcher``; raises OSError when no watch can be made."""
+        """Subscribe ``watcher``; raises OSError when no watch can be made, whatever the cause."""
         with self._lock:
             shared = self._watches.get(target.key)
             if shared is not None and (shared.dead or shared.target.identity != target.identity):
@@ -166,10 +261,12 @@ class _WatchRegistry:
             observed = self._running_observer().schedule(
                 shared, shared.target.path, recursive=shared.target.recursive, event_filter=_EVENT_TYPES
             )
-        except OSError:
+        except Exception as error:  # inotify limits, or anything else going wrong in watchdog
             shared.dead = True  # its other subscribers re-acquire and fall back
             self._watches.pop(shared.target.key, None)
-            raise
+            if isinstance(error, OSError):
+                raise
+            raise OSError(errno.EIO, f"file watching failed: {type(error).__name__}") from error
         shared.observed = observed
         self._watches[shared.target.key] = shared
 
@@ -183,27 +280,38 @@ class _WatchRegistry:
             except KeyError:
                 pass
 
-    def _running_observer(self):
-        if self._observer is not None and self._observer_pid == os.getpid():
+    def delivering(self) -> bool:
+        """The observer's threads live (a watch's subscribers are told by nothing else when they die)."""
+        observer = self._observer
+        return observer is not None and self._observer_pid == os.getpid() and observer.delivering()
+
+    def _running_observer(self) -> _Observer:
+        if self.delivering():
             return self._observer
         if self._observer is not None:
-            self._forget_forked_parent()
+            self._forget_observer(stop=self._observer_pid == os.getpid())
         now = time.monotonic()
         failed_at = self._observer_failed_at
         if failed_at is not None and now - failed_at < self.OBSERVER_RETRY_SECONDS:
             raise OSError(errno.EMFILE, "file watching unavailable")
         try:
-            observer = Observer()
+            observer = _Observer()
             observer.start()
-        except OSError:
+        except Exception as error:  # inotify limits, or no thread to be had
             self._observer_failed_at = now
-            raise
+            if isinstance(error, OSError):
+                raise
+            raise OSError(errno.EAGAIN, f"file watching unavailable: {error}") from error
         self._observer, self._observer_pid, self._observer_failed_at = observer, os.getpid(), None
         return observer
 
-    def _forget_forked_parent(self) -> None:
-        # Threads do not survive fork (e.g. gunicorn --preload): start afresh.
-        self._observer = None
+    def _forget_observer(self, *, stop: bool) -> None:
+        # Threads do not survive fork (e.g. gunicorn --preload), and one may die: start afresh,
+        # every watch made again by its subscribers. A dead one's remaining threads are stopped
+        # in the background (stopping joins them).
+        old, self._observer = self._observer, None
+        if stop:
+            threading.Thread(target=old.stop, name="gitwatch-observer-stop", daemon=True).start()
         for shared in self._watches.values():
             shared.dead, shared.observed = True, None
         self._watches.clear()
@@ -330,7 +438,7 @@ class WorkspaceWatcher:
                 return
             target = _watch_target(self._path, self._boundary)
             shared = self._shared
-            if shared is not None and not shared.dead and target == shared.target:
+            if shared is not None and not shared.dead and target == shared.target and _REGISTRY.delivering():
                 return
             if shared is None and time.monotonic() < self._next_arm_attempt:
                 return
@@ -346,7 +454,7 @@ class WorkspaceWatcher:
             if target is None:
                 raise OSError(errno.ENOENT, "nothing to watch")
             self._shared = _REGISTRY.acquire(target, self)
-        except OSError:
+        except Exception:  # OSError, or anything else: polling, never an exception for the socket
             self._next_arm_attempt = time.monotonic() + self.REARM_RETRY_SECONDS
 
 

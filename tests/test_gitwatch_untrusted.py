@@ -136,7 +136,7 @@ def test_the_watch_runs_nothing_the_workspace_names(tmp_path: Path) -> None:
     assert markers_in(markers) == []
     roots = {entry["repo_root"] for entry in first["repositories"]}
     assert {"hooks", "hooks-path", "filters", "filter-process", "parent", "parent/sub"} <= roots
-    assert "included" not in roots  # its config includes another file: left out
+    assert "included" in roots  # its include lies inside its own .git: read as usual, its filter still never runs
     assert change is not None and "b/another.txt" in str(change)
     assert "+changed" in next(e for e in first["repositories"] if e["repo_root"] == "filters")["unified_diff"]
 
