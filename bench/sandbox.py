@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import variants  # noqa: E402
+from bench import page  # noqa: E402
 from bench.sample_images import cached_image  # noqa: E402
 from gitwatch import repository  # noqa: E402
 from sandbox import tasks  # noqa: E402
@@ -200,16 +201,7 @@ def render(results):
 
 
 def write(results, docs_dir):
-    path = Path(docs_dir) / "PERFORMANCE.md"
-    text = path.read_text() if path.exists() else "# Performance\n"
-    section = f"{BEGIN}\n\n{render(results)}\n{END}"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-    return path
+    return page.write_section(docs_dir, BEGIN, END, render(results))
 
 
 def main(argv=None):

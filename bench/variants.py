@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image, ImageChops, ImageDraw, ImageOps, ImageStat  # noqa: E402
 
-from bench import report  # noqa: E402
+from bench import page, report  # noqa: E402
 
 CACHE_DIR = ROOT / "var" / "bench" / "images"
 RESULTS = ROOT / "var" / "bench" / "variants-latest.json"
@@ -402,17 +402,7 @@ def render(results):
 
 
 def write(results, docs_dir):
-    docs_dir = Path(docs_dir)
-    path = docs_dir / "PERFORMANCE.md"
-    text = path.read_text() if path.exists() else "# Performance\n"
-    section = f"{BEGIN}\n\n{render(results)}\n{END}"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-    return path
+    return page.write_section(docs_dir, BEGIN, END, render(results))
 
 
 def run(log=print):
