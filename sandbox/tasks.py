@@ -15,9 +15,11 @@ function's own errors:
   is the scan running out of time (the repository is read next turn).
 """
 
+import hashlib
 import logging
 import math
 import mmap
+import os
 import threading
 import time
 
@@ -78,14 +80,46 @@ def verify_and_make(fileno, max_pixels, max_memory, sha256, *, max_file_size, wa
     except SandboxFailed as failure:
         raise images.InvalidImage(f"The image is too expensive to decode: {TOO_EXPENSIVE[failure.cause]}.") from None
     if "unsupported" in answer:
-        raise images.UnsupportedType(answer["unsupported"])
+        raise images.UnsupportedType(str(answer["unsupported"]))
     if "invalid" in answer:
-        raise images.InvalidImage(answer["invalid"])
-    info = images.ImageInfo(**answer["info"])
-    still = variants.Still(None, **answer["still"])
-    made = [variants.Made(**{**fields, "data": None if index is None else blobs[index]})
-            for fields, index in answer["made"]]
+        raise images.InvalidImage(str(answer["invalid"]))
+    try:
+        return _image_results(answer, blobs, os.fstat(fileno).st_size, sha256)
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        log.error("a decode sandbox answered what is not a decode's result: %r", error)
+        raise images.InvalidImage(f"The image is too expensive to decode: {TOO_EXPENSIVE['crashed']}.") from None
+
+
+def _image_results(answer, blobs, size, sha256):
+    """(ImageInfo, Still, [Made]) from a sandbox's answer, taken as untrusted: a hostile file that took
+    the decoder over may lie, so only an allowed type is believed, every number must be one, and a
+    variant's size and digest are computed here from its bytes (the original's are the upload's own)."""
+    fields = answer["info"]
+    info = images.ImageInfo(_one_of(fields["content_type"], images.ALLOWED_TYPES), _pixels(fields["width"]),
+                            _pixels(fields["height"]), fields["animated"] is True)
+    still = variants.Still(None, _pixels(answer["still"]["width"]), _pixels(answer["still"]["height"]))
+    made = []
+    for fields, index in answer["made"]:
+        name, width, height = _one_of(fields["name"], variants.NAMES), _pixels(fields["width"]), _pixels(fields["height"])
+        if index is None:  # the original itself serves as this variant
+            made.append(variants.Made(name, info.content_type, width, height, size, sha256))
+        else:
+            data = blobs[index]
+            made.append(variants.Made(name, _one_of(fields["content_type"], (variants.ENCODING[1],)), width, height,
+                                      len(data), hashlib.sha256(data).hexdigest(), data))
     return info, still, made
+
+
+def _one_of(value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{value!r} is not one of {allowed}")
+    return value
+
+
+def _pixels(value):
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{value!r} is not a size in pixels")
+    return value
 
 
 def _verify_and_make(header, fds):
@@ -101,7 +135,7 @@ def _verify_and_make(header, fds):
             return {"invalid": str(error)}, []
     blobs, made_fields = [], []
     for variant in made:
-        fields = {name: getattr(variant, name) for name in ("name", "content_type", "width", "height", "size", "sha256")}
+        fields = {name: getattr(variant, name) for name in ("name", "content_type", "width", "height")}
         made_fields.append((fields, None if variant.data is None else len(blobs)))
         if variant.data is not None:
             blobs.append(variant.data)
@@ -140,8 +174,13 @@ def read_repository(repo_dir, repo_root, boundary, *, max_diff_bytes=repository.
         log.warning("repository %s left out: its read failed in the sandbox (%s)", repo_root, failure)
         raise repository.RepositoryRefused(f"reading it failed: {failure}") from None
     if "refused" in answer:
-        raise repository.RepositoryRefused(answer["refused"])
-    return repository.RepoState(**answer["state"])
+        raise repository.RepositoryRefused(str(answer["refused"]))
+    fields = answer.get("state")
+    if (not isinstance(fields, dict) or set(fields) != set(_STATE_FIELDS) or fields["repo_root"] != repo_root
+            or not all(isinstance(value, str) for value in fields.values())):
+        log.error("a scan sandbox answered what is not %s's state; left out", repo_root)
+        raise repository.RepositoryRefused("the sandbox's answer was not a repository's state")
+    return repository.RepoState(**fields)
 
 
 def _read_repository(header, fds):
@@ -153,8 +192,10 @@ def _read_repository(header, fds):
         return {"refused": str(refused)}, []
     if state.error.startswith("MemoryError"):  # read_repository keeps every failure; this one is the ceiling's
         raise MemoryError(state.error)
-    fields = ("repo_root", "branch", "remote_origin", "unified_diff", "error")
-    return {"state": {name: getattr(state, name) for name in fields}}, []
+    return {"state": {name: getattr(state, name) for name in _STATE_FIELDS}}, []
+
+
+_STATE_FIELDS = ("repo_root", "branch", "remote_origin", "unified_diff", "error")
 
 
 _TASKS = {"verify_and_make": _verify_and_make, "read_repository": _read_repository}

@@ -50,4 +50,17 @@ def _keep(header, fds):
     return {"kept": len(_KEPT[-1])}, []
 
 
-_TASKS = {"echo": _echo, "allocate": _allocate, "spin": _spin, "block": _block, "crash": _crash, "keep": _keep}
+def _lying_decode(header, fds):
+    """A decoder a hostile file took over, claiming the upload is a page and its thumbnail a script."""
+    made = [({"name": "thumbnail", "content_type": "text/html", "width": 1, "height": 1}, 0)]
+    info = {"content_type": header.get("claim", "text/html"), "width": 1, "height": 1, "animated": False}
+    return {"info": info, "still": {"width": 1, "height": 1}, "made": made}, [b"<script>alert(1)</script>"]
+
+
+def _lying_scan(header, fds):
+    """A repository read that answers for another repository."""
+    return {"state": {"repo_root": "../bob", "branch": "main", "remote_origin": "", "unified_diff": "",
+                      "error": ""}}, []
+
+
+_TASKS = {"verify_and_make": _lying_decode, "read_repository": _lying_scan, "echo": _echo, "allocate": _allocate, "spin": _spin, "block": _block, "crash": _crash, "keep": _keep}

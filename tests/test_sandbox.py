@@ -16,7 +16,10 @@ import time
 
 import pytest
 
+import images
+from gitwatch.repository import RepositoryRefused
 from sandbox import Limits, Pool, PoolBusy, SandboxFailed
+from sandbox import tasks as sandboxed
 from sandbox.wire import WireError, recv_frame, send_frame
 
 MiB = 1024 * 1024
@@ -217,3 +220,32 @@ def test_a_frame_round_trips_with_blobs_and_descriptors(tmp_path):
         for fd in fds:
             os.close(fd)
     assert header == {"a": 1} and blobs == [b"x" * 100_000, b""] and len(fds) == 1
+
+
+@pytest.fixture
+def lying_sandboxes(monkeypatch):
+    """The service's own calls, answered by sandboxes that a hostile file took over."""
+    made = []
+
+    def pool(name, size, limits):
+        made.append(Pool(name, size, limits, tasks=TASKS))
+        return made[-1]
+
+    monkeypatch.setattr(sandboxed, "pool", pool)
+    yield
+    for each in made:
+        each.close()
+
+
+def test_what_a_taken_over_decoder_claims_is_not_believed(lying_sandboxes, tmp_path):
+    with open(tmp_path / "upload", "wb") as spooled:
+        spooled.write(b"\x89PNG whatever")
+        spooled.flush()
+        with pytest.raises(images.InvalidImage, match="too expensive to decode"):
+            sandboxed.verify_and_make(spooled.fileno(), 10**6, 10**8, "0" * 64, max_file_size=10**6, wait=30)
+
+
+def test_a_taken_over_scan_cannot_answer_for_another_repository(lying_sandboxes, tmp_path):
+    with pytest.raises(RepositoryRefused):
+        sandboxed.read_repository(str(tmp_path), ".", str(tmp_path))
+
