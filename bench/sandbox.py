@@ -42,14 +42,12 @@ LIMITS = {"MAX_IMAGE_PIXELS": 40_000_000, "MAX_DECODE_MEMORY": 256 * 1024 * 1024
 
 
 def _sandbox_cpu(pool):
-    """CPU seconds the pool's idle processes have used (utime + stime from /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    """CPU seconds the pool's processes have run (/proc/PID/schedstat: nanoseconds on a CPU)."""
+    total = 0
     for process in pool.members():
-        with open(f"/proc/{process.popen.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+        with open(f"/proc/{process.popen.pid}/schedstat") as schedstat:
+            total += int(schedstat.read().split()[0])
+    return total / 1e9
 
 
 def _as_a_worker_allocates():
@@ -70,21 +68,17 @@ def image_work(rounds):
             spooled.write(data)
             spooled.flush()
             inside, outside, serving_cpu, sandbox_cpu = [], [], [], []
+            in_process = lambda: _in_process(spooled, sha256)  # noqa: E731
+            sandboxed = lambda: _sandboxed(spooled, sha256, pool)  # noqa: E731
             for number in range(rounds + 1):
-                with mmap.mmap(spooled.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    started = time.perf_counter()
-                    variants.verify_and_make(mapped, LIMITS["MAX_IMAGE_PIXELS"], LIMITS["MAX_DECODE_MEMORY"], sha256)
-                    in_process = time.perf_counter() - started
-                cpu_before, child_before = time.thread_time(), _sandbox_cpu(pool)
-                started = time.perf_counter()
-                tasks.verify_and_make(spooled.fileno(), LIMITS["MAX_IMAGE_PIXELS"], LIMITS["MAX_DECODE_MEMORY"],
-                                      sha256, max_file_size=LIMITS["MAX_FILE_SIZE"], wait=30)
-                sandboxed = time.perf_counter() - started
+                # Each goes first every other round: whichever runs second finds the other's data in the caches.
+                first, second = (in_process, sandboxed) if number % 2 else (sandboxed, in_process)
+                results = dict([first(), second()])
                 if number:  # the first round warms both (Pillow's plugins, the page cache)
-                    inside.append(in_process)
-                    outside.append(sandboxed)
-                    serving_cpu.append(time.thread_time() - cpu_before)
-                    sandbox_cpu.append(_sandbox_cpu(pool) - child_before)
+                    inside.append(results["in_process"])
+                    outside.append(results["sandboxed"][0])
+                    serving_cpu.append(results["sandboxed"][1])
+                    sandbox_cpu.append(results["sandboxed"][2])
         rows.append({
             "label": label, "bytes": len(data),
             "in_process_ms": _ms(inside), "sandboxed_ms": _ms(outside),
@@ -92,6 +86,23 @@ def image_work(rounds):
             "serving_cpu_ms": _ms(serving_cpu), "sandbox_cpu_ms": _ms(sandbox_cpu),
         })
     return rows
+
+
+def _in_process(spooled, sha256):
+    with mmap.mmap(spooled.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        started = time.perf_counter()
+        variants.verify_and_make(mapped, LIMITS["MAX_IMAGE_PIXELS"], LIMITS["MAX_DECODE_MEMORY"], sha256)
+        return "in_process", time.perf_counter() - started
+
+
+def _sandboxed(spooled, sha256, pool):
+    """("sandboxed", (wall seconds, the serving thread's CPU seconds, the sandbox's CPU seconds))."""
+    cpu_before, child_before = time.thread_time(), _sandbox_cpu(pool)
+    started = time.perf_counter()
+    tasks.verify_and_make(spooled.fileno(), LIMITS["MAX_IMAGE_PIXELS"], LIMITS["MAX_DECODE_MEMORY"], sha256,
+                          max_file_size=LIMITS["MAX_FILE_SIZE"], wait=30)
+    return "sandboxed", (time.perf_counter() - started, time.thread_time() - cpu_before,
+                         _sandbox_cpu(pool) - child_before)
 
 
 def repository_reads(rounds):
@@ -153,12 +164,22 @@ def _ms(seconds):
     return round(statistics.median(seconds) * 1000, 3)
 
 
-def run(rounds=15, log=print):
+def _on_one_core():
+    """Before and after on the same core: this machine's two vCPUs differ by a few percent (the same decode,
+    warm, took 172 ms of CPU on one and 169 ms on the other), as much as the hop itself at 8 MB.
+    The sandboxes started after this inherit it."""
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    return core
+
+
+def run(rounds=31, log=print):
     from bench import procstat
     from bench.__main__ import machine_facts
 
+    core = _on_one_core()
     started = time.perf_counter()
-    results = {"meta": {**machine_facts(), "load_before": procstat.load_average(), "rounds": rounds}}
+    results = {"meta": {**machine_facts(), "load_before": procstat.load_average(), "rounds": rounds, "core": core}}
     log("sandbox: an upload's image work, in the serving process and in a decode sandbox")
     results["image_work"] = image_work(rounds)
     log("sandbox: a repository's read, in the serving process and in a scan sandbox")
@@ -177,7 +198,8 @@ def render(results):
     lines = [
         "### Parsing in sandbox processes", "",
         f"`scripts/bench sandbox`, {meta['finished_at']}, {meta['cpus']} × {meta['cpu_model']}; medians of "
-        f"{meta['rounds']} interleaved runs (load {meta['load_before']} before, {meta['load_after']} after). "
+        f"{meta['rounds']} interleaved runs on CPU {meta.get('core', 0)} alone, the sandboxes too (load "
+        f"{meta['load_before']} before, {meta['load_after']} after). "
         "*Before* is the work in the serving process, as uploads and scans ran it until issue 16; *after* is the "
         "same call through a sandbox process (sandbox/), as they run now. Target: at most 1 ms added.", "",
         "| upload's image work (JPEG) | bytes | before, ms | after, ms | added, ms | serving CPU after, ms | "
@@ -186,7 +208,7 @@ def render(results):
     ]
     for row in results["image_work"]:
         lines.append(f"| {row['label']} | {row['bytes']:,} | {row['in_process_ms']:.2f} | {row['sandboxed_ms']:.2f} "
-                     f"| {row['added_ms']:+.2f} | {row['serving_cpu_ms']:.2f} | {row['sandbox_cpu_ms']:.1f} |")
+                     f"| {row['added_ms']:+.2f} | {row['serving_cpu_ms']:.2f} | {row['sandbox_cpu_ms']:.2f} |")
     lines += ["", "| repository read | before, ms | after, ms | added, ms |", "|---|---:|---:|---:|"]
     for row in results["repositories"]:
         lines.append(f"| {row['label']} | {row['in_process_ms']:.2f} | {row['sandboxed_ms']:.2f} "
@@ -207,7 +229,7 @@ def write(results, docs_dir):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="scripts/bench sandbox", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--render", action="store_true", help=f"only rebuild the section from {RESULTS}")
     args = parser.parse_args(argv)
     results = json.loads(RESULTS.read_text()) if args.render else run(args.rounds)

@@ -127,7 +127,7 @@ class Pool:
         self.size = size
         self.limits = limits
         self.tasks = tasks
-        self._idle = queue.SimpleQueue()
+        self._idle = queue.LifoQueue()  # the process used last is taken first: its caches are still warm
         self._lock = threading.Lock()
         self._alive = 0  # started or starting
         self._members = set()  # the live processes, idle or busy
