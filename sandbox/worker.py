@@ -48,7 +48,7 @@ def main(argv):
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     idle = address_space()
-    ceiling = idle + limits["memory"]
+    ceiling = _lower_of(idle + limits["memory"], resource.getrlimit(resource.RLIMIT_AS)[1])
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
     send_frame(sock, {"idle_memory": idle})
     while True:
@@ -76,6 +76,11 @@ def address_space():
     """The process's virtual size in bytes (what RLIMIT_AS counts)."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _lower_of(limit, current):
+    """A limit never above the one the process was started with (RLIM_INFINITY: none)."""
+    return limit if current == resource.RLIM_INFINITY else min(limit, current)
 
 
 def _allow_cpu(seconds):
