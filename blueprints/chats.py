@@ -7,7 +7,8 @@ from flask import Blueprint, current_app, g, jsonify, request
 import uploads
 from auth import login_required
 from errors import ApiError
-from models import Chat, rfc3339, utcnow
+from gitwatch import archives
+from models import Chat, db, rfc3339, utcnow
 from workspaces import WorkspaceError, normalize, resolve_for_user
 
 bp = Blueprint("chats", __name__)
@@ -66,13 +67,17 @@ def unarchive(chat_id):
 
 
 def _set_archived(chat_id, archived, conflict_message):
-    """Flip the flag in one conditional UPDATE, so of concurrent calls exactly one wins."""
+    """Flip the flag in one conditional UPDATE, so of concurrent calls exactly one wins; an archive is
+    announced in the same transaction, so every instance's sockets of the chat hear of it at commit."""
     chat_uuid = parse_chat_id(chat_id)
-    changed = (
-        Chat.update(archived=archived, updated_at=utcnow())
-        .where((Chat.id == chat_uuid) & (Chat.owner == g.user.id) & (Chat.archived == (not archived)))
-        .execute()
-    )
+    with db.atomic():
+        changed = (
+            Chat.update(archived=archived, updated_at=utcnow())
+            .where((Chat.id == chat_uuid) & (Chat.owner == g.user.id) & (Chat.archived == (not archived)))
+            .execute()
+        )
+        if changed and archived:
+            archives.announce(chat_uuid)
     if not changed:
         owned_chat(chat_id)  # 404 when it is not the caller's
         raise ApiError(400, conflict_message)

@@ -2,16 +2,17 @@
 
 Every check that can fail happens before the upgrade, so failures are plain
 JSON responses. After it the route only moves JSON between the socket and
-gitwatch.WatchSession; the database is asked every few seconds whether the
-chat was archived (by any instance: it is the only shared state), and the
-connection it used is given back at once. The workspace is confined to the
-owner's directory and resolved again before every scan (by the session).
+gitwatch.WatchSession. An archive (through any instance: the database is the
+only shared state) reaches the socket as an event of the process's one
+archive listener (gitwatch/archives.py), never by a query per socket. The
+workspace is confined to the owner's directory and resolved again before
+every scan (by the session).
 """
 
+import contextlib
 import functools
 import json
 import threading
-import time
 
 from flask import Blueprint, current_app, g, request
 from flask_sock import Sock
@@ -20,6 +21,7 @@ from wsproto.utilities import RemoteProtocolError
 import gitwatch
 import observability
 import origins
+from gitwatch.archives import ArchiveEvents
 from gitwatch.limits import acquire_slot
 from auth import authenticate
 from blueprints.chats import owned_chat
@@ -32,7 +34,6 @@ sock = Sock()
 
 WATCH_PATH = "/api/v2/chats/<chat_id>/git/watch"
 RECEIVE_TIMEOUT = 0.25  # how long a turn of the loop waits for a client frame
-ARCHIVE_CHECK_INTERVAL = 2.0
 ARCHIVED_CLOSE_REASON = "Chat was archived."
 
 
@@ -71,8 +72,8 @@ def not_upgraded(chat_id):
 
 
 class _CloseRequest:
-    """What shutdown registers instead of the socket: it only asks, from its own
-    thread, and the loop's thread does the closing (the socket is not thread-safe)."""
+    """What shutdown and archive events hold instead of the socket: they only ask, from their own
+    threads, and the loop's thread does the closing (the socket is not thread-safe)."""
 
     def __init__(self):
         self.code = None
@@ -94,9 +95,8 @@ def watch(ws, chat_id):
     # Resolved again before every scan: a swap to a symlink pointing out is noticed.
     resolve_now = functools.partial(resolve, g.owner_dir, g.workspace)
     session = gitwatch.WatchSession(g.workspace_dir, boundary=g.owner_dir, resolve=resolve_now)
-    with session, observability.watch_socket(close_request):
+    with session, observability.watch_socket(close_request), _closed_on_archive(g.chat_id, close_request):
         ws.send(json.dumps(session.initial_message()))
-        next_archive_check = time.monotonic() + ARCHIVE_CHECK_INTERVAL
         while ws.connected:
             if close_request.code is not None:
                 ws.close(reason=close_request.code, message=close_request.reason)
@@ -105,11 +105,6 @@ def watch(ws, chat_id):
             message = session.poll(refresh=refresh)
             if message is not None:
                 ws.send(json.dumps(message))
-            if time.monotonic() >= next_archive_check:
-                if _is_archived(g.chat_id):
-                    ws.close(reason=1000, message=ARCHIVED_CLOSE_REASON)
-                    return
-                next_archive_check = time.monotonic() + ARCHIVE_CHECK_INTERVAL
 
 
 def _handle_client_frame(ws, text):
@@ -121,6 +116,20 @@ def _handle_client_frame(ws, text):
         ws.send(json.dumps(gitwatch.error_message(problem)))
         return False
     return True
+
+
+@contextlib.contextmanager
+def _closed_on_archive(chat_id, close_request):
+    """The socket asks to close when its chat is archived: on the archive event, or at once when the chat
+    was archived before the subscription (then no event will come: one query, at connect time only)."""
+    events = current_app.extensions["archive_events"]
+    subscription = events.subscribe(chat_id, lambda: close_request.close(1000, ARCHIVED_CLOSE_REASON))
+    try:
+        if _is_archived(chat_id):
+            close_request.close(1000, ARCHIVED_CLOSE_REASON)
+        yield
+    finally:
+        events.unsubscribe(subscription)
 
 
 def _is_archived(chat_id):
@@ -141,4 +150,5 @@ def init_app(app):
         },
     )
     sock.init_app(app)
+    app.extensions["archive_events"] = ArchiveEvents(app.config["DATABASE_URL"])
     app.register_blueprint(bp)

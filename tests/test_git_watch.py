@@ -248,6 +248,16 @@ def test_bad_client_frame_gets_an_error_and_the_socket_stays_open(watching, fram
 # Lifecycle.
 
 
+def test_a_socket_on_an_already_archived_chat_is_closed_at_once(server, chat, user, workspace, client, auth):
+    make_repo(workspace)
+    assert client.post(f"/api/v2/chats/{chat['id']}/archive", headers=auth).status_code == 204
+    ws = connect(server, chat, user)
+    with pytest.raises(Closed) as closed:
+        while ws.receive(timeout=WAIT) is not None:
+            pass
+    assert (closed.value.code, closed.value.reason) == (1000, "Chat was archived.")
+
+
 def test_archiving_the_chat_closes_the_socket(watching, chat, auth, app):
     # The archive is served by another app instance on the same database, as
     # behind a load balancer: the database is the only shared state.

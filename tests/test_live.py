@@ -1,10 +1,13 @@
 """The service as an operator runs it: gunicorn, the Procfile's config, real HTTP."""
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import time
 
+import psycopg2
 import pytest
 import requests
 
@@ -172,3 +175,54 @@ def test_http_gunicorn_cannot_parse_gets_a_json_error(live, request_bytes):
     assert head.startswith(b"HTTP/1.1 400")
     assert b"Content-Type: application/json" in head
     assert json.loads(body)["message"]
+
+
+def test_an_archive_on_one_instance_reaches_another_by_notify_without_a_query_per_socket(request, tmp_path,
+                                                                                         postgres_server):
+    """PostgreSQL: the archiving transaction NOTIFYs; each process of B listens on one connection. While
+    the sockets are idle, B asks the database nothing about archives (the server's statement log says)."""
+    url = request.getfixturevalue("postgres_url")
+    database = url.rsplit("/", 1)[1]
+    with contextlib.closing(psycopg2.connect(postgres_server.url)) as admin:
+        admin.autocommit = True
+        admin.cursor().execute(f'ALTER DATABASE "{database}" SET log_statement = \'all\'')
+    settings = {"DATABASE_URL": url, "LOCAL_STORAGE_ROOT": str(tmp_path / "objects"),
+                "WORKSPACES_ROOT": str(tmp_path / "workspaces")}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    instance_a = GunicornServer({**settings, "WEB_CONCURRENCY": 1, "WEB_THREADS": 4}, work_dir=str(tmp_path / "a"))
+    instance_b = GunicornServer({**settings, "WEB_CONCURRENCY": 2, "WEB_THREADS": 16}, work_dir=str(tmp_path / "b"))
+    instance_a.start()
+    instance_b.start()
+    sockets = []
+    try:
+        account = instance_a.flask("create-user", "alice", "--org", "acme")
+        headers = {"Coder-Session-Token": account["token"]}
+        os.makedirs(os.path.join(account["workspaces_dir"], "proj"))
+        chat = requests.post(f"{instance_a.url}/api/v2/chats", json={"title": "w", "workspace": "proj"},
+                             headers=headers, timeout=10).json()
+        ws_url = instance_b.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
+        sockets = [WatchClient(ws_url, account["token"]) for _ in range(12)]
+        for ws in sockets:
+            assert ws.receive(timeout=10)["type"] == "changes"
+
+        logged_before = os.path.getsize(postgres_server.log_path)
+        time.sleep(3)  # idle: a query per socket every 2 s would be 18 here
+        idle = statements_logged_since(postgres_server.log_path, logged_before)
+        assert [line for line in idle if '"archived"' in line] == []
+
+        archive_and_wait_for_close(instance_a.url, chat, headers, sockets)
+        # The log does record this database's statements: the archive and its NOTIFY are there.
+        assert any("pg_notify" in line for line in statements_logged_since(postgres_server.log_path, logged_before))
+    finally:
+        for ws in sockets:
+            ws.close()
+        instance_a.stop()
+        instance_b.stop()
+
+
+def statements_logged_since(log_path, offset):
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        return [line for line in log.read().decode(errors="replace").splitlines() if "statement:" in line]
+

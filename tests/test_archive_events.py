@@ -1,0 +1,68 @@
+"""gitwatch/archives.py on SQLite: one thread for every socket of the process, woken by nothing but its poll."""
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from gitwatch.archives import POLL_SECONDS, ArchiveEvents
+from models import Chat
+from tests.conftest import _create_user
+
+WAIT = 10  # a hang guard, not a timing claim
+
+
+@pytest.fixture
+def client(sqlite_app):
+    return sqlite_app.test_client()
+
+
+@pytest.fixture
+def auth(sqlite_app):
+    return {"Coder-Session-Token": _create_user(sqlite_app, "alice", "acme")["token"]}
+
+
+def make_chat(client, auth):
+    response = client.post("/api/v2/chats", json={"title": "t"}, headers=auth)
+    assert response.status_code == 201
+    return uuid.UUID(response.json["id"])
+
+
+def wait_for(condition):
+    deadline = time.monotonic() + WAIT
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_every_socket_of_an_archived_chat_hears_once_and_no_other(sqlite_app, client, auth):
+    archived, kept = make_chat(client, auth), make_chat(client, auth)
+    events = ArchiveEvents(sqlite_app.config["DATABASE_URL"])
+    heard = []
+    for name in ("first", "second"):
+        events.subscribe(archived, lambda name=name: heard.append(name))
+    other = events.subscribe(kept, lambda: heard.append("kept"))
+
+    assert client.post(f"/api/v2/chats/{archived}/archive", headers=auth).status_code == 204
+
+    assert wait_for(lambda: len(heard) == 2)
+    time.sleep(3 * POLL_SECONDS)
+    assert sorted(heard) == ["first", "second"]
+    assert events.watched() == [kept]
+    events.unsubscribe(other)
+
+
+def test_the_thread_ends_with_the_last_socket_and_starts_with_the_next(sqlite_app, client, auth):
+    chat = make_chat(client, auth)
+    events = ArchiveEvents(sqlite_app.config["DATABASE_URL"])
+    before = {thread.ident for thread in threading.enumerate() if thread.name == "archive-events"}
+    token = events.subscribe(chat, lambda: None)
+    events.unsubscribe(token)
+    assert wait_for(lambda: not [thread for thread in threading.enumerate()
+                                 if thread.name == "archive-events" and thread.ident not in before])
+
+    heard = threading.Event()
+    events.subscribe(chat, heard.set)
+    Chat.update(archived=True).where(Chat.id == chat).execute()
+    assert heard.wait(WAIT)
