@@ -6,7 +6,8 @@ passthrough and the image work, per type and size), verify (Pillow), memory
 (one worker under 8 x 10 MiB), watch (git watch latency and idle CPU); a
 complete run then runs ``scripts/bench variants`` (bench/variants.py, which
 also runs alone) and ``scripts/bench sandbox`` (bench/sandbox.py: parsing in
-sandbox processes, before and after). ``--database postgres`` runs grid, conditional and
+sandbox processes, before and after). ``scripts/bench watch-scale`` runs
+alone: git-watch sockets held by one instance and what they cost. ``--database postgres`` runs grid, conditional and
 overhead against PostgreSQL and rewrites only the PostgreSQL section of the
 page. With a subset of sections, or --quick, results go to var/bench/ only
 and docs/ is left alone unless --write-docs is given. ``--render FILE``
@@ -344,6 +345,10 @@ def main(argv=None):
         from bench import variants
 
         return variants.main(argv[1:])
+    if argv[:1] == ["watch-scale"]:  # `scripts/bench watch-scale`: sockets held and what they cost
+        from bench import watch_scale
+
+        return watch_scale.main(argv[1:])
     if argv[:1] == ["sandbox"]:  # `scripts/bench sandbox`: parsing in sandbox processes, before and after
         from bench import sandbox
 
