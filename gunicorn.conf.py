@@ -21,6 +21,7 @@ import ctypes.util
 import glob
 import json
 import os
+import resource
 import shutil
 import tempfile
 
@@ -88,6 +89,17 @@ def write_json_error(sock, status_int, reason, mesg):
 
 # Workers are forked from the master after this file ran, so they inherit it.
 gunicorn.util.write_error = write_json_error
+
+
+def raise_open_files_limit():
+    """Every open watch socket is a file descriptor: the soft limit (often 1,024) goes up to the hard one,
+    which the operator sets (systemd's LimitNOFILE, ulimit -Hn, a container's nofile)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+raise_open_files_limit()  # in the master, before it forks the workers (and they their sandboxes)
 
 _process_headers = gunicorn.http.wsgi.Response.process_headers
 

@@ -7,6 +7,7 @@ images while bob uploads and watches his own repository.
 """
 
 import os
+import resource
 import statistics
 import threading
 import time
@@ -190,4 +191,22 @@ def test_a_worker_starts_its_sandboxes_at_boot_and_they_end_with_it(one_worker):
     while any(os.path.exists(f"/proc/{pid}") for pid in started) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(os.path.exists(f"/proc/{pid}") for pid in started)
+
+
+def test_a_worker_may_open_as_many_files_as_the_hard_limit_allows(tmp_path):
+    """Every watch socket is a descriptor: gunicorn.conf.py raises the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    server = GunicornServer(sqlite_settings(tmp_path, WEB_CONCURRENCY=1), work_dir=str(tmp_path))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # what most shells start with
+    try:
+        server.start()  # inherits it
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        (worker,) = server.worker_pids()
+        with open(f"/proc/{worker}/limits") as limits:
+            line = next(line for line in limits if line.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+    finally:
+        server.stop()
 
