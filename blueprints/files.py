@@ -14,8 +14,6 @@ import images
 import observability
 import uploads
 import variants
-from sandbox import PoolBusy
-from sandbox import tasks as sandboxed
 from auth import login_required
 from errors import ApiError, error_response
 from filenames import inline_content_disposition, name_from_content_disposition
@@ -30,6 +28,8 @@ from models import (
     rfc3339,
     utcnow,
 )
+from sandbox import PoolBusy
+from sandbox import tasks as sandboxed
 from storage import StorageError, get_storage, object_key, object_metadata, variant_key, variant_metadata
 
 bp = Blueprint("files", __name__)
