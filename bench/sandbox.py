@@ -9,11 +9,9 @@ serving side's CPU is its thread's, the sandbox's is read from /proc.
 Writes its own section of docs/PERFORMANCE.md.
 """
 
-import argparse
 import ctypes
 import ctypes.util
 import hashlib
-import json
 import mmap
 import os
 import statistics
@@ -185,12 +183,7 @@ def run(rounds=31, log=print):
     log("sandbox: a repository's read, in the serving process and in a scan sandbox")
     results["repositories"] = repository_reads(rounds)
     results["memory"] = process_memory()
-    results["meta"]["load_after"] = procstat.load_average()
-    results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
-    results["meta"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
-    return results
+    return page.save_results(results, RESULTS, started)
 
 
 def render(results):
@@ -227,15 +220,9 @@ def write(results, docs_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="scripts/bench sandbox", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=31)
-    parser.add_argument("--render", action="store_true", help=f"only rebuild the section from {RESULTS}")
-    args = parser.parse_args(argv)
-    results = json.loads(RESULTS.read_text()) if args.render else run(args.rounds)
-    print(render(results))
-    print(f"wrote {write(results, ROOT / 'docs')}")
-    return 0
+    return page.section_command(
+        argv, "scripts/bench sandbox", __doc__, RESULTS, lambda args: run(args.rounds), render, (BEGIN, END),
+        lambda parser: parser.add_argument("--rounds", type=int, default=31))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ Writes its own section of docs/PERFORMANCE.md. Servers listen on loopback
 only, and every wait ends by itself.
 """
 
-import argparse
 import asyncio
-import json
 import os
 import resource
 import statistics
@@ -241,12 +239,7 @@ def run(counts=COUNTS, log=print):
                 results["rounds"].append(row)
         finally:
             server.stop()
-    results["meta"]["load_after"] = procstat.load_average()
-    results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
-    results["meta"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
-    return results
+    return page.save_results(results, RESULTS, started)
 
 
 def render(results):
@@ -279,16 +272,13 @@ def write(results, docs_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="scripts/bench watch-scale", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--counts", default=",".join(map(str, COUNTS)), help="sockets asked for, per round")
-    parser.add_argument("--render", action="store_true", help=f"only rebuild the section from {RESULTS}")
-    args = parser.parse_args(argv)
-    counts = tuple(int(value) for value in args.counts.split(",") if value)
-    results = json.loads(RESULTS.read_text()) if args.render else run(counts)
-    print(render(results))
-    print(f"wrote {write(results, ROOT / 'docs')}")
-    return 0
+    def counts(args):
+        return tuple(int(value) for value in args.counts.split(",") if value)
+
+    return page.section_command(
+        argv, "scripts/bench watch-scale", __doc__, RESULTS, lambda args: run(counts(args)), render, (BEGIN, END),
+        lambda parser: parser.add_argument("--counts", default=",".join(map(str, COUNTS)),
+                                           help="sockets asked for, per round"))
 
 
 if __name__ == "__main__":
