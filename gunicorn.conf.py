@@ -16,8 +16,6 @@ Shutdown: SIGTERM first closes the worker's watch WebSockets with 1001
 "going away" (shutdown.py), so the graceful wait is for real requests only.
 """
 
-import ctypes
-import ctypes.util
 import glob
 import json
 import os
@@ -134,15 +132,9 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
-    # glibc keeps freed memory in its heap for reuse; image decodes free tens
-    # of megabytes at a time, which then never goes back to the OS. Buffers
-    # over 1 MiB are mmapped instead, so they are returned when freed.
-    libc_name = ctypes.util.find_library("c")
-    if libc_name and hasattr(ctypes.CDLL(libc_name), "mallopt"):
-        ctypes.CDLL(libc_name).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    from sandbox.worker import return_large_blocks_to_the_os
 
-
-M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+    return_large_blocks_to_the_os()
 
 
 def pre_request(worker, req):

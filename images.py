@@ -123,6 +123,8 @@ def verify_image(data, max_pixels, max_memory=None, *, on_first_frame=None):
         raise
     except UnidentifiedImageError:  # its message names the reader object, an address in memory
         raise InvalidImage(f"Pillow does not recognise it as a {PILLOW_FORMATS[content_type]} image.") from None
+    except MemoryError:
+        raise  # the decoding process's limit, not the file's fault: its sandbox says so
     except Exception as error:  # Pillow raises many types for corrupt input
         raise InvalidImage(f"The image could not be decoded: {error}.") from None
     return ImageInfo(content_type, width, height, animated=frames > 1)

@@ -29,7 +29,6 @@ are small and read into memory under a limit (:func:`json_body`).
 import contextlib
 import hashlib
 import json
-import mmap
 import socket
 import tempfile
 import time
@@ -297,7 +296,7 @@ def _body_input():
 
 
 class SpooledBody:
-    """A request body in an anonymous temporary file: its size and SHA-256, and a read-only map of it."""
+    """A request body in an anonymous temporary file: its size and SHA-256, and its descriptor for a sandbox."""
 
     def __init__(self):
         self.file = tempfile.TemporaryFile(prefix="chatfiles-upload-")
@@ -322,17 +321,6 @@ class SpooledBody:
         """The file, at its start: for a store that copies it."""
         self.file.seek(0)
         return self.file
-
-    @contextlib.contextmanager
-    def mapped(self):
-        """The bytes as a read-only buffer (pages come from the file, as the decoder touches them)."""
-        self.file.flush()
-        mapping = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            yield mapping
-        finally:
-            with contextlib.suppress(BufferError):  # a view still held somewhere: the GC unmaps it
-                mapping.close()
 
     def close(self):
         self.file.close()

@@ -161,12 +161,12 @@ def _send(file_id, content_type, name, sha256, size, key_of):
 
 
 class UploadBudget:
-    """Bytes of upload bodies one worker maps into memory at once.
+    """Bytes of upload bodies one worker's sandboxes decode at once.
 
     The body arrives into a temporary file, holding none of this; an upload
-    reserves its size only to decode (the decoder reads the file's pages)
-    and gives it back when done. One that does not fit waits for room. A
-    single upload always fits, whatever its size.
+    reserves its size only to decode (its decode sandbox maps the file) and
+    gives it back when done. One that does not fit waits for room. A single
+    upload always fits, whatever its size.
     """
 
     def __init__(self, capacity):

@@ -133,6 +133,8 @@ def read_repository(
         raise
     except _OutOfTime:
         state = RepoState(repo_root, error=OUT_OF_TIME)
+    except MemoryError:
+        raise  # the reading process's limit, not the repository's state: its sandbox gives up on it
     except Exception as error:  # a corrupt or odd repository must never end the socket
         state = RepoState(repo_root, error=f"{type(error).__name__}: {error}")
     if _checked_git_dir(repo_dir, boundary) != git_dir:  # swapped while we read

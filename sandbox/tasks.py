@@ -130,8 +130,6 @@ def _verify_and_make(header, fds):
         except images.UnsupportedType as error:
             return {"unsupported": str(error)}, []
         except images.InvalidImage as error:
-            if _caused_by_memory(error):
-                raise MemoryError() from error
             return {"invalid": str(error)}, []
     blobs, made_fields = [], []
     for variant in made:
@@ -146,15 +144,6 @@ def _verify_and_make(header, fds):
         "made": made_fields,
     }
     return answer, blobs
-
-
-def _caused_by_memory(error):
-    """Pillow's errors wrap a failed allocation (verify_image turns every decoder error into InvalidImage)."""
-    while error is not None:
-        if isinstance(error, MemoryError):
-            return True
-        error = error.__context__
-    return False
 
 
 # --- one repository of a watched workspace ----------------------------------------
@@ -190,8 +179,6 @@ def _read_repository(header, fds):
                                            max_diff_bytes=header["max_diff_bytes"], deadline=deadline)
     except repository.RepositoryRefused as refused:
         return {"refused": str(refused)}, []
-    if state.error.startswith("MemoryError"):  # read_repository keeps every failure; this one is the ceiling's
-        raise MemoryError(state.error)
     return {"state": {name: getattr(state, name) for name in _STATE_FIELDS}}, []
 
 

@@ -42,8 +42,7 @@ def main(argv):
     limits = json.loads(argv[2])
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    # Buffers over 1 MiB are mapped on their own, so a decode's memory goes back when it is freed.
-    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    return_large_blocks_to_the_os()
     tasks = importlib.import_module(argv[3])  # Pillow, pygit2: loaded before the ceiling, in the idle size
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -70,6 +69,15 @@ def main(argv):
         send_frame(sock, answer, blobs)
         if answer["retiring"]:
             return 0
+
+
+def return_large_blocks_to_the_os():
+    """glibc keeps freed memory in its heap for reuse, and a decode frees tens of megabytes at a time, which
+    would then never go back to the OS: buffers over 1 MiB are mapped on their own instead, and returned
+    when freed. For the sandboxes and gunicorn's workers alike (gunicorn.conf.py's post_fork)."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name and hasattr(ctypes.CDLL(libc_name), "mallopt"):  # glibc's; not every libc has it
+        ctypes.CDLL(libc_name).mallopt(_M_MMAP_THRESHOLD, 1 << 20)
 
 
 def address_space():

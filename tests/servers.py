@@ -739,3 +739,18 @@ class NginxServer(_ServerProcess):
         raise ServerStartError(
             f"nginx on port {self._port} {what}:\n{_log_tail(self.log_path)}\n{_log_tail(self.error_log_path)}"
         )
+
+
+def raw_exchange(port, request, timeout=30):
+    """(status, lower-cased headers, body) of a server's answer to ``request``, bytes no well-behaved
+    client sends, read until the server closes (it does, after such a request)."""
+    with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+

@@ -14,6 +14,7 @@ import requests
 from tests.concurrency import run_at_once
 from tests.imaging import make_image
 from tests.live import GunicornServer, archive_and_wait_for_close, backend_settings, sqlite_settings
+from tests.servers import raw_exchange
 from tests.wsclient import WatchClient
 
 
@@ -164,16 +165,9 @@ def test_sigterm_closes_watch_sockets_with_going_away_and_exits_promptly(tmp_pat
     b"NOT A REQUEST LINE\r\n\r\n",
 ])
 def test_http_gunicorn_cannot_parse_gets_a_json_error(live, request_bytes):
-    import socket
-
-    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
-        sock.sendall(request_bytes)
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400")
-    assert b"Content-Type: application/json" in head
+    status, headers, body = raw_exchange(live.port, request_bytes, timeout=10)
+    assert status == 400
+    assert headers["content-type"] == "application/json"
     assert json.loads(body)["message"]
 
 

@@ -7,7 +7,6 @@ act on one of them on purpose.
 
 import json
 import os
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +18,7 @@ from tests.concurrency import wait_for
 from tests.fixtures_edge import make_workspace
 from tests.imaging import make_image
 from tests.live import archive_and_wait_for_close, kill_instance, log_lines
+from tests.servers import raw_exchange
 from tests.wsclient import WatchClient
 
 MAX_FILE_SIZE = 10 * 1024 * 1024  # the default, which deploy/nginx.conf's client_max_body_size is matched to
@@ -140,19 +140,6 @@ def test_nginx_errors_of_its_own_are_json(nginx, instances):
     assert response.json() == {"message": "Service unavailable."}
 
 
-def raw_exchange(nginx, request):
-    """(status, headers, body) of nginx's answer to bytes no well-behaved client sends; nginx closes after it."""
-    with socket.create_connection(("127.0.0.1", nginx.port), timeout=30) as sock:
-        sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
-    return int(status_line.split()[1]), headers, body
-
-
 # Past large_client_header_buffers (4 x 8k by default): nginx reads no further.
 LONG_REQUEST_LINE = b"GET /api/v2/chats?q=" + b"a" * 20000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
 NGINX_OWN_ERRORS = {
@@ -176,7 +163,7 @@ def test_nginx_answers_malformed_requests_with_json_and_their_own_status(nginx):
     # One nginx for every case: starting the instances is most of the time.
     answers = {}
     for case, (request_bytes, _, _) in NGINX_OWN_ERRORS.items():
-        status, headers, body = raw_exchange(nginx, request_bytes)
+        status, headers, body = raw_exchange(nginx.port, request_bytes)
         answers[case] = (status, headers.get("content-type"), body)
     expected = {case: (status, "application/json", {"message": message})
                 for case, (_, status, message) in NGINX_OWN_ERRORS.items()}
