@@ -628,6 +628,90 @@ def test_many_workspaces_each_notified(tmp_path: Path) -> None:
             watcher.close()
 
 
+
+def _wait_until(condition, timeout: float = GENEROUS) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _settled(calls: list, quiet: float = 0.5) -> int:
+    """How many calls once none came for ``quiet`` seconds."""
+    while True:
+        before = len(calls)
+        time.sleep(quiet)
+        if len(calls) == before:
+            return before
+
+
+def test_watching_many_workspaces_costs_at_most_one_thread(tmp_path: Path) -> None:
+    baseline = threading.active_count()
+    directories = [tmp_path / f"ws{number}" for number in range(200)]
+    for directory in directories:
+        (directory / "sub").mkdir(parents=True)
+    watchers = [WorkspaceWatcher(directory) for directory in directories]
+    try:
+        assert all(watcher.mode == "events" for watcher in watchers)
+        assert threading.active_count() <= baseline + 1  # watchdog: one emitter thread per directory
+        (directories[-1] / "sub" / "file.txt").write_text("hello\n")
+        assert watchers[-1].wait_for_change(GENEROUS) is True
+    finally:
+        for watcher in watchers:
+            watcher.close()
+
+
+def test_on_change_is_called_once_per_burst_from_the_notifier_thread(workspace: Path) -> None:
+    calls = []
+    with WorkspaceWatcher(workspace, on_change=lambda at: calls.append((at, threading.current_thread()))) as watcher:
+        (workspace / "file.txt").write_text("hello\n")  # create, modify, close: one burst
+
+        assert _wait_until(lambda: calls)
+        assert _settled(calls, quiet=1.0) == 1
+    (at, thread), = calls
+    assert at == watcher.last_change_at
+    assert thread is not threading.current_thread()
+
+
+def test_an_idle_watcher_gets_no_call_and_wakes_no_thread(workspace: Path, monkeypatch) -> None:
+    calls = []
+    with WorkspaceWatcher(workspace, poll_interval=0.2, on_change=calls.append) as watcher:
+        assert watcher.mode == "events"
+        time.sleep(0.2)  # the notifier's turn for the new inotify fd, if it just made it
+        registry = gitwatch.notify._REGISTRY
+        real_turn, turns = registry._serve_once, []
+        monkeypatch.setattr(registry, "_serve_once", lambda: turns.append(1) or real_turn())
+
+        time.sleep(1.5)  # a watcher that polled or re-checked every poll_interval would be called
+
+    assert calls == []
+    assert turns == []  # the notifier thread slept with no timeout
+
+
+def test_a_workspace_renamed_away_and_replaced_is_followed_by_events(tmp_path: Path) -> None:
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    calls = []
+    with WorkspaceWatcher(workspace, poll_interval=3600, on_change=calls.append) as watcher:
+        workspace.rename(tmp_path / "old")
+        workspace.mkdir()
+        (workspace / "new.txt").write_text("new\n")
+
+        assert _wait_until(lambda: calls)
+        assert watcher.mode == "events"
+        seen = _settled(calls)
+        (workspace / "second.txt").write_text("the new directory is watched\n")
+        assert _wait_until(lambda: len(calls) > seen)
+
+        seen = _settled(calls)
+        (tmp_path / "old" / "stale.txt").write_text("the old one is not\n")
+        time.sleep(1.0)
+        assert len(calls) == seen
+        assert watcher.mode == "events"
+
+
 # --------------------------------------------------------------------------
 # names, binaries, submodules
 # --------------------------------------------------------------------------

@@ -26,11 +26,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Callable
 
 import pygit2
 import pytest
-from watchdog.utils import BaseThread
 
 import gitwatch.notify
 import gitwatch.repository
@@ -541,7 +542,7 @@ def test_a_directory_2000_deep_is_watched_and_the_socket_gets_its_message(tmp_pa
 
 
 def test_a_deep_directory_moved_in_leaves_every_watch_of_the_process_working(tmp_path: Path, deep_chains) -> None:
-    """watchdog walks a directory that appears, in the thread that reads inotify for every watch."""
+    """A directory that appears is walked in the thread that reads inotify for every watch."""
     alice, carol = tmp_path / "alice", tmp_path / "carol"
     alice.mkdir()
     carol.mkdir()
@@ -557,15 +558,11 @@ def test_a_deep_directory_moved_in_leaves_every_watch_of_the_process_working(tmp
         assert alices.wait_for_change(GENEROUS) is True
 
 
-class _FailingObserver:
-    def __init__(self, error: BaseException):
-        self.error = error
+def _failing(error: BaseException) -> Callable[..., None]:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
 
-    def schedule(self, *args, **kwargs):
-        raise self.error
-
-    def delivering(self) -> bool:
-        return True
+    return fail
 
 
 @pytest.mark.parametrize(
@@ -575,7 +572,7 @@ class _FailingObserver:
 def test_any_failure_to_make_a_watch_falls_back_to_polling(tmp_path: Path, monkeypatch, error: BaseException) -> None:
     registry = gitwatch.notify._WatchRegistry()
     monkeypatch.setattr(gitwatch.notify, "_REGISTRY", registry)
-    monkeypatch.setattr(registry, "_running_observer", lambda: _FailingObserver(error))
+    monkeypatch.setattr(registry, "_add_tree", _failing(error))  # making the inotify watches
 
     with WorkspaceWatcher(tmp_path, poll_interval=0.2) as watcher:
         assert watcher.mode == "polling"
@@ -583,24 +580,29 @@ def test_any_failure_to_make_a_watch_falls_back_to_polling(tmp_path: Path, monke
 
 
 def test_an_observer_that_cannot_start_means_polling(tmp_path: Path, monkeypatch) -> None:
-    def no_thread_left(*args, **kwargs):
-        raise RuntimeError("can't start new thread")
-
-    monkeypatch.setattr(gitwatch.notify, "_REGISTRY", gitwatch.notify._WatchRegistry())  # no observer yet
-    monkeypatch.setattr(BaseThread, "start", no_thread_left)  # watchdog's threads: observer, inotify reader
+    monkeypatch.setattr(gitwatch.notify, "_REGISTRY", gitwatch.notify._WatchRegistry())  # no notifier thread yet
+    monkeypatch.setattr(threading.Thread, "start", _failing(RuntimeError("can't start new thread")))
 
     with WorkspaceWatcher(tmp_path, poll_interval=0.2) as watcher:
         assert watcher.mode == "polling"
         assert watcher.wait_for_change(GENEROUS) is True
 
 
-def test_a_dead_inotify_reader_is_noticed_and_replaced(tmp_path: Path) -> None:
+def _end_the_thread() -> None:
+    raise SystemExit  # escapes the loop's ``except Exception``: the thread ends
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # that thread's end, on purpose
+def test_a_dead_inotify_reader_is_noticed_and_replaced(tmp_path: Path, monkeypatch) -> None:
     with WorkspaceWatcher(tmp_path) as watcher:
         assert watcher.mode == "events"
-        observer = gitwatch.notify._REGISTRY._observer
-        reader = getattr(observer, "inotify_fd", None) or observer._inotify_fd  # ours, or watchdog's observer
-        reader.stop()  # as if an exception had ended its thread
-        reader.join(GENEROUS)
+        registry = gitwatch.notify._REGISTRY
+        reader = registry._thread
+        with monkeypatch.context() as patch:
+            patch.setattr(registry, "_serve_once", _end_the_thread)  # as if an exception had ended its thread
+            registry._wake()
+            reader.join(GENEROUS)
+        assert not reader.is_alive()
         assert watcher.wait_for_change(GENEROUS) is True  # the new watch: events may have been missed
 
         (tmp_path / "file.txt").write_text("hello\n")
