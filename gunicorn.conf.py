@@ -1,8 +1,9 @@
 """Gunicorn settings for the Procfile (``gunicorn -c gunicorn.conf.py wsgi:app``).
 
-Threaded workers: every open git-watch WebSocket holds one thread for its
-lifetime, so capacity for sockets is workers x threads, minus the threads
-uploads and downloads need. Raise WEB_THREADS (or WEB_CONCURRENCY) for more.
+Threaded workers serve requests. A git-watch WebSocket holds a thread only
+while it is checked; once upgraded it is handed to the worker's event loop
+(gitwatch/hub.py), where it costs memory and a file descriptor, never a
+thread: sockets do not take what uploads and downloads need.
 
 Logs: gunicorn's own lines use the app's JSON format on stdout; its access
 log stays off (the app writes one line per request, see observability.py).
@@ -13,7 +14,7 @@ empty directory of its own (one per gunicorn master; stale files in it are
 removed at start), or leave it unset for a temporary one removed at exit.
 
 Shutdown: SIGTERM first closes the worker's watch WebSockets with 1001
-"going away" (shutdown.py), so the graceful wait is for real requests only.
+"going away" (shutdown.py); worker_exit waits for those close frames.
 """
 
 import glob
@@ -31,8 +32,7 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "64"))
-# A WebSocket is a request that never ends; the gthread worker heartbeats
-# from its main loop, so this bounds a stuck worker, not a long socket.
+# The gthread worker heartbeats from its main loop, so this bounds a stuck worker.
 timeout = 60
 graceful_timeout = 20
 keepalive = 5

@@ -43,7 +43,6 @@ from prometheus_client import (
 
 import config
 import jsonlog
-import shutdown
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -90,7 +89,6 @@ for _reason in REJECTION_REASONS:
 
 UPLOAD_ENDPOINT = "files.upload"
 DOWNLOAD_ENDPOINT = "files.download"
-WEBSOCKET_RESPONSE = "WebSocketResponse"  # flask-sock's response once its handler has returned
 
 access_log = logging.getLogger("request")
 
@@ -110,16 +108,18 @@ def current_request_id():
     return jsonlog.current_request_id()
 
 
-@contextlib.contextmanager
-def watch_socket(ws):
-    """Around a watch socket's loop: counts it as open and lets shutdown close it (1001)."""
-    shutdown.register_socket(ws)
+def watch_socket_opened(environ):
+    """A watch request handed its connection to the hub: counted as open; its record waits for the close."""
+    observed = environ[ENVIRON_KEY]
+    observed.handed_over = True
     WATCH_SOCKETS.inc()
-    try:
-        yield ws
-    finally:
-        WATCH_SOCKETS.dec()
-        shutdown.unregister_socket(ws)
+    return observed
+
+
+def watch_socket_closed(observed):
+    """The socket ended (on the hub's loop): one request line, with the socket's whole life as its duration."""
+    WATCH_SOCKETS.dec()
+    observed.finish()
 
 
 @contextlib.contextmanager
@@ -160,7 +160,7 @@ class ObservedRequest:
         self.route = None
         self.endpoint = None
         self.user_id = None
-        self.upgraded = False
+        self.handed_over = False  # a WebSocket now held by the hub, which finishes the record at its close
         self.bytes_in = 0
         self.bytes_out = 0
         self.aborted = False
@@ -172,7 +172,7 @@ class ObservedRequest:
             return
         self.finished = True
         duration = time.perf_counter() - self.started
-        status = 101 if self.upgraded else (self.status or 500)
+        status = 101 if self.handed_over else (self.status or 500)
         requests, durations = _request_series((_method_label(self.method), self.route or UNMATCHED_ROUTE, str(status)))
         requests.inc()
         durations.observe(duration)
@@ -256,9 +256,12 @@ class RequestObserver:
         try:
             body = self.app(environ, observed_start_response)
         except BaseException:
-            # flask-sock under gunicorn raises StopIteration once the socket
-            # has closed: the connection is done. Anything else is the server's 500.
-            _finish(observed)
+            # A watch socket's StopIteration/ConnectionError: the hub finishes its record when it closes.
+            # Anything else is the server's 500.
+            if observed.handed_over:
+                jsonlog.set_request_id(None)
+            else:
+                _finish(observed)
             raise
         return ObservedBody(body, observed)
 
@@ -354,7 +357,6 @@ def _note_response(response):
     observed.endpoint = current.endpoint
     user = g.get("user")
     observed.user_id = str(user.id) if user is not None else None
-    observed.upgraded = type(response).__name__ == WEBSOCKET_RESPONSE
     if observed.endpoint == UPLOAD_ENDPOINT:
         _count_upload(response, observed)
     return response

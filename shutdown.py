@@ -1,16 +1,15 @@
 """Closing this process's open WebSockets when it stops.
 
-A git-watch socket holds a gunicorn thread until it closes. On SIGTERM the
-gthread worker stops accepting, then waits up to ``graceful_timeout`` for
-its connections to finish, which a socket never does on its own: without
-help every stop would take the whole grace period and end in SIGKILL, and
-clients would see the connection drop instead of a close frame.
+Watch sockets live on the worker's hub (gitwatch/hub.py), not on gunicorn's
+threads, so gunicorn's graceful wait does not know them: without help a
+stopping worker would exit under them, and clients would see the
+connection drop instead of a close frame.
 
-So the watch route registers each socket here, and gunicorn.conf.py
-chains :func:`close_sockets_on_sigterm` in front of the worker's own SIGTERM
+So the hub registers here, and gunicorn.conf.py chains
+:func:`close_sockets_on_sigterm` in front of the worker's own SIGTERM
 handler: every socket gets a 1001 "going away" close at the start of the
-shutdown, its loop ends, and the worker exits as soon as the rest of its
-requests are done. A socket registered after that point is closed at once.
+shutdown, and ``worker_exit`` waits (briefly) until those closes are done.
+Anything registered after that point is closed at once.
 """
 
 import logging
@@ -22,6 +21,7 @@ log = logging.getLogger(__name__)
 
 GOING_AWAY = 1001
 SHUTDOWN_REASON = "Server shutting down"
+CLOSE_WAIT_SECONDS = 5.0
 
 
 class SocketRegistry:
@@ -31,6 +31,7 @@ class SocketRegistry:
         self._sockets = set()
         self._lock = threading.Lock()
         self._closing = None  # (code, reason) once close_all has run
+        self._closed = threading.Event()  # set when the first close_all has finished
 
     def register(self, ws):
         """Track ``ws``; if shutdown has begun, close it at once and return False."""
@@ -46,16 +47,26 @@ class SocketRegistry:
         with self._lock:
             self._sockets.discard(ws)
 
-    def close_all(self, code=GOING_AWAY, reason=SHUTDOWN_REASON):
-        """Send every tracked socket a close frame, once; return how many there were."""
+    def close_all(self, code=GOING_AWAY, reason=SHUTDOWN_REASON, wait=CLOSE_WAIT_SECONDS):
+        """Close every tracked socket, once; return how many there were.
+
+        A second call (SIGTERM's thread, then worker_exit) closes nothing more
+        but waits up to ``wait`` seconds for the first to finish, so the
+        process does not exit under close frames still being sent.
+        """
         with self._lock:
+            first = self._closing is None
             self._closing = (code, reason)
             sockets = list(self._sockets)
-            self._sockets.clear()  # a second call (SIGTERM, then worker_exit) finds nothing left
+            self._sockets.clear()
+        if not first:
+            self._closed.wait(wait)
         for ws in sockets:
             _close_quietly(ws, code, reason)
         if sockets:
-            log.info("closed %d WebSocket(s) for shutdown", len(sockets))
+            log.info("closed %d WebSocket holder(s) for shutdown", len(sockets))
+        if first:
+            self._closed.set()
         return len(sockets)
 
     def __len__(self):

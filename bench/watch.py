@@ -124,13 +124,10 @@ class WatchBench:
 
     def connect(self, chat_id, account=None):
         """An open socket and its first message; WatchUnavailable when the route does not answer as a WebSocket."""
-        import simple_websocket
-
         account = account or self.account
         url = f"ws://127.0.0.1:{self.service.port}/api/v2/chats/{chat_id}/git/watch"
         try:
-            socket = simple_websocket.Client.connect(url, headers={TOKEN_HEADER: account.token},
-                                                     receive_bytes=256 * 1024)
+            socket = TextSocket(url, {TOKEN_HEADER: account.token})
         except Exception as error:  # noqa: BLE001 - any failure to upgrade means "not there"
             raise WatchUnavailable(f"WebSocket upgrade refused ({error!r}); {self._plain_get(chat_id)}") from None
         started = time.perf_counter()
@@ -336,3 +333,28 @@ def _cpu_rates(cases, seconds, write):
                 WatchBench._drain(socket)
     elapsed = time.monotonic() - started
     return {case.label: (case.bench.cpu_seconds() - before[case.label]) / elapsed for case in cases}
+
+
+class TextSocket:
+    """websocket-client with the three calls the rounds use: receive(timeout) -> text or None, send, close."""
+
+    def __init__(self, url, headers):
+        import websocket
+
+        self._ws = websocket.create_connection(url, header=[f"{name}: {value}" for name, value in headers.items()],
+                                               timeout=INITIAL_TIMEOUT)
+
+    def receive(self, timeout):
+        import websocket
+
+        self._ws.settimeout(timeout if timeout > 0 else 0.001)
+        try:
+            return self._ws.recv()
+        except (websocket.WebSocketTimeoutException, TimeoutError):
+            return None
+
+    def send(self, text):
+        self._ws.send(text)
+
+    def close(self):
+        self._ws.close()

@@ -1,135 +1,122 @@
 """``GET /api/v2/chats/{chat}/git/watch``: a chat workspace's git changes over a WebSocket.
 
-Every check that can fail happens before the upgrade, so failures are plain
-JSON responses. After it the route only moves JSON between the socket and
-gitwatch.WatchSession. An archive (through any instance: the database is the
-only shared state) reaches the socket as an event of the process's one
-archive listener (gitwatch/archives.py), never by a query per socket. The
-workspace is confined to the owner's directory and resolved again before
-every scan (by the session).
+Every check that can fail happens here, while the request is ordinary HTTP,
+so failures are plain JSON responses. Then the connection is handed to the
+worker's hub (gitwatch/hub.py), which holds it without a thread, and this
+request's thread goes back to serving uploads and downloads at once.
+
+An archive (through any instance: the database is the only shared state)
+reaches the socket as an event of the process's one archive listener
+(gitwatch/archives.py), never by a query per socket. The workspace is
+confined to the owner's directory and resolved again before every scan.
 """
 
-import contextlib
+import binascii
+import base64
 import functools
-import json
-import threading
 
-from flask import Blueprint, current_app, g, request
-from flask_sock import Sock
-from wsproto.utilities import RemoteProtocolError
+from flask import Blueprint, Response, current_app, request
+from wsproto.utilities import generate_accept_token
 
-import gitwatch
 import observability
 import origins
-from gitwatch.archives import ArchiveEvents
-from gitwatch.limits import acquire_slot
+import shutdown
 from auth import authenticate
 from blueprints.chats import owned_chat
-from errors import ApiError, error_response
+from errors import ApiError
+from gitwatch.hub import HUB, WatchRequest
+from gitwatch.archives import ArchiveEvents
+from gitwatch.limits import acquire_slot
 from models import Chat, db, release_connection
 from workspaces import WorkspaceError, resolve, user_dir
 
 bp = Blueprint("git_watch", __name__)
-sock = Sock()
 
 WATCH_PATH = "/api/v2/chats/<chat_id>/git/watch"
-RECEIVE_TIMEOUT = 0.25  # how long a turn of the loop waits for a client frame
 ARCHIVED_CLOSE_REASON = "Chat was archived."
+ARCHIVED_CLOSE_CODE = 1000
+SERVER_SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
 
-@bp.before_request
-def check_before_upgrade():
+def watch(chat_id):
     origins.refuse_cross_origin()  # the app's hook checks too; the upgrade must never skip it
     authenticate()
-    chat = owned_chat(request.view_args["chat_id"])
-    if not chat.workspace:
-        raise ApiError(400, "Chat has no workspace to watch.")
-    root = current_app.config["WORKSPACES_ROOT"]
-    try:
-        g.owner_dir = user_dir(root, chat.owner_id)
-        g.workspace_dir = resolve(g.owner_dir, chat.workspace)
-    except WorkspaceError as error:  # a symlink changed after the chat was made
-        raise ApiError(400, "Chat has no workspace to watch.", str(error)) from None
-    g.chat_id = chat.id
-    g.workspace = chat.workspace
-    release_connection()  # a socket may stay open for hours
-    g.watch_slot = acquire_slot(str(chat.owner_id), current_app.config["WATCH_MAX_PER_USER"])
-    if g.watch_slot is None:
+    key = _websocket_key()
+    chat = owned_chat(chat_id)
+    owner_dir, workspace_dir = _confined_workspace(chat)
+    release_connection()  # the socket may stay open for hours; it needs no connection
+    slot = acquire_slot(str(chat.owner_id), current_app.config["WATCH_MAX_PER_USER"])
+    if slot is None:
         raise ApiError(429, "Too many open watches.",
                        f"At most {current_app.config['WATCH_MAX_PER_USER']} watch sockets per user; close one first.")
-
-
-@bp.teardown_request
-def release_watch_slot(exc):
-    slot = g.pop("watch_slot", None)
-    if slot is not None:
-        slot.release()
-
-
-@bp.get(WATCH_PATH, endpoint="not_upgraded")
-def not_upgraded(chat_id):
-    raise ApiError(400, "Expected a WebSocket upgrade.", "Connect with a WebSocket client to watch git changes.")
-
-
-class _CloseRequest:
-    """What shutdown and archive events hold instead of the socket: they only ask, from their own
-    threads, and the loop's thread does the closing (the socket is not thread-safe)."""
-
-    def __init__(self):
-        self.code = None
-        self.reason = None
-
-    def close(self, reason=None, message=None):
-        self.code, self.reason = reason, message
-
-
-@bp.errorhandler(RemoteProtocolError)
-def bad_handshake(error):
-    # Raised while flask-sock answers the upgrade: the client's handshake is broken, not the server.
-    return error_response(400, "Invalid WebSocket handshake.", str(error))
-
-
-@sock.route(WATCH_PATH, bp=bp)
-def watch(ws, chat_id):
-    close_request = _CloseRequest()
-    # Resolved again before every scan: a swap to a symlink pointing out is noticed.
-    resolve_now = functools.partial(resolve, g.owner_dir, g.workspace)
-    session = gitwatch.WatchSession(g.workspace_dir, boundary=g.owner_dir, resolve=resolve_now)
-    with session, observability.watch_socket(close_request), _closed_on_archive(g.chat_id, close_request):
-        ws.send(json.dumps(session.initial_message()))
-        while ws.connected:
-            if close_request.code is not None:
-                ws.close(reason=close_request.code, message=close_request.reason)
-                return
-            refresh = _handle_client_frame(ws, ws.receive(timeout=RECEIVE_TIMEOUT))
-            message = session.poll(refresh=refresh)
-            if message is not None:
-                ws.send(json.dumps(message))
-
-
-def _handle_client_frame(ws, text):
-    """True when the client asked for a refresh; a bad frame is answered, not fatal."""
-    if text is None:
-        return False
-    kind, problem = gitwatch.parse_client_message(text)
-    if kind == "error":
-        ws.send(json.dumps(gitwatch.error_message(problem)))
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _closed_on_archive(chat_id, close_request):
-    """The socket asks to close when its chat is archived: on the archive event, or at once when the chat
-    was archived before the subscription (then no event will come: one query, at connect time only)."""
-    events = current_app.extensions["archive_events"]
-    subscription = events.subscribe(chat_id, lambda: close_request.close(1000, ARCHIVED_CLOSE_REASON))
     try:
-        if _is_archived(chat_id):
-            close_request.close(1000, ARCHIVED_CLOSE_REASON)
-        yield
-    finally:
-        events.unsubscribe(subscription)
+        return _hand_over(chat, key, owner_dir, workspace_dir, slot)
+    except BaseException:
+        slot.release()
+        raise
+
+
+def _websocket_key():
+    """The client's ``Sec-WebSocket-Key``, once the request proved to be a well-formed RFC 6455 upgrade."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise ApiError(400, "Expected a WebSocket upgrade.", "Connect with a WebSocket client to watch git changes.")
+    if "upgrade" not in {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}:
+        raise _bad_handshake('The "Connection" header must include "Upgrade".')
+    if request.headers.get("Sec-WebSocket-Version") != "13":
+        raise _bad_handshake('"Sec-WebSocket-Version" must be 13.')
+    key = request.headers.get("Sec-WebSocket-Key", "")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise _bad_handshake('"Sec-WebSocket-Key" must be 16 bytes in base64.') from None
+    return key
+
+
+def _bad_handshake(detail):
+    return ApiError(400, "Invalid WebSocket handshake.", detail)
+
+
+def _confined_workspace(chat):
+    if not chat.workspace:
+        raise ApiError(400, "Chat has no workspace to watch.")
+    try:
+        owner_dir = user_dir(current_app.config["WORKSPACES_ROOT"], chat.owner_id)
+        return owner_dir, resolve(owner_dir, chat.workspace)
+    except WorkspaceError as error:  # a symlink changed after the chat was made
+        raise ApiError(400, "Chat has no workspace to watch.", str(error)) from None
+
+
+def _hand_over(chat, key, owner_dir, workspace_dir, slot):
+    """Give the connection to the hub; the server closes its own copy without writing anything."""
+    connection = next((request.environ[name] for name in SERVER_SOCKET_KEYS if name in request.environ), None)
+    if connection is None:
+        raise ApiError(400, "Expected a WebSocket upgrade.", "This server cannot hand over connections.")
+    hub = current_app.extensions["watch_hub"]
+    events = current_app.extensions["archive_events"]
+    observed = observability.watch_socket_opened(request.environ)
+    closing = []  # the handle, once there is one: the archive callback may fire before adopt returns
+    subscription = events.subscribe(chat.id, lambda: closing and closing[0].close(ARCHIVED_CLOSE_CODE,
+                                                                                   ARCHIVED_CLOSE_REASON))
+    on_closed = (slot.release, functools.partial(events.unsubscribe, subscription),
+                 functools.partial(observability.watch_socket_closed, observed))
+    handle = hub.adopt(connection, WatchRequest(
+        owner=str(chat.owner_id), workspace=chat.workspace, workspace_dir=workspace_dir, owner_dir=owner_dir,
+        resolve=functools.partial(resolve, owner_dir, chat.workspace),
+        ping_interval=current_app.config["WATCH_PING_INTERVAL"],
+        handshake=_switching_protocols(key, observed), on_closed=on_closed,
+    ))
+    closing.append(handle)
+    if _is_archived(chat.id):  # archived before the subscription: no event will come
+        handle.close(ARCHIVED_CLOSE_CODE, ARCHIVED_CLOSE_REASON)
+    return HandedOver()
+
+
+def _switching_protocols(key, observed):
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {generate_accept_token(key.encode('ascii')).decode('ascii')}\r\n{observability.REQUEST_ID_HEADER}: {observed.request_id}\r\n\r\n"
+    ).encode("latin-1")
 
 
 def _is_archived(chat_id):
@@ -137,18 +124,29 @@ def _is_archived(chat_id):
         return Chat.select(Chat.archived).where(Chat.id == chat_id).scalar() is not False
 
 
+class HandedOver(Response):
+    """The route's answer once the hub holds the connection: the server has nothing more to write.
+
+    Both servers end such a request quietly: gunicorn on StopIteration,
+    werkzeug's development server on ConnectionError (a dropped client).
+    """
+
+    def __init__(self):
+        super().__init__(status=101)
+
+    def __call__(self, environ, start_response):
+        if "gunicorn.socket" in environ:
+            raise StopIteration()
+        raise ConnectionError("handed over to the watch hub")
+
+
+# Werkzeug's router tells upgrades from plain requests: one rule each, one view for both.
+bp.add_url_rule(WATCH_PATH, view_func=watch, websocket=True)
+bp.add_url_rule(WATCH_PATH, endpoint="not_upgraded", view_func=watch)
+
+
 def init_app(app):
-    app.config.setdefault(
-        "SOCK_SERVER_OPTIONS",
-        {
-            # simple-websocket pings idle clients and drops those that stop answering.
-            "ping_interval": app.config["WATCH_PING_INTERVAL"],
-            "max_message_size": 64 * 1024,
-            # Its reader thread outlives a close until the next ping; a daemon
-            # thread does not hold a stopping worker back for that long.
-            "thread_class": functools.partial(threading.Thread, daemon=True),
-        },
-    )
-    sock.init_app(app)
+    app.extensions["watch_hub"] = HUB
+    shutdown.register_socket(HUB)  # SIGTERM closes every socket it holds with 1001
     app.extensions["archive_events"] = ArchiveEvents(app.config["DATABASE_URL"])
     app.register_blueprint(bp)

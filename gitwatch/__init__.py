@@ -1,13 +1,15 @@
 """The git watch engine behind ``GET /api/v2/chats/{chat}/git/watch`` (see the
-README's "Git watch sockets"). Flask-free: the route only moves JSON between
-a ``WatchSession`` and the socket. One concern a file:
+README's "Git watch sockets"). Flask-free: the route checks the request and
+hands the connection to the hub. One concern a file:
 
 - ``repository.py``: reading one repository, the trust boundary (nothing it
   reads may run code or reach outside the owner's directory).
 - ``scan.py``: finding a workspace's repositories; the ceilings; shared scans.
-- ``notify.py``: noticing changes (inotify via watchdog, polling fallback),
+- ``notify.py``: noticing changes (one inotify thread per process, polling fallback),
   shared by every socket of the worker.
 - ``session.py``: one socket's view: first message, deltas, messages.
+- ``hub.py``: every socket of the worker on one event loop; scans off it.
+- ``archives.py``: archive events, one listener per process.
 - ``limits.py``: open watch sockets per user.
 """
 

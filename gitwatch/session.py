@@ -85,6 +85,34 @@ def parse_client_message(text: str | bytes) -> tuple[str, str | None]:
     return "error", f"Unknown message type {json.dumps(message['type'])}."
 
 
+class SocketView:
+    """What one socket was last sent: the states it knows, and whether it was told of a refusal.
+
+    Messages are deltas against it; it moves on only when a message is made,
+    so a socket that skipped scans (a slow reader) gets everything it missed.
+    """
+
+    def __init__(self) -> None:
+        self.previous: dict[str, RepoState] = {}
+        self.refused = False
+
+    def changes(self, scan: Scan, scanned_at: datetime, *, always: bool) -> dict[str, Any] | None:
+        """The delta since the last message; None when there is none and ``always`` is false."""
+        self.refused = False
+        current = _keep_previous_on_error(self.previous, scan.states)
+        entries = diff_states(self.previous, current)
+        self.previous = current
+        if entries or always:
+            return changes_message(entries, scanned_at, truncated=scan.truncated)
+        return None
+
+    def refusal(self, *, always: bool) -> dict[str, str] | None:
+        """The workspace leads outside: an error once per such episode, and as every refresh's answer."""
+        first = not self.refused
+        self.refused = True
+        return error_message(WORKSPACE_OUTSIDE) if first or always else None
+
+
 class WatchSession:
     """Previous state, watcher and scan policy of one WebSocket (one thread).
 
@@ -116,15 +144,14 @@ class WatchSession:
         self._owns_watcher = watcher is None
         self.watcher = watcher if watcher is not None else WorkspaceWatcher(workspace, boundary=self._boundary)
         self._watching_since = time.monotonic()
-        self._previous: dict[str, RepoState] = {}
+        self._view = SocketView()
         self._last_scan = float("-inf")
         self._dirty = False  # the last scan ran out of time: scan again
         self._changed_at: float | None = None  # a change wait() saw, not scanned yet
-        self._refused = False
 
     def initial_message(self) -> dict[str, Any]:
         """Everything, even when there is no repository (an empty list)."""
-        self._previous = {}
+        self._view = SocketView()
         return self.next_message(always=True, asked_at=self._watching_since)
 
     def next_message(self, *, always: bool = False, asked_at: float | None = None) -> dict[str, Any] | None:
@@ -136,7 +163,6 @@ class WatchSession:
             workspace = self._resolve()
         except WorkspaceError:
             return self._refusal(always)
-        self._refused = False
         self._shared = self._scans.handle(f"{self._boundary}\0{workspace}")
         scan = self._scans.scan(
             self._shared, self._last_scan if asked_at is None else asked_at,
@@ -146,17 +172,10 @@ class WatchSession:
         return self._changes(scan, scanned_at, always)
 
     def _changes(self, scan: Scan, scanned_at: datetime, always: bool) -> dict[str, Any] | None:
-        current = _keep_previous_on_error(self._previous, scan.states)
-        entries = diff_states(self._previous, current)
-        self._previous = current
-        if entries or always:
-            return changes_message(entries, scanned_at, truncated=scan.truncated)
-        return None
+        return self._view.changes(scan, scanned_at, always=always)
 
     def _refusal(self, always: bool) -> dict[str, str] | None:
-        first = not self._refused
-        self._refused = True
-        return error_message(WORKSPACE_OUTSIDE) if first or always else None
+        return self._view.refusal(always=always)
 
     def poll(self, *, refresh: bool = False) -> dict[str, Any] | None:
         """Non-blocking: scan if something changed, ``refresh`` or a rescan is due.

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
+import gitwatch.hub as hub_module
 from tests.conftest import make_app
 from tests.test_files import assert_error
 from tests.test_gitwatch import git, make_repo
@@ -31,7 +32,7 @@ WAIT = 10  # seconds a test waits for a message before failing: a hang guard, no
 @pytest.fixture
 def server(app):
     """The app on a real threaded HTTP server on loopback, for WebSocket clients."""
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 1}
+    app.config["WATCH_PING_INTERVAL"] = 1
     http = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
@@ -278,18 +279,29 @@ def test_server_pings_idle_clients(watching):
     assert watching.pings >= 1
 
 
-def test_server_notices_a_client_that_went_away(server, chat, user, workspace):
+def test_server_notices_a_client_that_went_away(server, chat, user, workspace, app):
     make_repo(workspace)
-    before = set(threading.enumerate())
+    hub = app.extensions["watch_hub"]
     ws = connect(server, chat, user)
     receive(ws)
-    handlers = set(threading.enumerate()) - before  # the request thread and the socket's reader
-    assert handlers
+    assert hub.open_sockets() == 1
     ws.drop()  # vanish without a close frame
     deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline and any(thread.is_alive() for thread in handlers):
+    while time.monotonic() < deadline and hub.open_sockets():
         time.sleep(0.1)
-    assert not any(thread.is_alive() for thread in handlers)
+    assert hub.open_sockets() == 0
+
+
+def test_a_client_that_stops_answering_pings_is_dropped(server, chat, user, workspace, app):
+    # The connection stays up but the client reads nothing, so it never answers a ping (every second here).
+    hub = app.extensions["watch_hub"]
+    ws = connect(server, chat, user)
+    receive(ws)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline and hub.open_sockets():
+        time.sleep(0.1)
+    assert hub.open_sockets() == 0
+    ws.drop()
 
 
 # Ownership and ceilings.
@@ -352,3 +364,80 @@ def test_workspace_swapped_for_a_symlink_while_open_sends_an_error_and_nothing_o
         assert receive(ws)["type"] == "error"
     finally:
         ws.close()
+
+
+# Many sockets, one loop.
+
+
+def test_one_users_stalled_scans_do_not_delay_another_users_messages(server, client, chat, user, other_user,
+                                                                      monkeypatch):
+    """Alice's repositories take forever to read (more of them than there are scan threads); Bob's change
+    still reaches him while hers are stuck: her scans take turns, they never hold every thread."""
+    from gitwatch import scan as scan_module
+
+    released = threading.Event()
+    stalled = []
+    read = scan_module.sandboxed.read_repository
+
+    def slow_for_alice(repo_dir, *args, **kwargs):
+        if Path(user["workspaces_dir"]) in Path(repo_dir).parents:
+            stalled.append(repo_dir)
+            released.wait(60)
+        return read(repo_dir, *args, **kwargs)
+
+    monkeypatch.setattr(scan_module.sandboxed, "read_repository", slow_for_alice)
+    alice = {"Coder-Session-Token": user["token"]}
+    alices = []
+    for number in range(hub_module.SCAN_THREADS + 1):
+        make_repo(Path(user["workspaces_dir"], f"slow{number}"))
+        slow_chat = client.post("/api/v2/chats", json={"title": "s", "workspace": f"slow{number}"},
+                                headers=alice).json
+        alices.append(connect(server, slow_chat, user))
+    bobs_workspace = make_repo(Path(other_user["workspaces_dir"], "proj"))
+    bobs_chat = client.post("/api/v2/chats", json={"title": "b", "workspace": "proj"},
+                            headers={"Coder-Session-Token": other_user["token"]}).json
+    try:
+        bob = connect(server, bobs_chat, other_user)
+        assert "." in by_root(receive(bob))
+        (bobs_workspace / "README.md").write_text("hello\nfrom bob\n")
+        receive_changes(bob, lambda m: "+from bob" in by_root(m).get(".", {}).get("unified_diff", ""))
+        assert not released.is_set() and len(stalled) == 1  # one of hers at a time, still stuck
+        bob.close()
+    finally:
+        released.set()
+        for ws in alices:
+            ws.close()
+
+
+def test_sockets_on_one_workspace_share_its_scans(server, chat, user, workspace, monkeypatch):
+    from gitwatch import scan as scan_module
+
+    reads = []
+    read = scan_module.sandboxed.read_repository
+    monkeypatch.setattr(scan_module.sandboxed, "read_repository",
+                        lambda *args, **kwargs: reads.append(args[0]) or read(*args, **kwargs))
+    make_repo(workspace)
+    sockets = [connect(server, chat, user) for _ in range(5)]
+    try:
+        for ws in sockets:
+            receive(ws)
+        reads.clear()
+        (workspace / "README.md").write_text("hello\nshared\n")
+        for ws in sockets:
+            receive_changes(ws, lambda m: "+shared" in by_root(m).get(".", {}).get("unified_diff", ""))
+        assert len(reads) <= 2  # one scan for all five (two when the write landed in two bursts)
+    finally:
+        for ws in sockets:
+            ws.close()
+
+
+def test_a_refresh_is_answered_even_while_another_socket_keeps_the_workspace_busy(server, chat, user, workspace):
+    make_repo(workspace)
+    first, second = connect(server, chat, user), connect(server, chat, user)
+    try:
+        receive(first), receive(second)
+        second.send_json({"type": "refresh"})
+        assert receive(second)["type"] == "changes"
+        assert first.receive(timeout=1) is None  # the refresh was the other socket's: nothing new here
+    finally:
+        first.close(), second.close()

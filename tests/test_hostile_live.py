@@ -87,7 +87,7 @@ def hostile_workspace(root, bobs_git_dir, deep_chains):
         config.write("#" + " padding" * 150_000 + "\n")  # 1.2 MB of comment first
         config.write(f"[include]\n\tpath = {bobs_git_dir / 'config'}\n")
 
-    deep_chains(root / "deep")  # 2,000 levels: watchdog's walk recursed once per level
+    deep_chains(root / "deep")  # 2,000 levels: a recursive walk would recurse once per level
 
 
 def post_chat(server, token, workspace):

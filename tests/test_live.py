@@ -138,6 +138,37 @@ def test_fifty_watch_sockets_while_uploads_and_downloads_answer_then_archive_clo
             ws.close()
 
 
+def test_open_sockets_take_no_request_threads(tmp_path):
+    """Four times as many sockets as the worker has threads: an upload, a download and a chat still answer,
+    because a socket is handed to the worker's event loop once upgraded."""
+    live = GunicornServer({**sqlite_settings(tmp_path), "WEB_CONCURRENCY": 1, "WEB_THREADS": 2,
+                           "WATCH_MAX_PER_USER": "64"}, work_dir=str(tmp_path))
+    live.start()
+    sockets = []
+    try:
+        account = live.flask("create-user", "alice", "--org", "acme")
+        headers = {"Coder-Session-Token": account["token"]}
+        os.makedirs(os.path.join(account["workspaces_dir"], "proj"))
+        chat = requests.post(f"{live.url}/api/v2/chats", json={"title": "w", "workspace": "proj"},
+                             headers=headers, timeout=10).json()
+        ws_url = live.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
+        sockets = [WatchClient(ws_url, account["token"]) for _ in range(8)]
+        for ws in sockets:
+            assert ws.receive(timeout=10)["type"] == "changes"
+
+        data = make_image("image/png", 64, 64)
+        upload = requests.post(f"{live.url}/api/v2/chats/files", params={"organization": account["organization_id"]},
+                               data=data, headers={**headers, "Content-Type": "image/png"}, timeout=10)
+        assert upload.status_code == 201
+        download = requests.get(f"{live.url}/api/v2/chats/files/{upload.json()['id']}", headers=headers, timeout=10)
+        assert download.content == data
+        assert requests.get(f"{live.url}/api/v2/chats/{chat['id']}", headers=headers, timeout=10).status_code == 200
+    finally:
+        for ws in sockets:
+            ws.close()
+        live.stop()
+
+
 def test_sigterm_closes_watch_sockets_with_going_away_and_exits_promptly(tmp_path):
     live = GunicornServer(sqlite_settings(tmp_path), work_dir=str(tmp_path))
     live.start()

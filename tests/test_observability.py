@@ -15,10 +15,12 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import click
 import pytest
 import requests
+import websocket
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
@@ -414,31 +416,24 @@ def test_sigterm_closes_sockets_then_runs_the_previous_handler():
     assert ws.closed_with == [(1001, "Server shutting down")]
 
 
-def test_watch_socket_is_counted_registered_and_logged_once_when_it_closes(sqlite_app, capsys):
-    """A real flask-sock route on werkzeug's server, wrapped the way the watch route is to be."""
-    from flask_sock import Sock
-    from simple_websocket import Client
-
-    inside = {}
-
-    @Sock(sqlite_app).route("/test-socket/<name>")
-    def echo(ws, name):
-        with observability.watch_socket(ws):
-            inside["registered"] = len(shutdown.sockets)
-            ws.send(ws.receive(timeout=WAIT_SECONDS))
-            ws.receive(timeout=WAIT_SECONDS)  # until the client closes
-
-    server = make_server(LOCALHOST, 0, sqlite_app, threaded=True)
+def test_watch_socket_is_counted_and_logged_once_when_it_closes(app, client, auth, user, capsys):
+    """The real watch route on werkzeug's server: open in the gauge while the hub holds it, one request
+    line (status 101) when it closes, and nothing left registered."""
+    Path(user["workspaces_dir"], "proj").mkdir(parents=True)
+    chat = client.post("/api/v2/chats", json={"title": "w", "workspace": "proj"}, headers=auth).json
+    server = make_server(LOCALHOST, 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    hub = app.extensions["watch_hub"]
     open_before = sample("chatfiles_watch_sockets_open")
     try:
-        client = Client.connect(f"ws://{LOCALHOST}:{server.port}/test-socket/one",
-                                headers={"X-Request-ID": "socket-1"})
-        client.send("ping")
-        assert client.receive(timeout=WAIT_SECONDS) == "ping"
+        path = f"/api/v2/chats/{chat['id']}/git/watch"
+        ws = websocket.create_connection(f"ws://{LOCALHOST}:{server.port}{path}", timeout=WAIT_SECONDS,
+                                         header=[f"Coder-Session-Token: {user['token']}", "X-Request-ID: socket-1"])
+        assert json.loads(ws.recv())["type"] == "changes"
         assert sample("chatfiles_watch_sockets_open") - open_before == 1
-        client.close()
+        assert request_lines(capsys.readouterr().out, "socket-1") == []  # not before it closes
+        ws.close()
         output = []
         wait_until(lambda: output.append(capsys.readouterr().out) or request_lines("".join(output), "socket-1"),
                    "the socket's request line")
@@ -446,10 +441,9 @@ def test_watch_socket_is_counted_registered_and_logged_once_when_it_closes(sqlit
         server.shutdown()
         thread.join()
     (line,) = request_lines("".join(output), "socket-1")
-    assert (line["status"], line["route"], line["path"]) == (101, "/test-socket/<name>", "/test-socket/one")
-    assert inside["registered"] == 1
+    assert (line["status"], line["route"], line["path"]) == (101, "/api/v2/chats/<chat_id>/git/watch", path)
     assert sample("chatfiles_watch_sockets_open") == open_before
-    assert len(shutdown.sockets) == 0
+    assert hub.open_sockets() == 0
 
 
 # --- under gunicorn -----------------------------------------------------------
