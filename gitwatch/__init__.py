@@ -4,7 +4,7 @@ hands the connection to the hub. One concern a file:
 
 - ``repository.py``: reading one repository, the trust boundary (nothing it
   reads may run code or reach outside the owner's directory).
-- ``scan.py``: finding a workspace's repositories; the ceilings; shared scans.
+- ``scan.py``: finding a workspace's repositories; the ceilings.
 - ``notify.py``: noticing changes (one inotify thread per process, polling fallback),
   shared by every socket of the worker.
 - ``session.py``: one socket's view: first message, deltas, messages.
@@ -23,7 +23,6 @@ from gitwatch.scan import (
     scan_workspace,
 )
 from gitwatch.session import (
-    WatchSession,
     changes_message,
     diff_states,
     error_message,
@@ -37,7 +36,6 @@ __all__ = [
     "MAX_REPOSITORIES",
     "RepoState",
     "RepositoryRefused",
-    "WatchSession",
     "WorkspaceWatcher",
     "changes_message",
     "diff_states",

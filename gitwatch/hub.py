@@ -32,13 +32,12 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.utilities import generate_accept_token
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.events import CloseConnection, Message, Ping, Pong, TextMessage
 
 from gitwatch.notify import WorkspaceWatcher
 from gitwatch.scan import DEFAULT_MAX_DEPTH, DEFAULT_TIME_BUDGET, Scan, scan

@@ -7,19 +7,16 @@
 - A time budget per scan: the first repository is always read whole (so a
   huge one still makes progress), the others only while the budget lasts;
   those not reached keep their last state and are read first next time.
-- ``SharedScans``: sockets on the same workspace in one worker share scans.
 
 Each repository is read in a sandbox process (sandbox/tasks.py), under a
 memory ceiling and a deadline: a repository built to block or burn is left
-out, and the socket's thread waits without holding the GIL.
+out, and the hub's scan thread waits without holding the GIL.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -147,38 +144,3 @@ def _read_order(roots: dict[str, str], previous: Scan | None) -> list[str]:
 def scan_workspace(workspace: str | os.PathLike[str], **options) -> dict[str, RepoState]:
     """``{repo_root: RepoState}``: ``scan()`` without the ceilings' bookkeeping."""
     return scan(workspace, **options).states
-
-
-class _SharedWorkspace:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.last: Scan | None = None
-
-
-class SharedScans:
-    """One scan at a time per workspace, and its result for every socket that
-    asked while it ran: a socket that noticed a change at time t gets a scan
-    that started after t, its own or another socket's."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # Held by the sessions; an entry goes away with the last one.
-        self._workspaces: weakref.WeakValueDictionary[str, _SharedWorkspace] = weakref.WeakValueDictionary()
-
-    def handle(self, workspace_key: str) -> _SharedWorkspace:
-        with self._lock:
-            shared = self._workspaces.get(workspace_key)
-            if shared is None:
-                shared = self._workspaces[workspace_key] = _SharedWorkspace()
-            return shared
-
-    @staticmethod
-    def scan(shared: _SharedWorkspace, asked_at: float, **options) -> Scan:
-        with shared.lock:
-            if shared.last is not None and shared.last.started_at >= asked_at:
-                return shared.last
-            shared.last = scan(previous=shared.last, **options)
-            return shared.last
-
-
-SHARED_SCANS = SharedScans()

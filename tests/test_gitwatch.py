@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -28,7 +27,6 @@ import gitwatch.session
 from gitwatch import (
     MAX_DIFF_BYTES,
     RepoState,
-    WatchSession,
     WorkspaceWatcher,
     changes_message,
     diff_states,
@@ -36,6 +34,7 @@ from gitwatch import (
     parse_client_message,
     scan_workspace,
 )
+from tests.watchsession import WatchSession
 
 GENEROUS = 5.0  # seconds: a change must be noticed well within this
 
@@ -484,7 +483,7 @@ def test_first_message_is_sent_even_without_repositories(workspace: Path) -> Non
 
 def test_session_sends_only_changes_and_answers_refresh(workspace: Path) -> None:
     make_repo(workspace)
-    with WatchSession(workspace, rescan_interval=3600) as session:
+    with WatchSession(workspace) as session:
         assert [entry["repo_root"] for entry in session.initial_message()["repositories"]] == ["."]
         assert session.poll() is None
         assert session.poll(refresh=True)["repositories"] == []
@@ -498,16 +497,18 @@ def test_session_sends_only_changes_and_answers_refresh(workspace: Path) -> None
     assert "b/new.txt" in message["repositories"][0]["unified_diff"]
 
 
-def test_session_rescans_periodically_without_events(workspace: Path, monkeypatch) -> None:
+def test_a_view_that_missed_scans_gets_everything_it_missed(workspace: Path) -> None:
+    """A slow reader skips scans; its next message is the delta against what it was last sent."""
     make_repo(workspace)
-    with WatchSession(workspace, rescan_interval=0) as session:
-        session.initial_message()
-        scans = []
-        monkeypatch.setattr(gitwatch.scan, "scan", lambda *a, **k: scans.append(1) or gitwatch.scan.Scan({}))
-        message = session.poll()
+    view = gitwatch.session.SocketView()
+    view.changes(gitwatch.scan.scan(workspace), datetime.now(timezone.utc), always=True)
+    (workspace / "one.txt").write_text("one\n")
+    gitwatch.scan.scan(workspace)  # a scan this view was not sent
+    (workspace / "two.txt").write_text("two\n")
 
-    assert scans == [1]
-    assert message["repositories"][0]["removed"] is True
+    message = view.changes(gitwatch.scan.scan(workspace), datetime.now(timezone.utc), always=False)
+
+    assert "b/one.txt" in str(message) and "b/two.txt" in str(message)
 
 
 def test_failed_repository_keeps_its_last_good_state() -> None:
@@ -785,27 +786,6 @@ def test_diff_text_per_message_is_capped_and_later_repositories_get_the_note(wor
     assert total <= gitwatch.MAX_MESSAGE_DIFF_BYTES
     assert [state.unified_diff.startswith("diff --git") for state in states.values()] == [True, True, True, False]
     assert re.fullmatch(r"Diff too large to display \(\d+ bytes\)\.", states["d"].unified_diff)
-
-
-def test_sockets_on_one_workspace_share_scans(workspace: Path, monkeypatch) -> None:
-    make_repo(workspace)
-    scans = []
-    real_scan = gitwatch.scan.scan
-    monkeypatch.setattr(gitwatch.scan, "scan", lambda *a, **k: scans.append(1) or real_scan(*a, **k))
-    sessions = [WatchSession(workspace, rescan_interval=3600) for _ in range(5)]
-    try:
-        firsts = [session.initial_message() for session in sessions]
-        assert len(scans) == 1  # all five were watching before the one scan began
-        assert all(first["repositories"] == firsts[0]["repositories"] for first in firsts)
-        (workspace / "new.txt").write_text("new\n")
-        assert all(session.wait(GENEROUS) for session in sessions)
-        sessions[0].poll()
-        assert len(scans) == 2
-        assert all("b/new.txt" in str(session.poll()) for session in sessions[1:])
-        assert len(scans) == 2  # the others noticed the same change: the scan that followed it serves them
-    finally:
-        for session in sessions:
-            session.close()
 
 
 def test_a_binary_file_larger_than_the_limit_is_still_one_line(workspace: Path) -> None:

@@ -35,7 +35,8 @@ import pytest
 
 import gitwatch.notify
 import gitwatch.repository
-from gitwatch import WatchSession, WorkspaceWatcher, scan_workspace
+from gitwatch import WorkspaceWatcher, scan_workspace
+from tests.watchsession import WatchSession
 from gitwatch.repository import RepositoryRefused, read_repository
 from tests.test_gitwatch import GENEROUS, git, make_repo
 
@@ -315,7 +316,7 @@ def _padding(size: int) -> str:
 
 
 def _messages(workspace: Path) -> list[dict]:
-    with WatchSession(workspace, rescan_interval=3600) as session:
+    with WatchSession(workspace) as session:
         return [session.initial_message(), session.poll(refresh=True)]
 
 
@@ -535,7 +536,7 @@ def test_a_directory_2000_deep_is_watched_and_the_socket_gets_its_message(tmp_pa
         (workspace / "top.txt").write_text("hello\n")
         assert watcher.wait_for_change(GENEROUS) is True
 
-    with WatchSession(workspace, rescan_interval=3600) as session:
+    with WatchSession(workspace) as session:
         message = session.initial_message()
     assert message["type"] == "changes"
     assert "+changed" in _roots(message)["repo"]["unified_diff"]

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 import gitwatch.scan
-from gitwatch import WatchSession, scan_workspace
+from gitwatch import scan_workspace
+from tests.watchsession import WatchSession
 from tests.test_gitwatch import GENEROUS, _test_git_env, git, make_repo
 
 HOOKS = [
@@ -125,7 +126,7 @@ def test_the_watch_runs_nothing_the_workspace_names(tmp_path: Path) -> None:
     build_corpus(workspace, markers)
     assert markers_in(markers) == []  # building it ran nothing
 
-    with WatchSession(workspace, rescan_interval=3600) as session:
+    with WatchSession(workspace) as session:
         first = session.initial_message()
         session.poll(refresh=True)
         (workspace / "filters" / "another.txt").write_text("another\n")
@@ -285,7 +286,7 @@ def test_a_repository_pointing_outside_is_left_out(tmp_path: Path, outside: Path
     make_repo(workspace / "fine")
     window(workspace, outside)
 
-    with WatchSession(workspace, rescan_interval=3600) as session:
+    with WatchSession(workspace) as session:
         messages = [session.initial_message(), session.poll(refresh=True)]
 
     assert SECRET not in str(messages)
@@ -339,7 +340,7 @@ def test_swapping_the_workspace_for_a_symlink_gives_an_error_and_nothing_from_ou
 
         return workspaces.resolve(owner_dir, "proj")
 
-    with WatchSession(workspace, boundary=owner_dir, resolve=resolve, rescan_interval=3600) as session:
+    with WatchSession(workspace, boundary=owner_dir, resolve=resolve) as session:
         assert session.initial_message()["repositories"][0]["repo_root"] == "."
         shutil.rmtree(workspace)
         workspace.symlink_to(outside.parent, target_is_directory=True)
