@@ -395,8 +395,10 @@ class WatchSocket(asyncio.Protocol):
         elif isinstance(event, Pong):
             self.awaiting_pong = False
         elif isinstance(event, CloseConnection):
-            if self.protocol.state is ConnectionState.REMOTE_CLOSING:
+            if self.protocol.state is ConnectionState.REMOTE_CLOSING:  # the client's close: answered
                 self._send(event.response())
+            elif self.protocol.state is ConnectionState.OPEN:  # wsproto's verdict on a broken frame (1002, 1007)
+                self._send(CloseConnection(code=event.code, reason=event.reason))
             self.transport.close()
 
     def _message_part(self, event: Message) -> None:

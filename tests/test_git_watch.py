@@ -304,6 +304,19 @@ def test_a_client_that_stops_answering_pings_is_dropped(server, chat, user, work
     ws.drop()
 
 
+def test_a_client_message_over_64_kib_closes_the_socket_with_1009(watching):
+    watching.send_text(json.dumps({"type": "refresh", "padding": "x" * (64 * 1024)}))
+    closed = watching.wait_until_closed()
+    assert closed.code == 1009
+
+
+def test_an_unmasked_client_frame_closes_the_socket_with_1002(watching):
+    # RFC 6455 5.1: a server must close the connection on a frame the client did not mask.
+    watching._ws.sock.sendall(b"\x81\x10" + b'{"type":"refresh"}'[:16])
+    closed = watching.wait_until_closed()
+    assert closed.code == 1002
+
+
 # Ownership and ceilings.
 
 
