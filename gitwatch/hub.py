@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 MAX_CLIENT_MESSAGE = 64 * 1024
 SCAN_THREADS = 4  # scans wait on sandbox processes (sandbox/tasks.py), not on the GIL
 CLOSE_WAIT_SECONDS = 2.0  # after our close frame, how long the client has to answer before we hang up
-RETRY_SKIPPED_SECONDS = 0.25  # a scan that ran out of time goes on after this pause
+RETRY_SECONDS = 0.25  # a scan that ran out of time (or failed) goes on after this pause
 # A client that stops reading stops getting messages (it gets the delta once it reads again):
 # what one socket may hold in memory is bounded by this plus one message.
 WRITE_HIGH_WATER = 1024 * 1024
@@ -84,11 +84,10 @@ class ScanResult:
 
 
 class SocketHandle:
-    """A thread-safe way to ask one adopted socket to close (archive events, tests)."""
+    """A thread-safe way to ask one adopted socket to close (its archive event)."""
 
     def __init__(self, hub: Hub):
         self._hub = hub
-        self.closed = threading.Event()  # set when the connection has ended
         self._socket: WatchSocket | None = None
         self._pending_close: tuple[int, str] | None = None
 
@@ -172,7 +171,6 @@ class Hub:
             log.debug("adopting a watch socket failed", exc_info=True)
             own.close()
             _run_all(request.on_closed)
-            handle.closed.set()
 
     async def _close_all(self, code: int, reason: str) -> int:
         self._closing = (code, reason)
@@ -203,7 +201,7 @@ class Hub:
 
     def want_scan(self, feed: WorkspaceFeed) -> None:
         """Run the feed's scan now, or when its owner's current scan is done."""
-        owner = feed.request.owner
+        owner = feed.owner
         if feed.closed:
             return
         if owner in self._scanning_owners:
@@ -217,8 +215,8 @@ class Hub:
         future.add_done_callback(functools.partial(self._scanned, feed))
 
     def _scanned(self, feed: WorkspaceFeed, future: asyncio.Future[ScanResult]) -> None:
-        self._scanning_owners.discard(feed.request.owner)
-        self._next_turn(feed.request.owner)
+        self._scanning_owners.discard(feed.owner)
+        self._next_turn(feed.owner)
         try:
             result = future.result()
         except Exception:  # a bug, not a hostile repository (those are states): keep serving the others
@@ -236,6 +234,9 @@ class Hub:
         if waiting is not None and not waiting:
             del self._waiting[owner]
 
+    def later(self, delay: float, callback: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
+        return self._loop.call_later(delay, callback, *args)
+
     def in_background(self, work: Callable[[], None]) -> None:
         """Blocking housekeeping (dropping a watch) off the loop."""
         self._loop.run_in_executor(self._executor, work)
@@ -249,8 +250,9 @@ class WorkspaceFeed:
 
     def __init__(self, hub: Hub, request: WatchRequest):
         self.hub = hub
-        self.request = request
+        self.owner = request.owner
         self.key = (request.owner_dir, request.workspace)
+        self._workspace_dir, self._owner_dir, self._resolve = request.workspace_dir, request.owner_dir, request.resolve
         self.sockets: set[WatchSocket] = set()
         self.watcher: WorkspaceWatcher | None = None  # made by the first scan, off the loop
         self.last: ScanResult | None = None
@@ -288,17 +290,15 @@ class WorkspaceFeed:
     def scan_now(self) -> ScanResult:
         """In a scan thread: watch first (so nothing falls between), then scan."""
         if self.watcher is None and not self.closed:
-            self.watcher = WorkspaceWatcher(
-                self.request.workspace_dir, boundary=self.request.owner_dir, on_change=self._on_change
-            )
+            self.watcher = WorkspaceWatcher(self._workspace_dir, boundary=self._owner_dir, on_change=self._on_change)
         started_at, scanned_at = time.monotonic(), datetime.now(timezone.utc)
         try:
-            workspace = self.request.resolve()
+            workspace = self._resolve()
         except WorkspaceError:
             return ScanResult(started_at, scanned_at, None)
         previous = self.last.scan if self.last is not None else None
         found = scan(
-            workspace, boundary=self.request.owner_dir, max_depth=DEFAULT_MAX_DEPTH,
+            workspace, boundary=self._owner_dir, max_depth=DEFAULT_MAX_DEPTH,
             time_budget=DEFAULT_TIME_BUDGET, previous=previous,
         )
         return ScanResult(started_at, scanned_at, found)
@@ -311,16 +311,18 @@ class WorkspaceFeed:
         if self.closed:
             self._drop_watch()
             return
-        if result is not None:
-            self.last = result
-            if self.wanted_after is not None and self.wanted_after <= result.started_at:
-                self.wanted_after = None
-            for ws in list(self.sockets):
-                ws.deliver(result)
+        if result is None:  # the scan failed (logged): again, after a breath
+            self.hub.later(RETRY_SECONDS, self.want, time.monotonic())
+            return
+        self.last = result
+        if self.wanted_after is not None and self.wanted_after <= result.started_at:
+            self.wanted_after = None
+        for ws in list(self.sockets):
+            ws.deliver(result)
         if self.wanted_after is not None:
             self.hub.want_scan(self)
-        elif result is not None and result.skipped:  # the rest of the repositories, after a breath
-            self.hub._loop.call_later(RETRY_SKIPPED_SECONDS, self.want, result.started_at)
+        elif result.skipped:  # the rest of the repositories, after a breath
+            self.hub.later(RETRY_SECONDS, self.want, result.started_at)
 
     def _drop_watch(self) -> None:
         watcher, self.watcher = self.watcher, None
@@ -375,7 +377,6 @@ class WatchSocket(asyncio.Protocol):
             self.timer.cancel()
         self.hub.left(self)
         _run_all(self.request.on_closed)
-        self.handle.closed.set()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -438,7 +439,7 @@ class WatchSocket(asyncio.Protocol):
             self._send_json(message)
 
     def _schedule_ping(self) -> None:
-        self.timer = self.hub._loop.call_later(self.request.ping_interval, self._ping_due)
+        self.timer = self.hub.later(self.request.ping_interval, self._ping_due)
 
     def _ping_due(self) -> None:
         if self.awaiting_pong:  # no answer to the last ping: the client is gone without a word
@@ -455,7 +456,7 @@ class WatchSocket(asyncio.Protocol):
         self._send(CloseConnection(code=code, reason=reason))
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.hub._loop.call_later(CLOSE_WAIT_SECONDS, self.transport.abort)
+        self.timer = self.hub.later(CLOSE_WAIT_SECONDS, self.transport.abort)
 
     def _send_json(self, message: dict[str, Any]) -> None:
         if self.protocol.state is ConnectionState.OPEN:
