@@ -21,6 +21,7 @@ memory: the shape of Zulip's real-time tier.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import select
@@ -31,7 +32,7 @@ from typing import Callable
 
 import psycopg2
 import psycopg2.extensions
-from peewee import PostgresqlDatabase
+from peewee import SQL, PostgresqlDatabase
 
 from models import Chat, db
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 CHANNEL = "chatfiles_archived"
 POLL_SECONDS = 0.5  # SQLite: how often the one query runs while any socket is open
 RECONNECT_SECONDS = 1.0  # PostgreSQL: the wait before listening again after a lost connection
-IN_CLAUSE_CHUNK = 500  # SQLite's default limit on bound parameters is 999
 
 Token = tuple[uuid.UUID, int]
 
@@ -118,13 +118,13 @@ class ArchiveEvents:
                     log.exception("closing a watch socket of archived chat %s failed", chat_id)
 
     def _archived_among_watched(self) -> list[uuid.UUID]:
-        """One query (one per 500 chats) for every chat with a socket here."""
-        watched, archived = self.watched(), []
+        """One query for every chat with a socket here, however many: the ids travel as one parameter."""
+        watched = self.watched()
+        if not watched:
+            return []
         with db.connection_context():
-            for start in range(0, len(watched), IN_CLAUSE_CHUNK):
-                chunk = watched[start : start + IN_CLAUSE_CHUNK]
-                archived += [row.id for row in Chat.select(Chat.id).where(Chat.id.in_(chunk) & Chat.archived)]
-        return archived
+            query = Chat.select(Chat.id).where(Chat.id.in_(_one_parameter(watched)) & Chat.archived)
+            return [row.id for row in query]
 
     # --- SQLite: one query per process, while any socket is open --------------------
 
@@ -164,6 +164,13 @@ class ArchiveEvents:
                 self._archived([chat_id for chat_id in map(_chat_id, payloads) if chat_id is not None])
         finally:
             connection.close()
+
+
+def _one_parameter(chat_ids: list[uuid.UUID]) -> SQL:
+    """A subquery yielding ``chat_ids`` from a single bound parameter (no limit on how many, one query plan)."""
+    if isinstance(db.obj, PostgresqlDatabase):
+        return SQL("(SELECT unnest(%s::uuid[]))", [[str(chat_id) for chat_id in chat_ids]])
+    return SQL("(SELECT value FROM json_each(?))", [json.dumps([chat_id.hex for chat_id in chat_ids])])
 
 
 def _chat_id(payload: str) -> uuid.UUID | None:

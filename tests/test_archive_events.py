@@ -1,4 +1,5 @@
-"""gitwatch/archives.py on SQLite: one thread for every socket of the process, woken by nothing but its poll."""
+"""gitwatch/archives.py: one thread for every socket of the process (on SQLite woken by nothing but its poll),
+and one query however many chats it watches."""
 
 import threading
 import time
@@ -7,6 +8,7 @@ import uuid
 import pytest
 
 from gitwatch.archives import POLL_SECONDS, ArchiveEvents
+import models
 from models import Chat
 from tests.conftest import _create_user
 
@@ -66,3 +68,21 @@ def test_the_thread_ends_with_the_last_socket_and_starts_with_the_next(sqlite_ap
     events.subscribe(chat, heard.set)
     Chat.update(archived=True).where(Chat.id == chat).execute()
     assert heard.wait(WAIT)
+
+
+@pytest.mark.parametrize("storage_config", ["local"], indirect=True)
+def test_which_watched_chats_are_archived_is_one_query_however_many(app, monkeypatch):
+    """1,500 watched chats (past SQLite's 999 bound parameters), a third archived: one query finds them."""
+    owner = _create_user(app, "bob", "globex")["user_id"]
+    chats = [Chat.create(owner=owner, title=str(number), archived=number % 3 == 0) for number in range(1500)]
+    events = ArchiveEvents(app.config["DATABASE_URL"])
+    monkeypatch.setattr(events, "watched", lambda: [chat.id for chat in chats])
+    queries = []
+    real_execute = type(models.db.obj).execute_sql
+    monkeypatch.setattr(type(models.db.obj), "execute_sql",
+                        lambda self, sql, *args, **kwargs: queries.append(sql) or real_execute(self, sql, *args, **kwargs))
+
+    archived = events._archived_among_watched()
+
+    assert sorted(archived) == sorted(chat.id for chat in chats if chat.archived)
+    assert len(queries) == 1
