@@ -28,6 +28,7 @@ import concurrent.futures
 import functools
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -54,6 +55,7 @@ RETRY_SECONDS = 0.25  # a scan that ran out of time (or failed) goes on after th
 # what one socket may hold in memory is bounded by this plus one message.
 WRITE_HIGH_WATER = 1024 * 1024
 
+PING_FRAME = Connection(ConnectionType.SERVER).send(Ping())  # server frames are not masked: the same bytes every time
 GOING_AWAY = 1001
 MESSAGE_TOO_BIG = 1009
 
@@ -115,6 +117,8 @@ class Hub:
         self._scanning_owners: set[str] = set()
         self._waiting: dict[str, collections.deque[WorkspaceFeed]] = {}
         self._closing: tuple[int, str] | None = None
+        self._pings: dict[int, list[WatchSocket]] = {}  # whole second of the loop's clock -> sockets due then
+        self._ping_tick: asyncio.TimerHandle | None = None
 
     # --- from any thread -------------------------------------------------------
 
@@ -158,6 +162,7 @@ class Hub:
                 self._executor = concurrent.futures.ThreadPoolExecutor(self._scan_threads, "gitwatch-scan")
                 self._sockets, self._feeds = set(), {}
                 self._scanning_owners, self._waiting = set(), {}
+                self._pings, self._ping_tick = {}, None
                 threading.Thread(target=self._loop.run_forever, name="gitwatch-hub", daemon=True).start()
             return self._loop
 
@@ -236,6 +241,25 @@ class Hub:
 
     def later(self, delay: float, callback: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
         return self._loop.call_later(delay, callback, *args)
+
+    def ping_later(self, ws: WatchSocket, delay: float) -> None:
+        """Ping ``ws`` in about ``delay`` s. Pings are due on whole seconds of the loop's clock, so one
+        wake-up a second pings every socket due then, however many: not a timer per socket."""
+        second = math.ceil(self._loop.time() + delay)
+        self._pings.setdefault(second, []).append(ws)
+        if self._ping_tick is None or self._ping_tick.when() > second:
+            if self._ping_tick is not None:
+                self._ping_tick.cancel()
+            self._ping_tick = self._loop.call_at(second, self._pings_due)
+
+    def _pings_due(self) -> None:
+        self._ping_tick = None
+        now = self._loop.time()
+        for second in sorted(second for second in self._pings if second <= now):
+            for ws in self._pings.pop(second):
+                ws.ping_due()
+        if self._pings and self._ping_tick is None:
+            self._ping_tick = self._loop.call_at(min(self._pings), self._pings_due)
 
     def in_background(self, work: Callable[[], None]) -> None:
         """Blocking housekeeping (dropping a watch) off the loop."""
@@ -348,7 +372,7 @@ class WatchSocket(asyncio.Protocol):
         self.awaiting_pong = False
         self.message_parts: list[str] = []
         self.message_size = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # while closing: when to stop waiting for the client
 
     # --- asyncio's callbacks ----------------------------------------------------
 
@@ -439,14 +463,16 @@ class WatchSocket(asyncio.Protocol):
             self._send_json(message)
 
     def _schedule_ping(self) -> None:
-        self.timer = self.hub.later(self.request.ping_interval, self._ping_due)
+        self.hub.ping_later(self, self.request.ping_interval)
 
-    def _ping_due(self) -> None:
+    def ping_due(self) -> None:
+        if self.protocol.state is not ConnectionState.OPEN or self.transport.is_closing():
+            return  # closing or gone: no more pings
         if self.awaiting_pong:  # no answer to the last ping: the client is gone without a word
             self.transport.abort()
             return
         self.awaiting_pong = True
-        self._send(Ping())
+        self.transport.write(PING_FRAME)
         self._schedule_ping()
 
     def close(self, code: int, reason: str) -> None:

@@ -90,7 +90,7 @@ def test_a_refresh_is_answered_even_to_a_slow_reader(ws):
 
 
 def test_a_ping_left_unanswered_drops_the_client(ws):
-    ws._ping_due()
+    ws.ping_due()
     assert not ws.transport.aborted and ws.transport.written  # the ping
-    ws._ping_due()  # the next one is due and no pong came
+    ws.ping_due()  # the next one is due and no pong came
     assert ws.transport.aborted
