@@ -48,6 +48,7 @@ from workspaces import WorkspaceError
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_MESSAGE = 64 * 1024
+RECEIVE_BUFFER = 64 * 1024  # one per hub, shared by its sockets
 SCAN_THREADS = 4  # scans wait on sandbox processes (sandbox/tasks.py), not on the GIL
 CLOSE_WAIT_SECONDS = 2.0  # after our close frame, how long the client has to answer before we hang up
 RETRY_SECONDS = 0.25  # a scan that ran out of time (or failed) goes on after this pause
@@ -118,6 +119,7 @@ class Hub:
         self._waiting: dict[str, collections.deque[WorkspaceFeed]] = {}
         self._closing: tuple[int, str] | None = None
         self._pings: dict[int, list[WatchSocket]] = {}  # whole second of the loop's clock -> sockets due then
+        self.receive_buffer = memoryview(bytearray(RECEIVE_BUFFER))
         self._ping_tick: asyncio.TimerHandle | None = None
 
     # --- from any thread -------------------------------------------------------
@@ -354,8 +356,12 @@ class WorkspaceFeed:
             self.hub.in_background(watcher.close)
 
 
-class WatchSocket(asyncio.Protocol):
-    """One client: wsproto framing, its view of the workspace, pings, closing."""
+class WatchSocket(asyncio.BufferedProtocol):
+    """One client: wsproto framing, its view of the workspace, pings, closing.
+
+    A buffered protocol reading into the hub's one receive buffer: a plain
+    protocol has asyncio allocate 256 KiB for every read, even of a 6-byte pong.
+    """
 
     def __init__(self, hub: Hub, request: WatchRequest, handle: SocketHandle):
         self.hub = hub
@@ -386,7 +392,13 @@ class WatchSocket(asyncio.Protocol):
         if self.handle._pending_close is not None:
             self.close(*self.handle._pending_close)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.hub.receive_buffer  # the loop reads one socket at a time, and copies out at once
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received(bytes(self.hub.receive_buffer[:nbytes]))
+
+    def received(self, data: bytes) -> None:
         if self.protocol.state is ConnectionState.CLOSED:
             return  # after the close handshake: nothing more to read
         self.protocol.receive_data(data)
