@@ -9,9 +9,10 @@ instance: the database is the only shared state — its callback runs once.
   thread asleep in ``select()`` until a notification comes (no timer). After a
   lost connection it listens again, then asks once which of its chats were
   archived meanwhile (one query for all of them).
-- SQLite (one host, no NOTIFY): one thread asks, every ``POLL_SECONDS``, which
-  of the chats with sockets here are archived: one query per process however
-  many sockets are open.
+- SQLite (one host, no NOTIFY): one thread looks every ``POLL_SECONDS``
+  whether anything was committed since its last look (``PRAGMA
+  data_version``), and only then asks which of the chats with sockets here
+  are archived: one query per process however many sockets are open.
 
 The thread runs while the process has a subscribed socket, and ends (closing
 its connection) with the last one. One listener per process, fanned out in
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import select
+import sqlite3
 import threading
 import time
 import uuid
@@ -129,12 +131,20 @@ class ArchiveEvents:
     # --- SQLite: one query per process, while any socket is open --------------------
 
     def _poll_while_watched(self) -> None:
-        while not self._nothing_to_watch():
-            time.sleep(POLL_SECONDS)
-            try:
-                self._archived(self._archived_among_watched())
-            except Exception:
-                log.exception("asking which watched chats are archived failed; asking again")
+        """Every tick, SQLite's ``data_version`` (a pragma answered from memory) says whether anything was
+        committed since the last look; only then the one query runs. An idle service asks nothing more."""
+        seen = None
+        # data_version compares against this connection's own last look: one of the thread's own, kept open.
+        with contextlib.closing(sqlite3.connect(self._database_url.split(":///", 1)[-1])) as versions:
+            while not self._nothing_to_watch():
+                time.sleep(POLL_SECONDS)
+                try:
+                    version = versions.execute("PRAGMA data_version").fetchone()[0]
+                    if version != seen:
+                        seen = version
+                        self._archived(self._archived_among_watched())
+                except Exception:
+                    log.exception("asking which watched chats are archived failed; asking again")
 
     # --- PostgreSQL: LISTEN, woken by the server ------------------------------------
 

@@ -70,6 +70,26 @@ def test_the_thread_ends_with_the_last_socket_and_starts_with_the_next(sqlite_ap
     assert heard.wait(WAIT)
 
 
+def test_on_sqlite_an_idle_database_is_not_asked_again(sqlite_app, client, auth, monkeypatch):
+    """Nothing committed: the poller's ticks ask nothing (its pragma says so); a commit anywhere: one look."""
+    watched, other = make_chat(client, auth), make_chat(client, auth)
+    events = ArchiveEvents(sqlite_app.config["DATABASE_URL"])
+    looks = []
+    real_look = events._archived_among_watched
+    monkeypatch.setattr(events, "_archived_among_watched", lambda: looks.append(1) or real_look())
+    heard = threading.Event()
+    token = events.subscribe(watched, heard.set)
+    try:
+        assert wait_for(lambda: looks)  # the first tick looks once
+        time.sleep(4 * POLL_SECONDS)
+        assert len(looks) == 1
+        assert client.post(f"/api/v2/chats/{other}/archive", headers=auth).status_code == 204
+        assert wait_for(lambda: len(looks) == 2)
+        assert not heard.is_set()  # another chat's archive: looked, nothing for this one
+    finally:
+        events.unsubscribe(token)
+
+
 @pytest.mark.parametrize("storage_config", ["local"], indirect=True)
 def test_which_watched_chats_are_archived_is_one_query_however_many(app, monkeypatch):
     """1,500 watched chats (past SQLite's 999 bound parameters), a third archived: one query finds them."""
