@@ -33,8 +33,9 @@ def section_command(argv, prog, description, results_path, run, render, markers,
         add_arguments(parser)
     args = parser.parse_args(argv)
     results = json.loads(Path(results_path).read_text()) if args.render else run(args)
-    print(render(results))
-    print(f"wrote {write_section(DOCS, *markers, render(results))}")
+    text = render(results)  # once: a section's render may draw its plot too
+    print(text)
+    print(f"wrote {write_section(DOCS, *markers, text)}")
     return 0
 
 

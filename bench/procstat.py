@@ -122,3 +122,44 @@ class RssSampler:
     @property
     def peak_kib(self):
         return max((kib for _, kib in self.samples), default=0)
+
+
+def tree_pids(pid):
+    """``pid`` and every live process below it (a gunicorn master: its workers and their sandboxes)."""
+    pids, pending = [], [pid]
+    while pending:
+        pid = pending.pop()
+        pids.append(pid)
+        try:
+            for thread in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{thread}/children") as children:
+                    pending += [int(child) for child in children.read().split()]
+        except OSError:
+            pass  # it ended meanwhile
+    return pids
+
+
+def total_rss_bytes(pids):
+    total = 0
+    for pid in pids:
+        try:
+            total += status_kib(pid, "VmRSS") * 1024
+        except (OSError, KeyError):
+            pass  # a process that just ended
+    return total
+
+
+def thread_cpu_seconds(pid):
+    """{thread id: CPU seconds} of every live thread of ``pid`` (schedstat: nanoseconds' precision)."""
+    seconds = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return seconds
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+                seconds[int(tid)] = int(handle.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    return seconds
