@@ -111,16 +111,8 @@ def procfile_live(request, tmp_path):
 
 def test_fifty_watch_sockets_while_uploads_and_downloads_answer_then_archive_closes_them(procfile_live):
     live = procfile_live
-    account = live.flask("create-user", "alice", "--org", "acme")
-    headers = {"Coder-Session-Token": account["token"]}
-    os.makedirs(os.path.join(account["workspaces_dir"], "proj"))
-    chat = requests.post(f"{live.url}/api/v2/chats", json={"title": "w", "workspace": "proj"}, headers=headers,
-                         timeout=10).json()
-    ws_url = live.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
-    sockets = [WatchClient(ws_url, account["token"]) for _ in range(50)]
+    account, headers, chat, sockets = watched_chat(live, live, 50)
     try:
-        for ws in sockets:
-            assert ws.receive(timeout=10)["type"] == "changes"
         metrics = requests.get(f"{live.url}/metrics", timeout=10).text
         assert "chatfiles_watch_sockets_open 50.0" in metrics
 
@@ -146,16 +138,7 @@ def test_open_sockets_take_no_request_threads(tmp_path):
     live.start()
     sockets = []
     try:
-        account = live.flask("create-user", "alice", "--org", "acme")
-        headers = {"Coder-Session-Token": account["token"]}
-        os.makedirs(os.path.join(account["workspaces_dir"], "proj"))
-        chat = requests.post(f"{live.url}/api/v2/chats", json={"title": "w", "workspace": "proj"},
-                             headers=headers, timeout=10).json()
-        ws_url = live.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
-        sockets = [WatchClient(ws_url, account["token"]) for _ in range(8)]
-        for ws in sockets:
-            assert ws.receive(timeout=10)["type"] == "changes"
-
+        account, headers, chat, sockets = watched_chat(live, live, 8)
         data = make_image("image/png", 64, 64)
         upload = requests.post(f"{live.url}/api/v2/chats/files", params={"organization": account["organization_id"]},
                                data=data, headers={**headers, "Content-Type": "image/png"}, timeout=10)
@@ -221,16 +204,7 @@ def test_an_archive_on_one_instance_reaches_another_by_notify_without_a_query_pe
     instance_b.start()
     sockets = []
     try:
-        account = instance_a.flask("create-user", "alice", "--org", "acme")
-        headers = {"Coder-Session-Token": account["token"]}
-        os.makedirs(os.path.join(account["workspaces_dir"], "proj"))
-        chat = requests.post(f"{instance_a.url}/api/v2/chats", json={"title": "w", "workspace": "proj"},
-                             headers=headers, timeout=10).json()
-        ws_url = instance_b.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
-        sockets = [WatchClient(ws_url, account["token"]) for _ in range(12)]
-        for ws in sockets:
-            assert ws.receive(timeout=10)["type"] == "changes"
-
+        _, headers, chat, sockets = watched_chat(instance_a, instance_b, 12)
         logged_before = os.path.getsize(postgres_server.log_path)
         time.sleep(3)  # idle: a query per socket every 2 s would be 18 here
         idle = statements_logged_since(postgres_server.log_path, logged_before)
@@ -244,6 +218,21 @@ def test_an_archive_on_one_instance_reaches_another_by_notify_without_a_query_pe
             ws.close()
         instance_a.stop()
         instance_b.stop()
+
+
+def watched_chat(api, sockets_from, count):
+    """alice, a chat of hers on workspace "proj" (made through ``api``), and ``count`` watch sockets on it
+    opened through ``sockets_from``, each past its first message: (account, headers, chat, sockets)."""
+    account = api.flask("create-user", "alice", "--org", "acme")
+    headers = {"Coder-Session-Token": account["token"]}
+    os.makedirs(os.path.join(account["workspaces_dir"], "proj"))
+    chat = requests.post(f"{api.url}/api/v2/chats", json={"title": "w", "workspace": "proj"}, headers=headers,
+                         timeout=10).json()
+    ws_url = sockets_from.url.replace("http://", "ws://") + f"/api/v2/chats/{chat['id']}/git/watch"
+    sockets = [WatchClient(ws_url, account["token"]) for _ in range(count)]
+    for ws in sockets:
+        assert ws.receive(timeout=10)["type"] == "changes"
+    return account, headers, chat, sockets
 
 
 def statements_logged_since(log_path, offset):
