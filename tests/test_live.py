@@ -116,12 +116,7 @@ def test_fifty_watch_sockets_while_uploads_and_downloads_answer_then_archive_clo
         metrics = requests.get(f"{live.url}/metrics", timeout=10).text
         assert "chatfiles_watch_sockets_open 50.0" in metrics
 
-        data = make_image("image/webp", 200, 100)
-        upload = requests.post(f"{live.url}/api/v2/chats/files", params={"organization": account["organization_id"]},
-                               data=data, headers={**headers, "Content-Type": "image/webp"}, timeout=10)
-        assert upload.status_code == 201
-        download = requests.get(f"{live.url}/api/v2/chats/files/{upload.json()['id']}", headers=headers, timeout=10)
-        assert download.content == data
+        assert_round_trip(live, account, headers, "image/webp", make_image("image/webp", 200, 100))
 
         # Archived through one worker; every socket, on whichever worker, closes.
         archive_and_wait_for_close(live.url, chat, headers, sockets)
@@ -139,12 +134,7 @@ def test_open_sockets_take_no_request_threads(tmp_path):
     sockets = []
     try:
         account, headers, chat, sockets = watched_chat(live, live, 8)
-        data = make_image("image/png", 64, 64)
-        upload = requests.post(f"{live.url}/api/v2/chats/files", params={"organization": account["organization_id"]},
-                               data=data, headers={**headers, "Content-Type": "image/png"}, timeout=10)
-        assert upload.status_code == 201
-        download = requests.get(f"{live.url}/api/v2/chats/files/{upload.json()['id']}", headers=headers, timeout=10)
-        assert download.content == data
+        assert_round_trip(live, account, headers, "image/png", make_image("image/png", 64, 64))
         assert requests.get(f"{live.url}/api/v2/chats/{chat['id']}", headers=headers, timeout=10).status_code == 200
     finally:
         for ws in sockets:
@@ -233,6 +223,15 @@ def watched_chat(api, sockets_from, count):
     for ws in sockets:
         assert ws.receive(timeout=10)["type"] == "changes"
     return account, headers, chat, sockets
+
+
+def assert_round_trip(live, account, headers, content_type, data):
+    """An upload answers 201 and downloads byte-identical."""
+    upload = requests.post(f"{live.url}/api/v2/chats/files", params={"organization": account["organization_id"]},
+                           data=data, headers={**headers, "Content-Type": content_type}, timeout=10)
+    assert upload.status_code == 201
+    download = requests.get(f"{live.url}/api/v2/chats/files/{upload.json()['id']}", headers=headers, timeout=10)
+    assert download.content == data
 
 
 def statements_logged_since(log_path, offset):
