@@ -95,21 +95,43 @@ def _hand_over(chat, key, owner_dir, workspace_dir, slot):
     hub = current_app.extensions["watch_hub"]
     events = current_app.extensions["archive_events"]
     observed = observability.watch_socket_opened(request.environ)
-    closing = []  # the handle, once there is one: the archive callback may fire before adopt returns
-    subscription = events.subscribe(chat.id, lambda: closing and closing[0].close(ARCHIVED_CLOSE_CODE,
-                                                                                   ARCHIVED_CLOSE_REASON))
+    archive = _ArchiveClose()
+    subscription = events.subscribe(chat.id, archive.heard)
+    # Asked before the upgrade is answered (an archive from before the subscription sends no event), so a
+    # client that has its first message finds no query of this socket's still to come.
+    if _is_archived(chat.id):
+        archive.heard()
     on_closed = (slot.release, functools.partial(events.unsubscribe, subscription),
                  functools.partial(observability.watch_socket_closed, observed))
-    handle = hub.adopt(connection, WatchRequest(
+    archive.handed_over(hub.adopt(connection, WatchRequest(
         owner=str(chat.owner_id), workspace=chat.workspace, workspace_dir=workspace_dir, owner_dir=owner_dir,
         resolve=functools.partial(resolve, owner_dir, chat.workspace),
         ping_interval=current_app.config["WATCH_PING_INTERVAL"],
         handshake=_switching_protocols(key, observed), on_closed=on_closed,
-    ))
-    closing.append(handle)
-    if _is_archived(chat.id):  # archived before the subscription: no event will come
-        handle.close(ARCHIVED_CLOSE_CODE, ARCHIVED_CLOSE_REASON)
+    )))
     return HandedOver()
+
+
+class _ArchiveClose:
+    """Closes the socket when its chat is archived, whether that is heard before or after the handover.
+
+    ``heard`` runs on the archive thread, ``handed_over`` on the request's: each writes its own attribute
+    first and reads the other's after, so whichever runs second sees both and closes (closing twice is
+    harmless)."""
+
+    def __init__(self):
+        self.archived = False
+        self.handle = None
+
+    def heard(self):
+        self.archived = True
+        if self.handle is not None:
+            self.handle.close(ARCHIVED_CLOSE_CODE, ARCHIVED_CLOSE_REASON)
+
+    def handed_over(self, handle):
+        self.handle = handle
+        if self.archived:
+            handle.close(ARCHIVED_CLOSE_CODE, ARCHIVED_CLOSE_REASON)
 
 
 def _switching_protocols(key, observed):

@@ -197,8 +197,10 @@ def test_an_archive_on_one_instance_reaches_another_by_notify_without_a_query_pe
         _, headers, chat, sockets = watched_chat(instance_a, instance_b, 12)
         logged_before = os.path.getsize(postgres_server.log_path)
         time.sleep(3)  # idle: a query per socket every 2 s would be 18 here
-        idle = statements_logged_since(postgres_server.log_path, logged_before)
-        assert [line for line in idle if '"archived"' in line] == []
+        idle = [line for line in statements_logged_since(postgres_server.log_path, logged_before) if '"archived"' in line]
+        # At most each listening process's one catch-up after its LISTEN (a slow start may put it here):
+        # one query for all of its chats, never one per socket.
+        assert len(idle) <= 2 and all("unnest" in line for line in idle)
 
         archive_and_wait_for_close(instance_a.url, chat, headers, sockets)
         # The log does record this database's statements: the archive and its NOTIFY are there.
