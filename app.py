@@ -5,13 +5,11 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import cli
 import config
-import errors
 import models
-import observability
-import origins
 import storage
-import uploads
 from blueprints import chats, files, git_watch, health, openapi
+from ops import observability
+from web import bodies, errors, origins
 
 
 def create_app(overrides=None):
@@ -19,7 +17,7 @@ def create_app(overrides=None):
     app.config.update(config.load(overrides))
     app.json.sort_keys = False
     # Innermost middleware: every body read through it, its drain counted in the request's log line.
-    uploads.init_app(app)
+    bodies.init_app(app)
     # First: JSON logging for everything after it; its middleware must end up inside ProxyFix.
     observability.init_app(app)
 

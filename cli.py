@@ -8,13 +8,12 @@ from flask import current_app
 from flask.cli import with_appcontext
 from peewee import IntegrityError, PeeweeException
 
-import auth
-import gc_storage
-import generate_variants
 import migrations
-import workspaces
+from gitwatch import workspaces
+from jobs import gc_storage, generate_variants
 from models import Membership, Organization, User, db
 from storage import StorageError, get_storage
+from web import auth
 
 
 def create_user(name, org_name, lifetime_days):

@@ -6,7 +6,7 @@ while it is checked; once upgraded it is handed to the worker's event loop
 thread: sockets do not take what uploads and downloads need.
 
 Logs: gunicorn's own lines use the app's JSON format on stdout; its access
-log stays off (the app writes one line per request, see observability.py).
+log stays off (the app writes one line per request, see ops/observability.py).
 
 Metrics: workers are processes, so prometheus_client runs in multiprocess
 mode, keeping values in files under PROMETHEUS_MULTIPROC_DIR. Set it to an
@@ -14,7 +14,7 @@ empty directory of its own (one per gunicorn master; stale files in it are
 removed at start), or leave it unset for a temporary one removed at exit.
 
 Shutdown: SIGTERM first closes the worker's watch WebSockets with 1001
-"going away" (shutdown.py); worker_exit waits for those close frames.
+"going away" (ops/shutdown.py); worker_exit waits for those close frames.
 """
 
 import glob
@@ -60,10 +60,10 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "jsonlog.JsonFormatter"}},
+    "formatters": {"json": {"()": "ops.jsonlog.JsonFormatter"}},
     # gunicorn's warnings about malformed requests quote them: query strings, cookies, tokens.
-    "filters": {"scrub": {"()": "jsonlog.ScrubSecrets"}},
-    "handlers": {"json": {"class": "jsonlog.JsonLineHandler", "formatter": "json", "filters": ["scrub"]}},
+    "filters": {"scrub": {"()": "ops.jsonlog.ScrubSecrets"}},
+    "handlers": {"json": {"class": "ops.jsonlog.JsonLineHandler", "formatter": "json", "filters": ["scrub"]}},
     "root": {"handlers": []},  # the app configures the root logger itself, in each worker
     "loggers": {
         "gunicorn.error": {"handlers": ["json"], "propagate": False},
@@ -105,7 +105,7 @@ _process_headers = gunicorn.http.wsgi.Response.process_headers
 def process_headers_honouring_close(self, headers):
     """gunicorn drops an application's Connection header and says keep-alive; "close" ends the connection.
 
-    uploads.BodyMiddleware sends it on an answer after which the connection
+    web.bodies.BodyMiddleware sends it on an answer after which the connection
     ends anyway (a body that will not come, or cannot all be drained): the
     answer says so, and gunicorn closes it instead of waiting for a request.
     """
@@ -138,14 +138,14 @@ def post_fork(server, worker):
 
 
 def pre_request(worker, req):
-    # gunicorn would send "100 Continue" before the app ran; uploads.BodyInput
+    # gunicorn would send "100 Continue" before the app ran; web.bodies.BodyInput
     # sends it when the body is first read, so a request refused before that
     # (401, 403, 413) gets its answer without the client sending the body.
     req._expected_100_continue = False
 
 
 def post_worker_init(worker):
-    import shutdown
+    from ops import shutdown
     from sandbox import tasks
 
     shutdown.close_sockets_on_sigterm()
@@ -156,14 +156,14 @@ def post_worker_init(worker):
 
 def worker_int(worker):
     # SIGINT/SIGQUIT: the worker exits right after this, no graceful wait.
-    import shutdown
+    from ops import shutdown
 
     shutdown.close_all_sockets()
 
 
 def worker_exit(server, worker):
     # Whatever is still open at the very end (e.g. after a max_requests restart).
-    import shutdown
+    from ops import shutdown
 
     shutdown.close_all_sockets()
 

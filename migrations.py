@@ -88,7 +88,7 @@ def _chat_workspaces_relative_to_owner(migrator):
 
 
 def _add_file_variants(migrator):
-    """Thumbnails and previews (variants.py): one row per variant of a file, and whether a file is animated."""
+    """Thumbnails and previews (imaging/variants.py): one row per variant of a file, and whether a file is animated."""
 
     class ChatFileVariant(BaseModel):  # as version 4 made it
         file = ForeignKeyField(ChatFile, backref="+", on_delete="CASCADE", index=False)  # no backref on ChatFile

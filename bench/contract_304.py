@@ -18,11 +18,11 @@ import uuid
 
 from flask import Flask, Response, request
 
-import auth
 import config
 import models
 from bench.bare import HEADERS
 from blueprints.files import _FILE_TO_SEND
+from web import auth
 
 app = Flask(__name__, static_folder=None)
 app.config["TOKEN_CACHE_SECONDS"] = config.DEFAULTS["TOKEN_CACHE_SECONDS"]

@@ -12,7 +12,7 @@
   beside the original (thumbnail, preview), which the passthrough does
   not: a floor inside the upload overhead;
 - spool = this process's CPU for taking the same body in as the upload view
-  does (``uploads.SpooledBody``: SHA-256 and a temporary file, in the
+  does (``bodies.SpooledBody``: SHA-256 and a temporary file, in the
   view's read chunks): the hash is the contract's (the ETag, ``/info``, the
   object metadata) and the file is the slow-client defence, so a floor too;
 - download overhead = service CPU per download − passthrough CPU per download;
@@ -32,10 +32,10 @@ import time
 from prometheus_client import CollectorRegistry, multiprocess
 
 import config
-import uploads
-import variants
 from bench.load import Cell
 from bench.stack import BUCKET
+from imaging import variants
+from web import bodies
 
 ROUNDS = 3
 CONCURRENCY = 1
@@ -68,10 +68,10 @@ def time_spool(data, runs=5):
     samples = []
     for _ in range(runs):
         begin = time.thread_time()
-        body = uploads.SpooledBody()
+        body = bodies.SpooledBody()
         try:
-            for start in range(0, len(data), uploads.READ_CHUNK):
-                body.write(data[start:start + uploads.READ_CHUNK])
+            for start in range(0, len(data), bodies.READ_CHUNK):
+                body.write(data[start:start + bodies.READ_CHUNK])
             body.sha256
         finally:
             body.close()

@@ -103,7 +103,7 @@ def _setup(meta):
         f"Linux {meta['kernel']}.",
         f"- Service and passthrough: `gunicorn -c gunicorn.conf.py` (Procfile settings: {meta['gunicorn']}), "
         "bound to 127.0.0.1.",
-        f"- Database: {meta['database']}. Storage: moto's S3 server (`tests/servers.py` MotoServer, one process, "
+        f"- Database: {meta['database']}. Storage: moto's S3 server (`harness/servers.py` MotoServer, one process, "
         "in memory) on 127.0.0.1 — the same endpoint for all three systems.",
         f"- Images: {meta['content_type']} made with Pillow (gradient + noise, "
         f"about {meta['bytes_per_pixel']} bytes per pixel, like a photo): "
@@ -241,7 +241,7 @@ def _overhead(results, image_names):
         "service − passthrough. *Variant puts* = boto3's CPU for putting the upload's stored variants (the "
         "thumbnail, and the preview unless the original serves as it) to the same moto, timed in the benchmark "
         "process: objects the passthrough does not write, so a floor inside the upload overhead. *Spool* = the "
-        "CPU of taking the same body in as the upload view does (`uploads.SpooledBody`: its SHA-256, which the "
+        "CPU of taking the same body in as the upload view does (`web.bodies.SpooledBody`: its SHA-256, which the "
         "contract makes the ETag, and the temporary file that keeps a slow client's body out of memory), timed "
         "in the benchmark process: a floor too. *Beyond floors* = upload overhead − variant puts − spool. "
         "*Thumbnail overhead*: the same as the download's for a variant, the service's `/thumbnail` against the "

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import variants  # noqa: E402
+
 from bench import page  # noqa: E402
 from bench.sample_images import cached_image  # noqa: E402
 from gitwatch import repository  # noqa: E402

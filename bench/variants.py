@@ -157,8 +157,7 @@ def cpu_median(call, runs=7, budget_seconds=8.0):
 @contextlib.contextmanager
 def before_variants():
     """The service as it was before variants: JPEG verified at 1/8 scale, no variant made or stored."""
-    import images
-    import variants
+    from imaging import images, variants
 
     with mock.patch.object(images, "jpeg_draft_scale", lambda width, height, bound=None: 8 if min(width, height) >= 8
                            else 1), mock.patch.object(variants, "still_of", lambda frame, size: variants.Still(None, *size)), \
@@ -184,7 +183,7 @@ class UploadClient:
         self.client = self.app.test_client()
 
     def upload(self, data):
-        import images
+        from imaging import images
 
         content_type = images.sniff(data)
         response = self.client.post(f"/api/v2/chats/files?organization={self.user['organization_id']}", data=data,
@@ -199,8 +198,7 @@ class UploadClient:
 
 def measure_sample(label, data, client):
     import config
-    import images
-    import variants
+    from imaging import images, variants
 
     max_pixels = config.DEFAULTS["MAX_IMAGE_PIXELS"]
     with before_variants():
@@ -240,8 +238,7 @@ def measure_sample(label, data, client):
 def compare_formats(photo):
     """The preview of the photo in each candidate encoding: bytes and CPU ms."""
     import config
-    import images
-    import variants
+    from imaging import images, variants
 
     first_frame = variants.FirstFrame()
     images.verify_image(photo, config.DEFAULTS["MAX_IMAGE_PIXELS"], on_first_frame=first_frame)
@@ -262,7 +259,7 @@ def compare_formats(photo):
 
 def compare_filters(photo, size):
     """Shrinking the photo's decoded frame to the preview: CPU ms of each filter and its PSNR against Lanczos."""
-    import images
+    from imaging import images
 
     with Image.open(io.BytesIO(photo)) as frame:
         scale = images.jpeg_draft_scale(*frame.size)
@@ -283,8 +280,7 @@ def compare_filters(photo, size):
 def corpus_factor():
     """Variant time / verify time over every accepted image of the hostile-image corpus."""
     import config
-    import images
-    import variants
+    from imaging import images, variants
     from tests import test_image_corpus as corpus
 
     cases = {f"base {name}": base for name, base in corpus.BASES.items()}

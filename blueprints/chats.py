@@ -4,12 +4,12 @@ import uuid
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-import uploads
-from auth import login_required
-from errors import ApiError
 from gitwatch import archives
+from gitwatch.workspaces import WorkspaceError, normalize, resolve_for_user
 from models import Chat, db, rfc3339, utcnow
-from workspaces import WorkspaceError, normalize, resolve_for_user
+from web import bodies
+from web.auth import login_required
+from web.errors import ApiError
 
 bp = Blueprint("chats", __name__)
 
@@ -111,7 +111,7 @@ def chat_json(chat):
 
 
 def _json_object():
-    body = uploads.json_body()
+    body = bodies.json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "Invalid request body.", "Send a JSON object with Content-Type: application/json.")
     return body

@@ -10,13 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
-import images
-import observability
-import uploads
-import variants
-from auth import login_required
-from errors import ApiError, error_response
-from filenames import inline_content_disposition, name_from_content_disposition
+from imaging import images, variants
 from models import (
     ChatFile,
     ChatFileVariant,
@@ -28,9 +22,14 @@ from models import (
     rfc3339,
     utcnow,
 )
+from ops import observability
 from sandbox import PoolBusy
 from sandbox import tasks as sandboxed
 from storage import StorageError, get_storage, object_key, object_metadata, variant_key, variant_metadata
+from web import bodies
+from web.auth import login_required
+from web.errors import ApiError, error_response
+from web.filenames import inline_content_disposition, name_from_content_disposition
 
 bp = Blueprint("files", __name__)
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def upload():
     release_connection()  # reading the body and storing it can be slow
 
     # The body is spooled to disk as it arrives: a slow client holds no memory budget.
-    with uploads.spooled_body(current_app.config["MAX_FILE_SIZE"]) as body:
+    with bodies.spooled_body(current_app.config["MAX_FILE_SIZE"]) as body:
         if not body.size:
             raise ApiError(400, "The file is empty.", "Send the image's bytes as the request body.")
         info, still, made = _verify(body)

@@ -11,24 +11,23 @@ reaches the socket as an event of the process's one archive listener
 confined to the owner's directory and resolved again before every scan.
 """
 
-import binascii
 import base64
+import binascii
 import functools
 
 from flask import Blueprint, Response, current_app, request
 from wsproto.utilities import generate_accept_token
 
-import observability
-import origins
-import shutdown
-from auth import authenticate
 from blueprints.chats import owned_chat
-from errors import ApiError
-from gitwatch.hub import HUB, WatchRequest
 from gitwatch.archives import ArchiveEvents
+from gitwatch.hub import HUB, WatchRequest
 from gitwatch.limits import acquire_slot
+from gitwatch.workspaces import WorkspaceError, resolve, user_dir
 from models import Chat, db, release_connection
-from workspaces import WorkspaceError, resolve, user_dir
+from ops import observability, shutdown
+from web import origins
+from web.auth import authenticate
+from web.errors import ApiError
 
 bp = Blueprint("git_watch", __name__)
 

@@ -43,7 +43,7 @@ from wsproto.events import CloseConnection, Message, Ping, Pong, TextMessage
 from gitwatch.notify import WorkspaceWatcher
 from gitwatch.scan import DEFAULT_MAX_DEPTH, DEFAULT_TIME_BUDGET, Scan, scan
 from gitwatch.session import SocketView, error_message, parse_client_message
-from workspaces import WorkspaceError
+from gitwatch.workspaces import WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Hub:
             loop.call_soon_threadsafe(callback, *args)
 
     def close(self, reason: int = GOING_AWAY, message: str = "", timeout: float = CLOSE_WAIT_SECONDS + 1) -> int:
-        """Close every socket (``shutdown.py``'s signature) and wait, up to ``timeout``, until they are gone.
+        """Close every socket (``ops/shutdown.py``'s signature) and wait, up to ``timeout``, until they are gone.
 
         Sockets adopted afterwards are closed at once. Returns how many were open.
         """

@@ -23,9 +23,8 @@ import os
 import threading
 import time
 
-import images
-import variants
 from gitwatch import repository
+from imaging import images, variants
 from sandbox.pool import Limits, PoolBusy, SandboxFailed, pool
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ def run(header, fds):
 
 
 def verify_and_make(fileno, max_pixels, max_memory, sha256, *, max_file_size, wait):
-    """variants.verify_and_make on the file open at ``fileno``, in a sandbox; raises what it raises, and PoolBusy."""
+    """imaging.variants.verify_and_make on the file open at ``fileno``, in a sandbox; raises what it raises, and PoolBusy."""
     header = {"max_pixels": max_pixels, "max_memory": max_memory, "sha256": sha256}
     try:
         answer, blobs = decode_pool(max_memory, max_file_size).run("verify_and_make", header, fds=[fileno],

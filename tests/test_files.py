@@ -457,7 +457,7 @@ def test_upload_budget_queues_bodies_beyond_its_capacity():
 
 def test_upload_budget_lets_a_single_oversized_body_through_and_times_out_others():
     from blueprints.files import UploadBudget
-    from errors import ApiError
+    from web.errors import ApiError
 
     budget = UploadBudget(capacity=10)
     with budget.reserve(50, timeout=1):

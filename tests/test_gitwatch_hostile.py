@@ -36,9 +36,9 @@ import pytest
 import gitwatch.notify
 import gitwatch.repository
 from gitwatch import WorkspaceWatcher, scan_workspace
-from tests.watchsession import WatchSession
 from gitwatch.repository import RepositoryRefused, read_repository
 from tests.test_gitwatch import GENEROUS, git, make_repo
+from tests.watchsession import WatchSession
 
 ROOT = Path(__file__).resolve().parents[1]
 READ_TIMEOUT = 30.0  # seconds: a read that does not block takes well under one, a child's start included

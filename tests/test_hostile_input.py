@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 import cli
-import images
 import models
+from imaging import images
 from tests.imaging import make_animated_gif, make_image
 
 FUZZ = settings(

@@ -7,7 +7,7 @@ in one of two ways: 400 with a JSON error, or, where the bytes are still a
 valid image, 201 and a download that gives back exactly the same bytes, and a
 thumbnail and preview that are images within their boxes.
 Never a 5xx, and never a decode that runs for long or eats memory: the
-caps in images.py refuse those before Pillow starts. Making the variants
+caps in imaging/images.py refuse those before Pillow starts. Making the variants
 allocates no image larger than the preview's box: the frame is shrunk in
 bands (VariantMemory below; bench/variants.py times it).
 
@@ -26,9 +26,8 @@ import pytest
 from PIL import Image
 
 import cli
-import images
 import models
-import variants
+from imaging import images, variants
 from tests.imaging import make_animated_gif, make_image
 from tests.test_files import upload, with_png_dimensions
 from tests.test_hostile_input import without_disk_syncs

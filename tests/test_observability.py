@@ -26,18 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
-import jsonlog
 import models
-import observability
-import shutdown
 import storage.local
 from app import create_app
 from config import ConfigError
+from harness.live import GunicornServer, sqlite_settings
+from harness.servers import LOCALHOST
+from ops import jsonlog, observability, shutdown
 from storage import StorageError
 from tests.conftest import make_app
 from tests.imaging import make_image
-from tests.live import GunicornServer, sqlite_settings
-from tests.servers import LOCALHOST
 
 DOWNLOAD_ROUTE = "/api/v2/chats/files/<file_id>"
 UPLOAD_ROUTE = "/api/v2/chats/files"

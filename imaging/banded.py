@@ -18,7 +18,7 @@ import math
 from PIL import Image
 
 # Shrinking a frame: Hamming costs half of Lanczos and differs from it by
-# less than the eye sees (bench/variants.py: 44-48 dB PSNR); variants.py
+# less than the eye sees (bench/variants.py: 44-48 dB PSNR); imaging/variants.py
 # makes the last step to each variant's box with Lanczos, on small images.
 SHRINK_FILTER = Image.Resampling.HAMMING
 # Source pixels in one band, reach included when the frame is not too wide for it: 2 MiB per RGBA copy.
@@ -27,7 +27,7 @@ SHRINK_FILTER = Image.Resampling.HAMMING
 # read twice, costs only the filter's pass over those rows).
 BAND_PIXELS = 1 << 19
 IN_PLACE_BAND_PIXELS = BAND_PIXELS // 4
-REDUCING_GAP = 2.0  # as variants.py asked of resize(): box-reduce first while the filter still shrinks by 2+
+REDUCING_GAP = 2.0  # as imaging/variants.py asked of resize(): box-reduce first while the filter still shrinks by 2+
 # How far each filter reaches, in source pixels at scale 1 (Pillow's src/libImaging/Resample.c).
 SUPPORT = {Image.Resampling.BOX: 0.5, Image.Resampling.BILINEAR: 1.0, Image.Resampling.HAMMING: 1.0,
            Image.Resampling.BICUBIC: 2.0, Image.Resampling.LANCZOS: 3.0}

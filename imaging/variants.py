@@ -11,7 +11,7 @@ itself when that is animated or already fits: it is not stored twice.
 Memory: ``images.verify_image`` hands over its decoded first frame (a JPEG's
 already decoded near the preview's scale, ``images.DRAFT_BOUND``), which is
 shrunk once to the largest variant's box before anything else touches it; the
-smaller variants come from that. The shrink goes band by band (banded.py), so
+smaller variants come from that. The shrink goes band by band (imaging/banded.py), so
 no full-size copy of the frame is made, not even the RGB(A) one Pillow needs
 to resample a palette frame or the premultiplied one for alpha
 (tests/test_variants.py counts them).
@@ -26,8 +26,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageCms
 
-import banded
-import images
+from imaging import banded, images
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def renamed(name, content_type):
 
 
 def _shrunk(frame, target):
-    """The frame at ``target`` in a mode Pillow resamples smoothly, never copied whole (banded.py)."""
+    """The frame at ``target`` in a mode Pillow resamples smoothly, never copied whole (imaging/banded.py)."""
     mode = _resamplable_mode(frame)
     if frame.size == target:
         return frame if frame.mode == mode else frame.convert(mode)  # it fits the box: a small copy

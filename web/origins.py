@@ -23,8 +23,8 @@ import urllib.parse
 
 from flask import current_app, request
 
-from auth import TOKEN_HEADER
-from errors import ApiError
+from web.auth import TOKEN_HEADER
+from web.errors import ApiError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_PORTS = {"http": 80, "https": 443}

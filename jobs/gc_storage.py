@@ -19,7 +19,7 @@ import datetime
 import uuid
 from dataclasses import asdict, dataclass, field
 
-import variants
+from imaging import variants
 from models import ChatFile
 from storage import StorageError
 

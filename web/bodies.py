@@ -37,7 +37,7 @@ from flask import request
 from gunicorn.http.errors import NoMoreData, ParseException
 from gunicorn.http.unreader import SocketUnreader
 
-from errors import ApiError
+from web.errors import ApiError
 
 # The body is read this much at a time, and gunicorn reads ahead no more than this (init_app): its reader
 # copies all it holds ahead on every read the app makes, so with its default 1 MiB read-ahead each 64 KiB

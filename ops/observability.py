@@ -42,7 +42,7 @@ from prometheus_client import (
 )
 
 import config
-import jsonlog
+from ops import jsonlog
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-import banded
+from imaging import banded
 
 ALLOWED_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
@@ -66,7 +66,7 @@ MAX_GIF_BLOCKS = 200_000  # blocks and sub-blocks; 10 MiB of pixels is 41,000
 
 # A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
 # scaling, Pillow's draft). The verifying decode goes only as small as still
-# covers the largest variant (variants.py: the 1280 x 1280 preview), so the
+# covers the largest variant (imaging/variants.py: the 1280 x 1280 preview), so the
 # same decode feeds the variants.
 DRAFT_BOUND = 1280
 
@@ -110,7 +110,7 @@ def verify_image(data, max_pixels, max_memory=None, *, on_first_frame=None):
     from its header, before decoding; None: no limit).
     ``on_first_frame(image, (width, height))``, when given, is called with the
     decoded first frame (a JPEG's at jpeg_draft_size) before the decode moves
-    on: what variants.py makes the thumbnail and preview from.
+    on: what imaging/variants.py makes the thumbnail and preview from.
     """
     content_type = sniff(data)
     if content_type is None:
@@ -290,9 +290,9 @@ def _png_line_buffers(data):
     return 2 * (-(-width * samples * bit_depth // 8) + 1)
 
 
-# What variants.py adds while it makes the still from the first frame
+# What imaging/variants.py adds while it makes the still from the first frame
 # (measured by bench/decode_memory.py): the band it shrinks at a time
-# (banded.py: cropped, converted to RGB(A), premultiplied, resampled: at most
+# (imaging/banded.py: cropped, converted to RGB(A), premultiplied, resampled: at most
 # 4 bytes a pixel each, and a row pointer a row each), or the whole frame
 # converted when it fits the preview's box; then the still, its resized copy
 # and the encoder's buffers, each at most the preview's box in RGBA.
@@ -318,7 +318,7 @@ def _resample_weights(size, target, band_rows, mode):
     """The weights resize() computes first: for each pixel of the result along each axis, a double for
     each source pixel its filter reaches (Pillow's Resample.c, precompute_coeffs).
 
-    After banded.py's box-reduce that is a few per result pixel; but 16-bit grey cannot be reduced, so
+    After imaging/banded.py's box-reduce that is a few per result pixel; but 16-bit grey cannot be reduced, so
     a shrink from a row of 39,999,999 pixels weighs 2 x 31,250 of them for each of its 1280: 610 MiB
     (measured). Across, each band weighs the whole width; down, only its own rows.
     """

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from flask import current_app, g, request
 
-from errors import ApiError
 from models import ApiKey, User, utcnow
+from web.errors import ApiError
 
 TOKEN_HEADER = "Coder-Session-Token"
 TOKEN_COOKIE = "coder_session_token"

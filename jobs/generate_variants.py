@@ -20,9 +20,8 @@ from dataclasses import asdict, dataclass, field
 from flask import current_app
 from peewee import IntegrityError
 
-import images
-import variants
 from blueprints.files import record_variants, store_variants
+from imaging import images, variants
 from models import ChatFile, db
 from sandbox import tasks as sandboxed
 from storage import StorageError, object_key, variant_key

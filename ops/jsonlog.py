@@ -5,7 +5,7 @@ format for its own log through ``logconfig_dict`` without importing the app.
 
 The request id lives in a context variable that observability's middleware
 sets for the duration of a request; any record logged meanwhile in that
-thread (a warning, an exception from errors.py) gets it.
+thread (a warning, an exception from web/errors.py) gets it.
 """
 
 import contextvars
