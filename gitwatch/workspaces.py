@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 
 
 class WorkspaceError(ValueError):
@@ -36,7 +37,7 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def user_dir(root: str, user_id: int) -> str:
+def user_dir(root: str, user_id: uuid.UUID) -> str:
     """The real path of a user's workspaces directory (it need not exist yet).
 
     It must be the directory itself, not a symlink: one pointing at another
@@ -49,7 +50,7 @@ def user_dir(root: str, user_id: int) -> str:
     return path
 
 
-def create_user_dir(root: str, user_id: int) -> str:
+def create_user_dir(root: str, user_id: uuid.UUID) -> str:
     """Create ``WORKSPACES_ROOT/<user id>/`` (what a provisioning tool fills) and return it."""
     path = user_dir(root, user_id)
     os.makedirs(path, mode=0o750, exist_ok=True)
@@ -65,6 +66,6 @@ def resolve(base_dir: str, relative_path: object) -> str:
     return real_path
 
 
-def resolve_for_user(root: str, user_id: int, relative_path: object) -> str:
+def resolve_for_user(root: str, user_id: uuid.UUID, relative_path: object) -> str:
     """A user's workspace, confined to that user's directory."""
     return resolve(user_dir(root, user_id), relative_path)
