@@ -112,8 +112,7 @@ def gc_storage_command(older_than, dry_run, as_json):
     """Delete stored objects (originals and variants) that have no database row (uploads cut short, failed deletions)."""
     try:
         with db.connection_context():
-            result = gc_storage.collect_orphans(get_storage(), current_app.config["S3_PREFIX"], older_than, dry_run,
-                                                variants_prefix=current_app.config["VARIANTS_PREFIX"])
+            result = gc_storage.collect_orphans(get_storage(), older_than, dry_run)
     except StorageError as error:
         raise click.ClickException(f"Storage error, stopped: {error}") from None
     except PeeweeException as error:

@@ -25,7 +25,7 @@ from models import (
 from ops import observability
 from sandbox import PoolBusy
 from sandbox import tasks as sandboxed
-from storage import StorageError, get_storage, object_key, object_metadata, variant_key, variant_metadata
+from storage import StorageError, get_storage, object_metadata, variant_metadata
 from web import bodies
 from web.auth import login_required
 from web.errors import ApiError, error_response
@@ -74,7 +74,7 @@ def _download_variant(file_id, variant):
     if stored.original:
         return _send(row.id, row.content_type, row.name, row.sha256, row.size, lambda: _original_key(row))
     return _send(row.id, stored.content_type, variants.renamed(row.name, stored.content_type), stored.sha256, stored.size,
-                 lambda: variant_key(current_app.config["VARIANTS_PREFIX"], row.organization_id, row.id, variant))
+                 lambda: get_storage().variant_key(row.organization_id, row.id, variant))
 
 
 # One route per variant (variants.VARIANTS): /thumbnail, /preview.
@@ -128,13 +128,13 @@ def delete_file(file_id):
 
 
 def _original_key(row):
-    return object_key(current_app.config["S3_PREFIX"], row.organization_id, row.id)
+    return get_storage().original_key(row.organization_id, row.id)
 
 
 def _all_keys(row):
     """The original's key and every variant's, stored or not (deleting an absent key is no error)."""
-    prefix = current_app.config["VARIANTS_PREFIX"]
-    return [_original_key(row)] + [variant_key(prefix, row.organization_id, row.id, name) for name in variants.NAMES]
+    storage = get_storage()
+    return [_original_key(row)] + [storage.variant_key(row.organization_id, row.id, name) for name in variants.NAMES]
 
 
 def _send(file_id, content_type, name, sha256, size, key_of):
@@ -254,8 +254,8 @@ def _store(body, info, still, made, name, organization_id):
     """
     file_id = uuid.uuid4()
     sha256 = body.sha256
-    key = object_key(current_app.config["S3_PREFIX"], organization_id, file_id)
     storage = get_storage()
+    key = storage.original_key(organization_id, file_id)
     metadata = object_metadata(g.user.id, organization_id, sha256, still.width, still.height, name)
     written = []
     try:
@@ -283,12 +283,11 @@ def _store(body, info, still, made, name, organization_id):
 def store_variants(storage, organization_id, file_id, made, written=None):
     """Put each made variant that is not the original; return the keys written, also appended to ``written``
     as they go (so a caller can undo them when a later put raises StorageError)."""
-    prefix = current_app.config["VARIANTS_PREFIX"]
     written = [] if written is None else written
     for variant in made:
         if variant.original:
             continue
-        key = variant_key(prefix, organization_id, file_id, variant.name)
+        key = storage.variant_key(organization_id, file_id, variant.name)
         metadata = variant_metadata(file_id, variant.name, variant.sha256, variant.width, variant.height)
         storage.put(key, variant.data, variant.content_type, metadata)
         written.append(key)

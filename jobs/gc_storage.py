@@ -6,8 +6,9 @@ such objects once they are older than a grace period, which must be longer
 than any upload takes: an upload between its two writes is never touched.
 An object with a row is never deleted, whatever its age, and keys outside the
 layout ``{prefix}{organization_id}/{file_id}`` belong to someone else: they are
-reported and left alone. Variants (``{variants_prefix}{organization_id}/{file_id}/{variant}``)
-are swept the same way: one whose file has no row is an orphan (an upload cut
+reported and left alone (the store says which keys are in its layout).
+Variants (``{variants_prefix}{organization_id}/{file_id}/{variant}``) are
+swept the same way: one whose file has no row is an orphan (an upload cut
 short, or a deletion whose storage step failed); one whose file has a row is
 live and kept.
 
@@ -16,7 +17,7 @@ query, and only for objects old enough to matter.
 """
 
 import datetime
-import uuid
+import functools
 from dataclasses import asdict, dataclass, field
 
 from imaging import variants
@@ -67,10 +68,10 @@ class GcResult:
         yield self.summary()
 
 
-def collect_orphans(storage, prefix, older_than=DEFAULT_GRACE_SECONDS, dry_run=False, now=None,
-                    batch_size=BATCH_SIZE, variants_prefix=None):
-    """Delete objects under ``prefix`` (and variants under ``variants_prefix``) that have no ChatFile row
-    and are ``older_than`` seconds or more.
+def collect_orphans(storage, older_than=DEFAULT_GRACE_SECONDS, dry_run=False, now=None, batch_size=BATCH_SIZE,
+                    variants=True):
+    """Delete the store's originals (and, with ``variants``, its variants) that have no ChatFile row and are
+    ``older_than`` seconds or more.
 
     Needs a database connection. Raises StorageError if the store cannot be
     listed; a failed deletion is recorded in the result and the run goes on.
@@ -78,9 +79,9 @@ def collect_orphans(storage, prefix, older_than=DEFAULT_GRACE_SECONDS, dry_run=F
     now = now or datetime.datetime.now(datetime.timezone.utc)
     cutoff = now - datetime.timedelta(seconds=older_than)
     result = GcResult(older_than=older_than, dry_run=dry_run)
-    layouts = [(prefix, file_id_from_key)]
-    if variants_prefix is not None:
-        layouts.append((variants_prefix, variant_file_id_from_key))
+    layouts = [(storage.originals_prefix, storage.original_file_id)]
+    if variants:
+        layouts.append((storage.variants_prefix, functools.partial(_variant_file_id, storage)))
     for layout_prefix, parse_key in layouts:
         # A layout nested in another's prefix is swept on its own: the other skips its keys.
         nested = tuple(other for other, _ in layouts if other != layout_prefix and other.startswith(layout_prefix))
@@ -93,7 +94,7 @@ def _sweep(storage, prefix, parse_key, nested, cutoff, dry_run, batch_size, resu
     for key, last_modified in storage.iter_objects(prefix):
         if nested and key.startswith(nested):
             continue
-        file_id = parse_key(key, prefix)
+        file_id = parse_key(key)
         if file_id is None:
             result.unrecognized.append(key)
         elif last_modified > cutoff:
@@ -107,32 +108,10 @@ def _sweep(storage, prefix, parse_key, nested, cutoff, dry_run, batch_size, resu
     _collect_leftovers(storage, prefix, nested, cutoff, dry_run, result)
 
 
-def file_id_from_key(key, prefix):
-    """The file id of a key in the layout, or None for any other key."""
-    if not key.startswith(prefix):
-        return None
-    parts = key[len(prefix):].split("/")
-    if len(parts) != 2 or not all(_is_canonical_uuid(part) for part in parts):
-        return None
-    return uuid.UUID(parts[1])
-
-
-def variant_file_id_from_key(key, prefix):
-    """The file id of a variant's key in its layout, or None for any other key."""
-    if not key.startswith(prefix):
-        return None
-    parts = key[len(prefix):].split("/")
-    if len(parts) != 3 or parts[2] not in variants.NAMES:
-        return None
-    return file_id_from_key(prefix + "/".join(parts[:2]), prefix)
-
-
-def _is_canonical_uuid(text):
-    # Only the form the service writes: anything else was put there by another tool.
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
+def _variant_file_id(storage, key):
+    """The file id of a variant's key, or None for any other key (a name that is not a variant's included)."""
+    variant = storage.variant_of(key)
+    return variant[0] if variant is not None and variant[1] in variants.NAMES else None
 
 
 def _collect_batch(storage, batch, dry_run, result):
@@ -152,11 +131,8 @@ def _ids_with_rows(file_ids):
 
 
 def _collect_leftovers(storage, prefix, nested, cutoff, dry_run, result):
-    # Only the local store writes an object as several files; an S3 put is atomic.
-    iter_leftovers = getattr(storage, "iter_leftovers", None)
-    if iter_leftovers is None:
-        return
-    for name, modified in iter_leftovers(prefix):
+    # Only the local store writes an object as several files; an S3 put is atomic, and lists none.
+    for name, modified in storage.iter_leftovers(prefix):
         if nested and name.startswith(nested):
             continue
         if modified <= cutoff and _remove(storage.remove_leftover, name, dry_run, result):

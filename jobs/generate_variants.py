@@ -24,7 +24,7 @@ from blueprints.files import record_variants, store_variants
 from imaging import images, variants
 from models import ChatFile, db
 from sandbox import tasks as sandboxed
-from storage import StorageError, object_key, variant_key
+from storage import StorageError
 
 BATCH_SIZE = 200
 
@@ -121,11 +121,10 @@ def _deleted(row):
 
 def _missing_variants(storage, row):
     stored = {variant.variant: variant for variant in row.variants}
-    prefix = current_app.config["VARIANTS_PREFIX"]
     return {
         name for name in variants.NAMES
         if name not in stored
-        or not stored[name].original and not _exists(storage, variant_key(prefix, row.organization_id, row.id, name))
+        or not stored[name].original and not _exists(storage, storage.variant_key(row.organization_id, row.id, name))
     }
 
 
@@ -139,7 +138,7 @@ def _exists(storage, key):
 
 def _spooled_original(storage, row):
     """The original's bytes in a temporary file, flushed: what the decode sandbox is handed, as an upload's."""
-    stored = storage.open(object_key(current_app.config["S3_PREFIX"], row.organization_id, row.id))
+    stored = storage.open(storage.original_key(row.organization_id, row.id))
     spooled = tempfile.TemporaryFile(prefix="chatfiles-variants-")
     try:
         for chunk in stored:

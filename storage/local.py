@@ -26,7 +26,8 @@ DIRECTORY_ATTEMPTS = 10
 
 
 class LocalStore(ObjectStore):
-    def __init__(self, root):
+    def __init__(self, root, **layout):
+        super().__init__(**layout)
         self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
 
@@ -81,10 +82,10 @@ class LocalStore(ObjectStore):
     def iter_leftovers(self, prefix=""):
         """Yield (name, mtime) for each file an interrupted put or delete left behind.
 
-        Only this backend writes an object as several files, so this is not part
-        of ObjectStore; gc-storage calls it when present. A temporary file is a
-        write cut short; a sidecar without its bytes is a put stopped before the
-        bytes' rename, or a delete stopped after removing them.
+        Only this backend writes an object as several files, so only it has any
+        (ObjectStore's default yields none). A temporary file is a write cut
+        short; a sidecar without its bytes is a put stopped before the bytes'
+        rename, or a delete stopped after removing them.
         """
         for relative, path, name, siblings in self._walk(prefix):
             if _is_leftover(name, siblings):

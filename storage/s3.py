@@ -38,7 +38,8 @@ CLIENT_CONFIG = Config(
 CHECK_CONFIG = CLIENT_CONFIG.merge(Config(read_timeout=2, retries={"total_max_attempts": 1, "mode": "standard"}))
 
 class S3Store(ObjectStore):
-    def __init__(self, bucket, endpoint_url=None, region="us-east-1"):
+    def __init__(self, bucket, endpoint_url=None, region="us-east-1", **layout):
+        super().__init__(**layout)
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region

@@ -39,7 +39,7 @@ class SimulatedCrash(BaseException):
 
 def gc(app, **options):
     with app.app_context(), models.db.connection_context():
-        return gc_storage.collect_orphans(get_storage(), app.config["S3_PREFIX"], **options)
+        return gc_storage.collect_orphans(get_storage(), variants=False, **options)  # originals only
 
 
 def gc_command(app, *args):
