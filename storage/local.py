@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 
-from storage import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
+from storage.interface import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
 
 META_SUFFIX = ".meta.json"
 TEMP_PREFIX = ".tmp-"

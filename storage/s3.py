@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
+from storage.interface import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
 
 # read_timeout bounds each wait for a response or for the next chunk of a
 # body, not a whole transfer, so large objects stream fine. Non-throttling
