@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the service's modules (storage, images) and tests/ helpers
+sys.path.insert(0, str(ROOT))  # the service's modules (storage, imaging) and harness/
 
 from bench import procstat, report  # noqa: E402
 from bench.sample_images import cached_image, pixel_count  # noqa: E402

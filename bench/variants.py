@@ -14,7 +14,7 @@ CPU time (``time.process_time``), median of several runs; figures only.
 - Bytes of the variants against the originals'.
 - The preview's format: WebP at several efforts against JPEG.
 - The factor: variant time over verify time for every image of the
-  hostile-image corpus (tests/test_image_corpus.py) that is accepted.
+  hostile-image corpus (harness/image_corpus.py) that is accepted.
 """
 
 import argparse
@@ -280,8 +280,8 @@ def compare_filters(photo, size):
 def corpus_factor():
     """Variant time / verify time over every accepted image of the hostile-image corpus."""
     import config
+    from harness import image_corpus as corpus
     from imaging import images, variants
-    from tests import test_image_corpus as corpus
 
     cases = {f"base {name}": base for name, base in corpus.BASES.items()}
     for name, (content_type, data) in corpus.BASES.items():

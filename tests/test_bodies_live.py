@@ -15,10 +15,10 @@ import pytest
 import requests
 from gunicorn.http.unreader import SocketUnreader
 
+from harness.imaging import make_image
 from harness.live import GunicornServer, sqlite_settings
 from harness.servers import LOCALHOST
 from tests.conftest import make_app
-from tests.imaging import make_image
 from web import bodies
 
 MiB = 1024 * 1024

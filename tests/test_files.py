@@ -11,8 +11,8 @@ import peewee
 import pytest
 
 import models
+from harness.imaging import make_animated_gif, make_image
 from storage import StorageError, get_storage, object_key
-from tests.imaging import make_animated_gif, make_image
 
 # What gunicorn tells the app for a chunked body: read the stream to its end.
 CHUNKED = {"wsgi.input_terminated": True}

@@ -22,12 +22,12 @@ import config
 import models
 import storage
 from blueprints import files
+from harness.imaging import make_image
 from harness.live import GunicornServer, backend_settings
 from jobs import gc_storage
 from storage import StorageError, get_storage, object_key, variant_key
 from storage.local import LocalStore
 from tests.concurrency import wait_for
-from tests.imaging import make_image
 from tests.test_files import upload
 
 LATER = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)

@@ -24,8 +24,8 @@ from hypothesis.control import currently_in_test_context
 
 import cli
 import models
+from harness.imaging import make_animated_gif, make_image
 from imaging import images
-from tests.imaging import make_animated_gif, make_image
 
 FUZZ = settings(
     max_examples=200,

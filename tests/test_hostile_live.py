@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from bench.decode_memory import ASPECT_CORPUS, CORPUS, corpus_file
+from harness.imaging import make_image
 from harness.live import GunicornServer, sqlite_settings
 from harness.wsclient import WatchClient
-from tests.imaging import make_image
 from tests.test_gitwatch import git, make_repo
 from tests.test_gitwatch_hostile import deep_chains  # noqa: F401 (fixture)
 from tests.test_hostile_images import PROFILES, png_with_icc

@@ -30,12 +30,12 @@ import models
 import storage.local
 from app import create_app
 from config import ConfigError
+from harness.imaging import make_image
 from harness.live import GunicornServer, sqlite_settings
 from harness.servers import LOCALHOST
 from ops import jsonlog, observability, shutdown
 from storage import StorageError
 from tests.conftest import make_app
-from tests.imaging import make_image
 
 DOWNLOAD_ROUTE = "/api/v2/chats/files/<file_id>"
 UPLOAD_ROUTE = "/api/v2/chats/files"

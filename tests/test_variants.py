@@ -11,6 +11,8 @@ from PIL import Image
 
 import cli
 import models
+from harness.image_corpus import make_animation
+from harness.imaging import make_animated_gif, make_image
 from imaging import images, variants
 from jobs import generate_variants
 from storage import StorageError, get_storage, object_key, variant_key
@@ -19,13 +21,11 @@ from tests.imaging import (
     SRGB_GREEN,
     SRGB_RED,
     encode,
-    make_animated_gif,
-    make_image,
     rgb_profile,
     smooth_image,
 )
 from tests.test_files import assert_error, upload
-from tests.test_image_corpus import VariantMemory, make_animation
+from tests.test_image_corpus import VariantMemory
 
 FILES = "/api/v2/chats/files"
 
