@@ -166,7 +166,7 @@ def _on_one_core():
 
 def run(rounds=31, log=print):
     from bench import procstat
-    from bench.__main__ import machine_facts
+    from bench.machine import machine_facts
 
     core = _on_one_core()
     started = time.perf_counter()

@@ -403,7 +403,7 @@ def write(results, docs_dir):
 
 def run(log=print):
     from bench import procstat
-    from bench.__main__ import machine_facts
+    from bench.machine import machine_facts
 
     started = time.perf_counter()
     results = {"meta": {**machine_facts(), "load_before": procstat.load_average()}}

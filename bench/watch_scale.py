@@ -302,7 +302,7 @@ def code_version():
 
 
 def run(counts=COUNTS, log=print):
-    from bench.__main__ import gunicorn_facts, machine_facts
+    from bench.machine import gunicorn_facts, machine_facts
 
     started = time.perf_counter()
     results = {"meta": {**machine_facts(), **code_version(), "gunicorn": gunicorn_facts(),
