@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the service's modules (storage, imaging) and harness/
 
-from bench import procstat, report  # noqa: E402
+from bench import page, procstat  # noqa: E402
 from bench.machine import gunicorn_facts, machine_facts  # noqa: E402
 from bench.sample_images import cached_image, pixel_count  # noqa: E402
 
@@ -288,10 +288,10 @@ def saved(name):
 
 
 def write_docs(results):
-    log(f"wrote {report.write(results, ROOT / 'docs')}")
+    log(f"wrote {page.write(results, ROOT / 'docs')}")
     postgres = saved(POSTGRES_LATEST)
     if postgres:  # its SQLite column follows the page's run
-        report.write_postgres(postgres, ROOT / "docs", results)
+        page.write_postgres(postgres, ROOT / "docs", results)
 
 
 def run_targets(argv):
@@ -309,7 +309,7 @@ def run_targets(argv):
     path.write_text(json.dumps(results, indent=1))
     log(f"results saved to {path}")
     if not args.quick or args.write_docs:
-        log(f"wrote the targets section of {report.write_targets(results, ROOT / 'docs')}")
+        log(f"wrote the targets section of {page.write_targets(results, ROOT / 'docs')}")
     return 0
 
 
@@ -339,10 +339,10 @@ def main(argv=None):
     log(f"results saved to {save(results, latest)} ({results['meta']['elapsed_s']:.0f} s)")
     complete = complete_run(args)
     if args.watch_only:
-        log(f"wrote the watch section of {report.write_section(results, ROOT / 'docs', 'watch')}")
+        log(f"wrote the watch section of {page.write_watch(results, ROOT / 'docs')}")
     elif postgres and (complete or args.write_docs):
         log(f"wrote the PostgreSQL section of "
-            f"{report.write_postgres(results, ROOT / 'docs', saved('results-latest.json'))}")
+            f"{page.write_postgres(results, ROOT / 'docs', saved('results-latest.json'))}")
     elif complete or args.write_docs:
         write_docs(results)
     else:

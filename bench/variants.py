@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image, ImageChops, ImageDraw, ImageOps, ImageStat  # noqa: E402
 
-from bench import page, report  # noqa: E402
+from bench import page  # noqa: E402
+from bench.markdown import table  # noqa: E402
 
 CACHE_DIR = ROOT / "var" / "bench" / "images"
 RESULTS = ROOT / "var" / "bench" / "variants-latest.json"
@@ -371,28 +372,28 @@ def render(results):
         "scale that still covers the preview and makes both variants from that same decode. Sample images "
         "are synthetic (bench/variants.py makes them: a landscape with a natural 1/f texture, a chat "
         "screenshot, a 24-frame GIF).", "",
-        report._table(["image", "size", "MB", "upload before ms", "upload now ms", "added", "verify before ms",
-                "verify now ms", "still ms", "encode ms"], rows), "",
+        table(["image", "size", "MB", "upload before ms", "upload now ms", "added", "verify before ms",
+               "verify now ms", "still ms", "encode ms"], rows), "",
         "*still*: shrinking the decoded first frame to the preview box, turning it upright, converting it to "
         "sRGB; *encode*: resizing to each box and encoding the WebPs.", "",
-        report._table(["image", "variant", "KB", "of the original"], sizes), "",
+        table(["image", "variant", "KB", "of the original"], sizes), "",
         f"Goals (issue 10): preview of the 12-Mpx photo under {100 * GOALS['preview_share']:.0f}% of its bytes: "
         f"**{100 * preview_share:.1f}%** ({'met' if preview_share < GOALS['preview_share'] else 'missed'}); "
         f"variants adding under {100 * GOALS['cpu_added']:.0f}% to its upload CPU: **{100 * cpu_added:+.0f}%** "
         f"({'met' if cpu_added < GOALS['cpu_added'] else 'missed'}).", "",
         f"### The preview's format ({formats['size'][0]}x{formats['size'][1]} from the photo)", "",
-        report._table(["encoding", "KB", "of the original", "CPU ms"], format_rows), "",
+        table(["encoding", "KB", "of the original", "CPU ms"], format_rows), "",
         f"Shrinking the decoded frame ({formats['filters']['from'][0]}x{formats['filters']['from'][1]}, the JPEG's "
         "draft) to the preview, by filter (the still uses Hamming; PSNR against Lanczos, over 40 dB is "
         "indistinguishable):", "",
-        report._table(["filter", "CPU ms", "PSNR dB"], [[row["filter"], f"{row['ms']:.0f}",
-                                                  "–" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"]
-                                                 for row in formats["filters"]["rows"]]), "",
+        table(["filter", "CPU ms", "PSNR dB"], [[row["filter"], f"{row['ms']:.0f}",
+                                           "–" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"]
+                                          for row in formats["filters"]["rows"]]), "",
         "### Variant time against verify time, hostile-image corpus", "",
         f"{corpus['accepted']} accepted images (the corpus's bases, bit-flipped copies that still decode, and a "
         f"6000x6000 JPEG header over 48x40 of data). Median factor {corpus['median_factor']:.1f}; the worst five, "
         "and the largest image:", "",
-        report._table(["case", "verify ms", "variants ms", "factor"], worst), "",
+        table(["case", "verify ms", "variants ms", "factor"], worst), "",
         f"![original, preview and thumbnail side by side]({PICTURE})", "",
     ])
 
