@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from flask import current_app
 from peewee import IntegrityError
 
-from blueprints.files import record_variants, store_variants
+from attachments.objects import store_variants
+from attachments.rows import record_variants
 from imaging import images, variants
 from models import ChatFile, db
 from sandbox import tasks as sandboxed

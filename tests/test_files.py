@@ -436,7 +436,7 @@ def test_an_object_missing_under_its_row_is_still_a_500(app, client, auth, uploa
 
 
 def test_upload_budget_queues_bodies_beyond_its_capacity():
-    from blueprints.files import UploadBudget
+    from attachments.budget import UploadBudget
 
     budget = UploadBudget(capacity=100)
     order = []
@@ -456,7 +456,7 @@ def test_upload_budget_queues_bodies_beyond_its_capacity():
 
 
 def test_upload_budget_lets_a_single_oversized_body_through_and_times_out_others():
-    from blueprints.files import UploadBudget
+    from attachments.budget import UploadBudget
     from web.errors import ApiError
 
     budget = UploadBudget(capacity=10)
@@ -470,9 +470,9 @@ def test_upload_budget_lets_a_single_oversized_body_through_and_times_out_others
 
 
 def test_upload_waiting_too_long_for_budget_is_json_503(app, client, auth, user, monkeypatch):
-    import blueprints.files
+    import attachments.budget
 
-    monkeypatch.setattr(blueprints.files, "BUDGET_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(attachments.budget, "BUDGET_WAIT_SECONDS", 0.1)
     budget = app.extensions["upload_budget"]
     with budget.reserve(budget.capacity, timeout=1):  # another upload holds all of it
         response = upload(client, auth, make_image(), organization=user["organization_id"])

@@ -1,0 +1,67 @@
+"""An attachment's objects in the store: its variants put, its bytes opened for a download, all of it deleted.
+
+Which key an object has is the store's to say (storage.ObjectStore.original_key, variant_key).
+"""
+
+import logging
+
+from attachments import rows
+from imaging import variants
+from storage import StorageError, get_storage, variant_metadata
+from web.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def store_variants(storage, organization_id, file_id, made, written=None):
+    """Put each made variant that is not the original; return the keys written, also appended to ``written``
+    as they go (so a caller can undo them when a later put raises StorageError)."""
+    written = [] if written is None else written
+    for variant in made:
+        if variant.original:
+            continue
+        key = storage.variant_key(organization_id, file_id, variant.name)
+        metadata = variant_metadata(file_id, variant.name, variant.sha256, variant.width, variant.height)
+        storage.put(key, variant.data, variant.content_type, metadata)
+        written.append(key)
+    return written
+
+
+def open_original(row):
+    storage = get_storage()
+    return _open(storage, storage.original_key(row.organization_id, row.id), row.id)
+
+
+def open_variant(row, variant):
+    storage = get_storage()
+    return _open(storage, storage.variant_key(row.organization_id, row.id, variant), row.id)
+
+
+def _open(storage, key, file_id):
+    """The StoredObject under ``key``; 404 if its file was deleted meanwhile, 500 if its bytes are lost."""
+    try:
+        return storage.open(key)
+    except FileNotFoundError:
+        if not rows.exists(file_id):  # its row went first: a delete raced this download
+            raise ApiError(404, "File not found.") from None
+        log.error("a row points to %s, which is missing", key)
+        raise ApiError(500, "Failed to read chat file.", "The file's bytes are missing from storage.") from None
+    except StorageError:
+        log.exception("opening %s failed", key)
+        raise ApiError(500, "Failed to read chat file.", "The file store is unavailable; try again.") from None
+
+
+def delete_all(storage, row):
+    """The original and every variant, stored or not (deleting an absent key is no error); what fails is logged
+    and left to gc-storage."""
+    keys = [storage.original_key(row.organization_id, row.id)]
+    keys += [storage.variant_key(row.organization_id, row.id, name) for name in variants.NAMES]
+    for key in keys:
+        delete_quietly(storage, key)
+
+
+def delete_quietly(storage, key):
+    try:
+        storage.delete(key)
+    except StorageError:
+        log.exception("could not delete orphan %s; gc-storage will", key)
