@@ -1,9 +1,8 @@
 """Chats: create, list, read, archive and unarchive."""
 
-import uuid
-
 from flask import Blueprint, current_app, g, jsonify, request
 
+from chat_access import owned_chat, parse_chat_id
 from gitwatch import archives
 from gitwatch.workspaces import WorkspaceError, normalize, resolve_for_user
 from models import Chat, db, rfc3339, utcnow
@@ -81,21 +80,6 @@ def _set_archived(chat_id, archived, conflict_message):
     if not changed:
         owned_chat(chat_id)  # 404 when it is not the caller's
         raise ApiError(400, conflict_message)
-
-
-def parse_chat_id(chat_id):
-    try:
-        return uuid.UUID(chat_id)
-    except ValueError:
-        raise ApiError(400, "Invalid chat ID.", f"{chat_id!r} is not a UUID.") from None
-
-
-def owned_chat(chat_id):
-    """The caller's chat, or 400 for a bad id and 404 for an unknown or foreign one."""
-    chat = Chat.get_or_none((Chat.id == parse_chat_id(chat_id)) & (Chat.owner == g.user.id))
-    if chat is None:
-        raise ApiError(404, "Chat not found.")
-    return chat
 
 
 def chat_json(chat):
