@@ -56,4 +56,4 @@ def reserved(size):
 def busy():
     """The 503 of an upload that found no room: in the budget, or in a decode slot."""
     return ApiError(503, "Too many uploads in progress.", "Try again in a moment.",
-                    headers={"Retry-After": "1", "Connection": "close"})
+                    headers={"Retry-After": "1", "Connection": "close"}, code="busy")

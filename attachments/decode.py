@@ -31,6 +31,6 @@ def verify_and_make(body):
     except PoolBusy:
         raise budget.busy() from None
     except images.UnsupportedType as error:
-        raise ApiError(400, "Unsupported file type.", str(error)) from None
+        raise ApiError(400, "Unsupported file type.", str(error), code="unsupported_type") from None
     except images.InvalidImage as error:
-        raise ApiError(400, "Invalid image file.", str(error)) from None
+        raise ApiError(400, "Invalid image file.", str(error), code="invalid_image") from None

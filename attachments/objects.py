@@ -45,10 +45,12 @@ def _open(storage, key, file_id):
         if not rows.exists(file_id):  # its row went first: a delete raced this download
             raise ApiError(404, "File not found.") from None
         log.error("a row points to %s, which is missing", key)
-        raise ApiError(500, "Failed to read chat file.", "The file's bytes are missing from storage.") from None
+        raise ApiError(500, "Failed to read chat file.", "The file's bytes are missing from storage.",
+                       code="storage_error") from None
     except StorageError:
         log.exception("opening %s failed", key)
-        raise ApiError(500, "Failed to read chat file.", "The file store is unavailable; try again.") from None
+        raise ApiError(500, "Failed to read chat file.", "The file store is unavailable; try again.",
+                       code="storage_error") from None
 
 
 def delete_all(storage, row):

@@ -41,7 +41,8 @@ def save(body, info, still, made, name, owner_id, organization_id):
     except StorageError:
         log.exception("storing %s or its variants failed", key)
         _undo(storage, written)
-        raise ApiError(500, "Failed to save chat file.", "The file store is unavailable; try again.") from None
+        raise ApiError(500, "Failed to save chat file.", "The file store is unavailable; try again.",
+                       code="storage_error") from None
     try:
         with db.atomic():
             rows.insert_file(file_id, owner_id, organization_id, name, info.content_type, body.size, sha256,
@@ -50,7 +51,8 @@ def save(body, info, still, made, name, owner_id, organization_id):
     except (PeeweeException, MaxConnectionsExceeded):
         log.exception("recording %s failed; deleting its objects", key)
         _undo(storage, written)
-        raise ApiError(500, "Failed to save chat file.", "The database is unavailable; try again.") from None
+        raise ApiError(500, "Failed to save chat file.", "The database is unavailable; try again.",
+                       code="storage_error") from None
     return file_id
 
 

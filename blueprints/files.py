@@ -39,7 +39,7 @@ def upload():
     # The body is spooled to disk as it arrives: a slow client holds no memory budget.
     with bodies.spooled_body(current_app.config["MAX_FILE_SIZE"]) as body:
         if not body.size:
-            raise ApiError(400, "The file is empty.", "Send the image's bytes as the request body.")
+            raise ApiError(400, "The file is empty.", "Send the image's bytes as the request body.", code="empty")
         info, still, made = decode.verify_and_make(body)
         name = name_from_content_disposition(request.headers.get("Content-Disposition"))
         file_id = store.save(body, info, still, made, name, g.user.id, organization_id)
@@ -144,7 +144,7 @@ def database_unavailable(error):
     log.error("database failure during %s: %s", request.endpoint, error)
     message = {"files.upload": "Failed to save chat file.", "files.delete_file": "Failed to delete chat file."}.get(
         request.endpoint, "Failed to read chat file.")
-    return error_response(500, message, "The database is unavailable; try again.")
+    return error_response(500, message, "The database is unavailable; try again.", code="storage_error")
 
 
 def _organization_param():
@@ -160,7 +160,8 @@ def _organization_param():
 def _check_declared_type():
     declared = request.mimetype  # lower-cased, parameters stripped
     if declared not in images.ALLOWED_TYPES:
-        raise ApiError(400, "Unsupported file type.", "Allowed types: " + ", ".join(images.ALLOWED_TYPES) + ".")
+        raise ApiError(400, "Unsupported file type.", "Allowed types: " + ", ".join(images.ALLOWED_TYPES) + ".",
+                       code="unsupported_type")
 
 
 def _readable_file(file_id, query=rows.OWN_FILE):

@@ -71,19 +71,20 @@ IMAGE_WORK_SECONDS = Counter("chatfiles_upload_image_cpu_seconds",
                              "CPU seconds uploads spent decoding images and making their variants.")
 WATCH_SOCKETS = Gauge("chatfiles_watch_sockets_open", "Git-watch WebSockets open now.", multiprocess_mode="livesum")
 
-# Why an upload was refused, from its answer: the status where it is enough,
-# else the contract's message. Anything new falls back to bad_request or
+# Why an upload was refused: its error's code (web/errors.py) where the code is
+# one of these, else its status where that is enough (werkzeug's own errors
+# have no finer code). Anything new falls back to bad_request or
 # internal_error rather than minting a label.
 REJECTION_BY_STATUS = {401: "unauthenticated", 403: "not_member", 408: "timed_out", 413: "too_large"}
-REJECTION_BY_MESSAGE = {
-    "Cross-origin request refused.": "cross_origin",  # a 403 that is not about membership
-    "Unsupported file type.": "unsupported_type",
-    "The file is empty.": "empty",
-    "Invalid image file.": "invalid_image",
-    "Failed to save chat file.": "storage_error",  # the object store or the database
-    "Too many uploads in progress.": "busy",  # the worker's upload memory budget stayed full
-}
-REJECTION_REASONS = ("bad_request", "internal_error", *REJECTION_BY_STATUS.values(), *REJECTION_BY_MESSAGE.values())
+REJECTION_BY_CODE = (
+    "cross_origin",  # a 403 that is not about membership
+    "unsupported_type",
+    "empty",
+    "invalid_image",
+    "storage_error",  # the object store or the database
+    "busy",  # the worker's upload memory budget stayed full
+)
+REJECTION_REASONS = ("bad_request", "internal_error", *REJECTION_BY_STATUS.values(), *REJECTION_BY_CODE)
 for _reason in REJECTION_REASONS:
     UPLOAD_REJECTIONS.labels(_reason)  # present at 0 from the start, so rate() sees the first one
 
@@ -366,15 +367,13 @@ def _count_upload(response, observed):
     if response.status_code == 201:
         UPLOADED_BYTES.inc(observed.bytes_in)
     elif response.status_code >= 400:
-        UPLOAD_REJECTIONS.labels(upload_rejection_reason(response)).inc()
+        UPLOAD_REJECTIONS.labels(upload_rejection_reason(response.status_code, g.get("error_code"))).inc()
 
 
-def upload_rejection_reason(response):
-    status = response.status_code
-    body = response.get_json(silent=True) or {}
-    reason = REJECTION_BY_MESSAGE.get(body.get("message"))
-    if reason:
-        return reason
+def upload_rejection_reason(status, code=None):
+    """The label of an upload refused with ``status``, its error's ``code`` (web/errors.py) if it has one."""
+    if code in REJECTION_BY_CODE:
+        return code
     if status in REJECTION_BY_STATUS:
         return REJECTION_BY_STATUS[status]
     return "internal_error" if status >= 500 else "bad_request"

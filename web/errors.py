@@ -3,29 +3,44 @@
 Views raise :class:`ApiError`; the handlers registered here turn it, every
 ``HTTPException`` and anything unexpected into JSON, so no request ever gets
 an HTML page or a traceback.
+
+Every error also has a code: a stable name for its kind, for the service's
+own use and never in the body. An ApiError names one where the status alone
+does not tell apart what metrics count apart (``unsupported_type``,
+``busy``, ...); any other error's is its status's (``bad_request``,
+``not_found``). error_response() leaves it in ``g.error_code``, where the
+request's after-request hook (ops/observability.py) reads it.
 """
 
 import logging
+import re
 
-from flask import jsonify
+from flask import g, jsonify
 from peewee import InterfaceError, OperationalError
 from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status, message, detail=None, validations=None, headers=None):
+    def __init__(self, status, message, detail=None, validations=None, headers=None, *, code=None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.detail = detail
         self.validations = validations
         self.headers = headers or {}
+        self.code = code or status_code(status)
 
 
-def error_response(status, message, detail=None, validations=None, headers=None):
+def status_code(status):
+    """The code of an error that names none: its status's reason phrase as a slug (404: ``not_found``)."""
+    return re.sub(r"[^a-z0-9]+", "_", HTTP_STATUS_CODES.get(status, "error").lower()).strip("_")
+
+
+def error_response(status, message, detail=None, validations=None, headers=None, *, code=None):
     body = {"message": message}
     if detail:
         body["detail"] = detail
@@ -34,11 +49,13 @@ def error_response(status, message, detail=None, validations=None, headers=None)
     response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})
+    g.error_code = code or status_code(status)
     return response
 
 
 def handle_api_error(error):
-    return error_response(error.status, error.message, error.detail, error.validations, error.headers)
+    return error_response(error.status, error.message, error.detail, error.validations, error.headers,
+                          code=error.code)
 
 
 def handle_http_exception(error):

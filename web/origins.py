@@ -45,7 +45,7 @@ def refuse_cross_origin():
         allowed=current_app.config["ALLOWED_ORIGINS"],
     )
     if problem:
-        raise ApiError(403, "Cross-origin request refused.", problem)
+        raise ApiError(403, "Cross-origin request refused.", problem, code="cross_origin")
 
 
 def cross_origin_problem(method, headers, host, allowed):
