@@ -149,7 +149,8 @@ class ScrubSecrets(logging.Filter):
         return True
 
 
-_second: tuple[int | None, str] = (None, "")  # the last whole second formatted: most lines share it with the line before
+# The last whole second formatted: most lines share it with the line before.
+_second: tuple[int | None, str] = (None, "")
 
 
 def _timestamp(created: float) -> str:

@@ -196,4 +196,7 @@ def _read_repository(header: dict[str, Any], fds: list[int]) -> Answer:
 _STATE_FIELDS = ("repo_root", "branch", "remote_origin", "unified_diff", "error")
 
 
-_TASKS: dict[str, Callable[[dict[str, Any], list[int]], Answer]] = {"verify_and_make": _verify_and_make, "read_repository": _read_repository}
+_TASKS: dict[str, Callable[[dict[str, Any], list[int]], Answer]] = {
+    "verify_and_make": _verify_and_make,
+    "read_repository": _read_repository,
+}

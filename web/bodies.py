@@ -112,7 +112,8 @@ class BodyInput:
 
     def __init__(self, environ: WSGIEnvironment, stall_timeout: float) -> None:
         self._stream: _Stream = environ["wsgi.input"]
-        self._socket: socket.socket | None = environ.get("gunicorn.socket")  # None outside gunicorn (tests' client, dev server)
+        # None outside gunicorn (tests' client, dev server).
+        self._socket: socket.socket | None = environ.get("gunicorn.socket")
         self._continue_owed = (
             self._socket is not None
             and environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
