@@ -23,7 +23,7 @@ bp = Blueprint("files", __name__)
 log = logging.getLogger(__name__)
 
 CACHE_FOREVER = "private, max-age=31536000, immutable"
-# bench/contract_304.py imports it from here; it is attachments.rows's (this alias goes once that file imports it there).
+# bench/contract_304.py imports it from here: an alias of attachments.rows's, until that file imports it there.
 _FILE_TO_SEND = rows.FILE_TO_SEND
 
 
