@@ -2,7 +2,7 @@
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from chat_access import owned_chat, parse_chat_id
+from chats.access import owned_chat, parse_chat_id
 from gitwatch import archives
 from gitwatch.workspaces import WorkspaceError, normalize, resolve_for_user
 from models import Chat, db, rfc3339, utcnow

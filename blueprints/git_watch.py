@@ -18,7 +18,7 @@ import functools
 from flask import Blueprint, Response, current_app, request
 from wsproto.utilities import generate_accept_token
 
-from chat_access import owned_chat
+from chats.access import owned_chat
 from gitwatch.archives import ArchiveEvents
 from gitwatch.hub import HUB, WatchRequest
 from gitwatch.limits import acquire_slot

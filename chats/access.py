@@ -1,9 +1,7 @@
 """Which chat a request may touch: the caller's own, by the id in its URL.
 
-Its own module because two routes need it, the chats routes and the git
-watch (blueprints/chats.py, blueprints/git_watch.py), and a blueprint never
-imports another. It is neither attachments' (files, not chats) nor
-gitwatch's (which watches a chat's workspace, whoever looks it up): a chat
+Two routes need it, the chats routes and the git watch (blueprints/chats.py,
+blueprints/git_watch.py), and a blueprint never imports another: a chat
 lookup that answers as the contract does, 400 for a bad id and 404 for an
 unknown or foreign chat, over the models beneath it.
 """
