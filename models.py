@@ -64,6 +64,9 @@ class User(BaseModel):
 class Membership(BaseModel):
     user = ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
     organization = ForeignKeyField(Organization, backref="memberships", on_delete="CASCADE")
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, each foreign key's raw id.
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
 
     class Meta:
         indexes = ((("user", "organization"), True),)
@@ -77,6 +80,8 @@ class ApiKey(BaseModel):
     secret_hash = CharField(max_length=64)
     created_at = DateTimeField(default=utcnow)
     expires_at = DateTimeField(index=True)
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, the foreign key's raw id.
+    user_id: uuid.UUID
 
 
 class ChatFile(BaseModel):
@@ -92,6 +97,11 @@ class ChatFile(BaseModel):
     height = IntegerField()
     created_at = DateTimeField(default=utcnow)
     animated = BooleanField(default=False)
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, each foreign key's raw
+    # id, and ChatFileVariant.file's backref.
+    owner_id: uuid.UUID
+    organization_id: uuid.UUID
+    variants: ModelSelect[ChatFileVariant]
 
     class Meta:
         indexes = ((("owner", "created_at"), False),)
@@ -109,6 +119,8 @@ class ChatFileVariant(BaseModel):
     height = IntegerField()
     size = BigIntegerField()
     sha256 = CharField(max_length=64)
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, the foreign key's raw id.
+    file_id: uuid.UUID
 
     class Meta:
         indexes = ((("file", "variant"), True),)
@@ -122,6 +134,8 @@ class Chat(BaseModel):
     workspace = TextField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, the foreign key's raw id.
+    owner_id: uuid.UUID
 
     class Meta:
         indexes = ((("owner", "created_at"), False),)

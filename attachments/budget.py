@@ -5,10 +5,13 @@ to a temporary file as it comes, holding none of it, and only its decode
 (the sandbox maps the file) needs room.
 """
 
+from __future__ import annotations
+
 import contextlib
 import threading
+from typing import Iterator
 
-from flask import current_app
+from flask import Flask, current_app
 
 from web.errors import ApiError
 
@@ -25,13 +28,13 @@ class UploadBudget:
     upload always fits, whatever its size.
     """
 
-    def __init__(self, capacity):
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._used = 0
         self._room = threading.Condition()
 
     @contextlib.contextmanager
-    def reserve(self, size, timeout):
+    def reserve(self, size: int, timeout: float) -> Iterator[None]:
         with self._room:
             if not self._room.wait_for(lambda: self._used == 0 or self._used + size <= self.capacity, timeout):
                 raise busy()
@@ -44,16 +47,16 @@ class UploadBudget:
                 self._room.notify_all()
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     app.extensions["upload_budget"] = UploadBudget(app.config["UPLOAD_MEMORY_BUDGET"])
 
 
-def reserved(size):
+def reserved(size: int) -> contextlib.AbstractContextManager[None]:
     """Room for ``size`` bytes in this worker's budget, waited for up to BUDGET_WAIT_SECONDS, else 503."""
     return current_app.extensions["upload_budget"].reserve(size, BUDGET_WAIT_SECONDS)
 
 
-def busy():
+def busy() -> ApiError:
     """The 503 of an upload that found no room: in the budget, or in a decode slot."""
     return ApiError(503, "Too many uploads in progress.", "Try again in a moment.",
                     headers={"Retry-After": "1", "Connection": "close"}, code="busy")

@@ -5,6 +5,8 @@ at once (budget.py) and its decode sandboxes, which are its decode slots. An
 upload that waits too long for either gets 503.
 """
 
+from __future__ import annotations
+
 from flask import current_app
 
 from attachments import budget
@@ -12,10 +14,11 @@ from imaging import images
 from ops import observability
 from sandbox import PoolBusy
 from sandbox import tasks as sandboxed
+from web.bodies import SpooledBody
 from web.errors import ApiError
 
 
-def verify_and_make(body):
+def verify_and_make(body: SpooledBody) -> sandboxed.ImageResults:
     """(info, still, made) of the spooled ``body``, as sandboxed.verify_and_make gives them; 400 for what is not
     an image of an allowed type, 503 when no room or slot came free in time.
 

@@ -3,22 +3,28 @@
 Which key an object has is the store's to say (storage.ObjectStore.original_key, variant_key).
 """
 
+from __future__ import annotations
+
 import logging
+import uuid
+from typing import Iterable
 
 from attachments import rows
 from imaging import variants
-from storage import StorageError, get_storage, variant_metadata
+from models import ChatFile
+from storage import ObjectStore, StorageError, StoredObject, get_storage, variant_metadata
 from web.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 
-def store_variants(storage, organization_id, file_id, made, written=None):
+def store_variants(storage: ObjectStore, organization_id: uuid.UUID, file_id: uuid.UUID, made: Iterable[variants.Made],
+                   written: list[str] | None = None) -> list[str]:
     """Put each made variant that is not the original; return the keys written, also appended to ``written``
     as they go (so a caller can undo them when a later put raises StorageError)."""
     written = [] if written is None else written
     for variant in made:
-        if variant.original:
+        if variant.data is None:  # variant.original: the file's own bytes serve as it, nothing to put
             continue
         key = storage.variant_key(organization_id, file_id, variant.name)
         metadata = variant_metadata(file_id, variant.name, variant.sha256, variant.width, variant.height)
@@ -27,17 +33,17 @@ def store_variants(storage, organization_id, file_id, made, written=None):
     return written
 
 
-def open_original(row):
+def open_original(row: ChatFile) -> StoredObject:
     storage = get_storage()
     return _open(storage, storage.original_key(row.organization_id, row.id), row.id)
 
 
-def open_variant(row, variant):
+def open_variant(row: ChatFile, variant: str) -> StoredObject:
     storage = get_storage()
     return _open(storage, storage.variant_key(row.organization_id, row.id, variant), row.id)
 
 
-def _open(storage, key, file_id):
+def _open(storage: ObjectStore, key: str, file_id: uuid.UUID) -> StoredObject:
     """The StoredObject under ``key``; 404 if its file was deleted meanwhile, 500 if its bytes are lost."""
     try:
         return storage.open(key)
@@ -53,7 +59,7 @@ def _open(storage, key, file_id):
                        code="storage_error") from None
 
 
-def delete_all(storage, row):
+def delete_all(storage: ObjectStore, row: ChatFile) -> None:
     """The original and every variant, stored or not (deleting an absent key is no error); what fails is logged
     and left to gc-storage."""
     keys = [storage.original_key(row.organization_id, row.id)]
@@ -62,7 +68,7 @@ def delete_all(storage, row):
         delete_quietly(storage, key)
 
 
-def delete_quietly(storage, key):
+def delete_quietly(storage: ObjectStore, key: str) -> None:
     try:
         storage.delete(key)
     except StorageError:

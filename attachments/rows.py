@@ -5,13 +5,19 @@ The hot paths' queries have their SQL built once per database
 of a small upload's.
 """
 
+from __future__ import annotations
+
 import datetime
 import uuid
+from typing import Any, Iterable
 
+from peewee import Field
+
+from imaging.variants import Made
 from models import ChatFile, ChatFileVariant, Membership, PreparedQuery, PreparedSelect, db, utcnow
 
 
-def _own_file_query(*columns):
+def _own_file_query(*columns: Field[Any]) -> PreparedSelect[ChatFile]:
     """One owner's file by id, prepared: the given columns of its row (all of them when none)."""
     return PreparedSelect(
         lambda file_id, owner_id: ChatFile.select(*columns).where((ChatFile.id == file_id)
@@ -49,29 +55,30 @@ UPSERT_VARIANT = PreparedQuery(
     _VARIANT_COLUMNS, (uuid.UUID(int=1), "thumbnail", True, "image/webp", 2, 3, 4, "0" * 64))
 
 
-def is_member(user_id, organization_id):
+def is_member(user_id: uuid.UUID, organization_id: uuid.UUID) -> bool:
     return MEMBER.exists(user_id, organization_id)
 
 
-def insert_file(file_id, owner_id, organization_id, name, content_type, size, sha256, width, height, animated):
+def insert_file(file_id: uuid.UUID, owner_id: uuid.UUID, organization_id: uuid.UUID, name: str | None,
+                content_type: str, size: int, sha256: str, width: int, height: int, animated: bool) -> None:
     """The file's row, created now."""
     INSERT_FILE.execute(file_id, owner_id, organization_id, name, content_type, size, sha256, width, height,
                         utcnow(), animated).close()
 
 
-def record_variants(file_id, made):
+def record_variants(file_id: uuid.UUID, made: Iterable[Made]) -> None:
     """Insert or replace the variant rows of a file."""
     for variant in made:
         UPSERT_VARIANT.execute(file_id, variant.name, variant.original, variant.content_type, variant.width,
                                variant.height, variant.size, variant.sha256).close()
 
 
-def delete_owned(file_id, owner_id):
+def delete_owned(file_id: uuid.UUID, owner_id: uuid.UUID) -> bool:
     """Delete the owner's file row; False when there was none (a concurrent delete got there first)."""
     return bool(ChatFile.delete().where((ChatFile.id == file_id) & (ChatFile.owner == owner_id)).execute())
 
 
-def exists(file_id):
+def exists(file_id: uuid.UUID) -> bool:
     """Whether the file's row is there, asked on a connection of its own (the request gave its own back)."""
     with db.connection_context():
         return ChatFile.select(ChatFile.id).where(ChatFile.id == file_id).exists()

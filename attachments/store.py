@@ -7,6 +7,8 @@ bytes. A delete goes the other way, row first: every instance answers 404 at
 once, and the objects it fails to delete are gc-storage's too.
 """
 
+from __future__ import annotations
+
 import logging
 import uuid
 
@@ -14,14 +16,18 @@ from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
 from attachments import objects, rows
-from models import db, release_connection
-from storage import StorageError, get_storage, object_metadata
+from imaging.images import ImageInfo
+from imaging.variants import Made, Still
+from models import ChatFile, db, release_connection
+from storage import ObjectStore, StorageError, get_storage, object_metadata
+from web.bodies import SpooledBody
 from web.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 
-def save(body, info, still, made, name, owner_id, organization_id):
+def save(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], name: str | None, owner_id: uuid.UUID,
+         organization_id: uuid.UUID) -> uuid.UUID:
     """Write the original and its variants, then the rows; undo the objects if anything fails. The new file's id.
 
     ``info, still, made`` are the decode's (decode.verify_and_make). Width and
@@ -33,7 +39,7 @@ def save(body, info, still, made, name, owner_id, organization_id):
     storage = get_storage()
     key = storage.original_key(organization_id, file_id)
     metadata = object_metadata(owner_id, organization_id, sha256, still.width, still.height, name)
-    written = []
+    written: list[str] = []
     try:
         storage.put(key, body.rewound(), info.content_type, metadata)
         written.append(key)
@@ -56,12 +62,12 @@ def save(body, info, still, made, name, owner_id, organization_id):
     return file_id
 
 
-def _undo(storage, written):
+def _undo(storage: ObjectStore, written: list[str]) -> None:
     for key in written:
         objects.delete_quietly(storage, key)
 
 
-def delete(row, owner_id):
+def delete(row: ChatFile, owner_id: uuid.UUID) -> bool:
     """Delete the owner's file ``row``: its row, then its objects. False when a concurrent delete got there first."""
     if not rows.delete_owned(row.id, owner_id):
         return False

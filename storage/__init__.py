@@ -11,7 +11,11 @@ interface.py. The store owns that layout: it is made with the two prefixes
 Backends raise only ``FileNotFoundError`` or :class:`StorageError`.
 """
 
-from flask import current_app
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask, current_app
 
 from storage.interface import (
     CHUNK_SIZE,
@@ -29,7 +33,7 @@ __all__ = ["CHUNK_SIZE", "ObjectInfo", "ObjectStore", "StorageError", "StoredObj
            "init_app", "object_key", "object_metadata", "variant_key", "variant_metadata"]
 
 
-def from_config(settings):
+def from_config(settings: Mapping[str, Any]) -> ObjectStore:
     layout = {"originals_prefix": settings["S3_PREFIX"], "variants_prefix": settings["VARIANTS_PREFIX"]}
     if settings.get("S3_BUCKET"):
         from storage.s3 import S3Store
@@ -45,9 +49,9 @@ def from_config(settings):
     return LocalStore(settings["LOCAL_STORAGE_ROOT"], **layout)
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     app.extensions["storage"] = from_config(app.config)
 
 
-def get_storage():
+def get_storage() -> ObjectStore:
     return current_app.extensions["storage"]

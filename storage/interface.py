@@ -4,11 +4,14 @@ A module of its own so the backends (local.py, s3.py) import it rather than
 the package, which imports them.
 """
 
+from __future__ import annotations
+
 import abc
 import datetime
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterator
 
 import config
 
@@ -25,46 +28,46 @@ class ObjectInfo:
     size: int
     content_type: str
     last_modified: datetime.datetime
-    metadata: dict = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class StoredObject:
     """An open object: iterate it for its bytes in chunks; close it when done."""
 
-    def __init__(self, info, chunks, close):
+    def __init__(self, info: ObjectInfo, chunks: Iterator[bytes], close: Callable[[], object]) -> None:
         self.info = info
         self._chunks = chunks
         self._close = close
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         return self._chunks
 
-    def close(self):
+    def close(self) -> None:
         self._close()
 
 
 class ObjectStore(abc.ABC):
-    def __init__(self, originals_prefix=config.DEFAULTS["S3_PREFIX"],
-                 variants_prefix=config.DEFAULTS["VARIANTS_PREFIX"]):
+    def __init__(self, originals_prefix: str = config.DEFAULTS["S3_PREFIX"],
+                 variants_prefix: str = config.DEFAULTS["VARIANTS_PREFIX"]) -> None:
         self.originals_prefix = originals_prefix
         self.variants_prefix = variants_prefix
 
     # -- the layout ---------------------------------------------------------------
 
-    def original_key(self, organization_id, file_id):
+    def original_key(self, organization_id: uuid.UUID, file_id: uuid.UUID) -> str:
         """Where a file's original lives."""
         return object_key(self.originals_prefix, organization_id, file_id)
 
-    def variant_key(self, organization_id, file_id, variant):
+    def variant_key(self, organization_id: uuid.UUID, file_id: uuid.UUID, variant: str) -> str:
         """Where a file's thumbnail or preview lives: apart from the originals, under the variants' prefix."""
         return variant_key(self.variants_prefix, organization_id, file_id, variant)
 
-    def original_file_id(self, key):
+    def original_file_id(self, key: str) -> uuid.UUID | None:
         """The file id of an original's key, or None for any other key (another tool's, or a variant's)."""
         segments = _segments(key, self.originals_prefix, 2)
         return None if segments is None else uuid.UUID(segments[1])
 
-    def variant_of(self, key):
+    def variant_of(self, key: str) -> tuple[uuid.UUID, str] | None:
         """(file id, variant name) of a variant's key, or None for any other key; which names are variants is
         the caller's to judge."""
         segments = _segments(key, self.variants_prefix, 3)
@@ -73,30 +76,31 @@ class ObjectStore(abc.ABC):
     # -- the objects --------------------------------------------------------------
 
     @abc.abstractmethod
-    def put(self, key, data, content_type, metadata):
-        """Store ``data`` (bytes, or a binary file object read from where it stands) under ``key``, whole or not at all."""
+    def put(self, key: str, data: bytes | BinaryIO, content_type: str, metadata: dict[str, str]) -> None:
+        """Store ``data`` (bytes, or a binary file object read from where it stands) under ``key``, whole or not
+        at all."""
 
     @abc.abstractmethod
-    def open(self, key):
+    def open(self, key: str) -> StoredObject:
         """Return a StoredObject to stream ``key``; FileNotFoundError if absent."""
 
     @abc.abstractmethod
-    def head(self, key):
+    def head(self, key: str) -> ObjectInfo:
         """Return the ObjectInfo of ``key``; FileNotFoundError if absent."""
 
     @abc.abstractmethod
-    def delete(self, key):
+    def delete(self, key: str) -> None:
         """Remove ``key``; removing an absent key is not an error."""
 
     @abc.abstractmethod
-    def iter_objects(self, prefix=""):
+    def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, datetime.datetime]]:
         """Yield (key, last_modified as aware UTC datetime) for every object under ``prefix``."""
 
     @abc.abstractmethod
-    def check(self):
+    def check(self) -> None:
         """Raise StorageError unless the store is reachable and usable."""
 
-    def iter_leftovers(self, prefix=""):
+    def iter_leftovers(self, prefix: str = "") -> Iterator[tuple[str, datetime.datetime]]:
         """Yield (name, mtime) for each file an interrupted put or delete left behind under ``prefix``.
 
         Nothing by default: a store whose put is atomic leaves no debris (S3).
@@ -105,22 +109,22 @@ class ObjectStore(abc.ABC):
         """
         yield from ()
 
-    def remove_leftover(self, name):
+    def remove_leftover(self, name: str) -> None:
         """Remove a file iter_leftovers() yielded, unless it has become part of an object since."""
         raise StorageError(f"{name!r} is not a leftover: this store leaves none.")
 
 
 # The layout itself, applied by the store's methods with its own prefixes. Tests and tools that know a prefix
 # spell keys with these; the service asks its store.
-def object_key(prefix, organization_id, file_id):
+def object_key(prefix: str, organization_id: uuid.UUID, file_id: uuid.UUID) -> str:
     return f"{prefix}{organization_id}/{file_id}"
 
 
-def variant_key(prefix, organization_id, file_id, variant):
+def variant_key(prefix: str, organization_id: uuid.UUID, file_id: uuid.UUID, variant: str) -> str:
     return f"{prefix}{organization_id}/{file_id}/{variant}"
 
 
-def _segments(key, prefix, count):
+def _segments(key: str, prefix: str, count: int) -> list[str] | None:
     """The ``count`` segments after ``prefix`` of a key in the layout (``{organization_id}/{file_id}``, then the
     variant's name), both ids canonical UUIDs; None for any other key."""
     if not key.startswith(prefix):
@@ -131,7 +135,7 @@ def _segments(key, prefix, count):
     return segments
 
 
-def _is_canonical_uuid(text):
+def _is_canonical_uuid(text: str) -> bool:
     # Only the form the service writes: anything else was put there by another tool.
     try:
         return str(uuid.UUID(text)) == text
@@ -139,7 +143,8 @@ def _is_canonical_uuid(text):
         return False
 
 
-def object_metadata(owner_id, organization_id, sha256, width, height, filename):
+def object_metadata(owner_id: uuid.UUID, organization_id: uuid.UUID, sha256: str, width: int, height: int,
+                    filename: str | None) -> dict[str, str]:
     """User metadata as the storage layout defines it (all values ASCII)."""
     return {
         "owner-id": str(owner_id),
@@ -151,5 +156,5 @@ def object_metadata(owner_id, organization_id, sha256, width, height, filename):
     }
 
 
-def variant_metadata(file_id, variant, sha256, width, height):
+def variant_metadata(file_id: uuid.UUID, variant: str, sha256: str, width: int, height: int) -> dict[str, str]:
     return {"file-id": str(file_id), "variant": variant, "sha256": sha256, "width": str(width), "height": str(height)}
