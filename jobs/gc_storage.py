@@ -16,13 +16,20 @@ Listing streams through the bucket; rows are looked up ``BATCH_SIZE`` ids per
 query, and only for objects old enough to matter.
 """
 
+from __future__ import annotations
+
 import datetime
 import functools
+import uuid
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
 
 from imaging import variants
 from models import ChatFile
-from storage import StorageError
+from storage import ObjectStore, StorageError
+
+# A store's key -> the file id it names, or None for a key outside the layout.
+KeyParser = Callable[[str], uuid.UUID | None]
 
 DEFAULT_GRACE_SECONDS = 3600
 MAX_GRACE_SECONDS = 100 * 365 * 24 * 3600  # any longer and "now minus it" leaves the calendar
@@ -33,20 +40,21 @@ BATCH_SIZE = 500
 class GcResult:
     older_than: int
     dry_run: bool
-    deleted: list = field(default_factory=list)  # orphaned keys deleted (a dry run: that would be)
-    leftovers: list = field(default_factory=list)  # debris of interrupted local writes, removed likewise
-    unrecognized: list = field(default_factory=list)  # keys outside the layout, left alone
-    failed: list = field(default_factory=list)  # {"key", "error"} for deletions that failed
+    deleted: list[str] = field(default_factory=list)  # orphaned keys deleted (a dry run: that would be)
+    leftovers: list[str] = field(default_factory=list)  # debris of interrupted local writes, removed likewise
+    unrecognized: list[str] = field(default_factory=list)  # keys outside the layout, left alone
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"key", "error"} for deletions that failed
     kept_with_row: int = 0
     kept_recent: int = 0
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self):
+    def summary(self) -> str:
         verb = "Would delete" if self.dry_run else "Deleted"
         line = (
-            f"{verb} {_count(len(self.deleted), 'orphaned object')} and {_count(len(self.leftovers), 'leftover file')}; "
+            f"{verb} {_count(len(self.deleted), 'orphaned object')} and "
+            f"{_count(len(self.leftovers), 'leftover file')}; "
             f"kept {_count(self.kept_with_row, 'object')} with a row and {self.kept_recent} younger than "
             f"{self.older_than} s; left {_count(len(self.unrecognized), 'key')} outside the layout alone."
         )
@@ -54,7 +62,7 @@ class GcResult:
             line += f" {_count(len(self.failed), 'deletion')} failed."
         return line
 
-    def report_lines(self):
+    def report_lines(self) -> Iterator[str]:
         """One line per action, then the summary."""
         verb = "would delete" if self.dry_run else "deleted"
         for key in self.deleted:
@@ -68,8 +76,9 @@ class GcResult:
         yield self.summary()
 
 
-def collect_orphans(storage, older_than=DEFAULT_GRACE_SECONDS, dry_run=False, now=None, batch_size=BATCH_SIZE,
-                    variants=True):
+def collect_orphans(storage: ObjectStore, older_than: int = DEFAULT_GRACE_SECONDS, dry_run: bool = False,
+                    now: datetime.datetime | None = None, batch_size: int = BATCH_SIZE,
+                    variants: bool = True) -> GcResult:
     """Delete the store's originals (and, with ``variants``, its variants) that have no ChatFile row and are
     ``older_than`` seconds or more.
 
@@ -79,7 +88,7 @@ def collect_orphans(storage, older_than=DEFAULT_GRACE_SECONDS, dry_run=False, no
     now = now or datetime.datetime.now(datetime.timezone.utc)
     cutoff = now - datetime.timedelta(seconds=older_than)
     result = GcResult(older_than=older_than, dry_run=dry_run)
-    layouts = [(storage.originals_prefix, storage.original_file_id)]
+    layouts: list[tuple[str, KeyParser]] = [(storage.originals_prefix, storage.original_file_id)]
     if variants:
         layouts.append((storage.variants_prefix, functools.partial(_variant_file_id, storage)))
     for layout_prefix, parse_key in layouts:
@@ -89,8 +98,9 @@ def collect_orphans(storage, older_than=DEFAULT_GRACE_SECONDS, dry_run=False, no
     return result
 
 
-def _sweep(storage, prefix, parse_key, nested, cutoff, dry_run, batch_size, result):
-    batch = []
+def _sweep(storage: ObjectStore, prefix: str, parse_key: KeyParser, nested: tuple[str, ...], cutoff: datetime.datetime,
+           dry_run: bool, batch_size: int, result: GcResult) -> None:
+    batch: list[tuple[uuid.UUID, str]] = []
     for key, last_modified in storage.iter_objects(prefix):
         if nested and key.startswith(nested):
             continue
@@ -108,13 +118,13 @@ def _sweep(storage, prefix, parse_key, nested, cutoff, dry_run, batch_size, resu
     _collect_leftovers(storage, prefix, nested, cutoff, dry_run, result)
 
 
-def _variant_file_id(storage, key):
+def _variant_file_id(storage: ObjectStore, key: str) -> uuid.UUID | None:
     """The file id of a variant's key, or None for any other key (a name that is not a variant's included)."""
     variant = storage.variant_of(key)
     return variant[0] if variant is not None and variant[1] in variants.NAMES else None
 
 
-def _collect_batch(storage, batch, dry_run, result):
+def _collect_batch(storage: ObjectStore, batch: list[tuple[uuid.UUID, str]], dry_run: bool, result: GcResult) -> None:
     if not batch:
         return
     with_rows = _ids_with_rows([file_id for file_id, _ in batch])
@@ -125,12 +135,13 @@ def _collect_batch(storage, batch, dry_run, result):
             result.deleted.append(key)
 
 
-def _ids_with_rows(file_ids):
+def _ids_with_rows(file_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """The subset of ``file_ids`` that have a row: one query."""
     return {row.id for row in ChatFile.select(ChatFile.id).where(ChatFile.id.in_(file_ids))}
 
 
-def _collect_leftovers(storage, prefix, nested, cutoff, dry_run, result):
+def _collect_leftovers(storage: ObjectStore, prefix: str, nested: tuple[str, ...], cutoff: datetime.datetime,
+                       dry_run: bool, result: GcResult) -> None:
     # Only the local store writes an object as several files; an S3 put is atomic, and lists none.
     for name, modified in storage.iter_leftovers(prefix):
         if nested and name.startswith(nested):
@@ -139,7 +150,7 @@ def _collect_leftovers(storage, prefix, nested, cutoff, dry_run, result):
             result.leftovers.append(name)
 
 
-def _remove(remove, name, dry_run, result):
+def _remove(remove: Callable[[str], None], name: str, dry_run: bool, result: GcResult) -> bool:
     if dry_run:
         return True
     try:
@@ -150,5 +161,5 @@ def _remove(remove, name, dry_run, result):
     return True
 
 
-def _count(number, noun):
+def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
