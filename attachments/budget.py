@@ -11,7 +11,8 @@ import contextlib
 import threading
 from typing import Iterator
 
-from flask import Flask, current_app
+from flask import current_app
+from flask.sansio.app import App
 
 from web.errors import ApiError
 
@@ -47,7 +48,7 @@ class UploadBudget:
                 self._room.notify_all()
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: App) -> None:  # App: a blueprint's setup state gives the app as Flask's base class
     app.extensions["upload_budget"] = UploadBudget(app.config["UPLOAD_MEMORY_BUDGET"])
 
 

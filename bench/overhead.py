@@ -43,7 +43,8 @@ CONCURRENCY = 1
 
 def image_work(data, settings=config.DEFAULTS):
     """The image work of one upload, as the upload view does it once the body is spooled:
-    the one call blueprints/files.py ``_verify`` makes (verifying decode, thumbnail and preview)."""
+    the one call attachments/decode.py ``verify_and_make`` makes (in its sandbox: verifying decode, thumbnail and
+    preview)."""
     return variants.verify_and_make(data, settings["MAX_IMAGE_PIXELS"], settings["MAX_DECODE_MEMORY"], "0" * 64)
 
 

@@ -4,16 +4,21 @@ The routes parse the request and shape the response; what happens to an
 attachment in between (its decode, its objects and rows) is attachments/'s.
 """
 
+from __future__ import annotations
+
 import logging
 import uuid
+from typing import Callable, Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask.blueprints import BlueprintSetupState
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
 from attachments import budget, decode, objects, rows, store
 from imaging import images, variants
-from models import release_connection, rfc3339
+from models import ChatFile, ChatFileVariant, PreparedSelect, release_connection, rfc3339
+from storage import StoredObject
 from web import bodies
 from web.auth import login_required
 from web.errors import ApiError, error_response
@@ -23,13 +28,11 @@ bp = Blueprint("files", __name__)
 log = logging.getLogger(__name__)
 
 CACHE_FOREVER = "private, max-age=31536000, immutable"
-# bench/contract_304.py imports it from here: an alias of attachments.rows's, until that file imports it there.
-_FILE_TO_SEND = rows.FILE_TO_SEND
 
 
 @bp.post("/api/v2/chats/files")
 @login_required
-def upload():
+def upload() -> tuple[Response, int]:
     organization_id = _organization_param()
     if not rows.is_member(g.user.id, organization_id):
         raise ApiError(403, "You are not a member of this organization.")
@@ -48,12 +51,12 @@ def upload():
 
 @bp.route("/api/v2/chats/files/<file_id>", methods=["GET", "HEAD"])
 @login_required
-def download(file_id):
+def download(file_id: str) -> Response:
     row = _readable_file(file_id, rows.FILE_TO_SEND)
     return _send(row.content_type, row.name, row.sha256, row.size, lambda: objects.open_original(row))
 
 
-def _download_variant(file_id, variant):
+def _download_variant(file_id: str, variant: str) -> Response:
     row = _readable_file(file_id, rows.FILE_TO_SEND)
     stored = rows.VARIANT_TO_SEND.first(row.id, variant)
     if stored is None:
@@ -77,7 +80,7 @@ for _spec in variants.VARIANTS:
 
 @bp.get("/api/v2/chats/files/<file_id>/info")
 @login_required
-def file_info(file_id):
+def file_info(file_id: str) -> Response:
     row = _readable_file(file_id)
     stored = {variant.variant: variant for variant in row.variants}
     return jsonify(
@@ -95,7 +98,7 @@ def file_info(file_id):
     )
 
 
-def _variant_json(stored):
+def _variant_json(stored: ChatFileVariant | None) -> dict[str, int | str] | None:
     if stored is None:
         return None  # not made yet: generate-variants makes it
     return {"width": stored.width, "height": stored.height, "content_type": stored.content_type}
@@ -103,7 +106,7 @@ def _variant_json(stored):
 
 @bp.delete("/api/v2/chats/files/<file_id>")
 @login_required
-def delete_file(file_id):
+def delete_file(file_id: str) -> Response:
     """The row goes first (every instance answers 404 at once), then the objects; gc-storage removes what fails."""
     row = _readable_file(file_id)
     if not store.delete(row, g.user.id):
@@ -111,7 +114,8 @@ def delete_file(file_id):
     return Response(status=204)
 
 
-def _send(content_type, name, sha256, size, open_object):
+def _send(content_type: str, name: str | None, sha256: str, size: int,
+          open_object: Callable[[], StoredObject]) -> Response:
     """200 with the object's bytes streamed from storage, 304 for a matching If-None-Match, headers only for HEAD.
 
     ``open_object()`` opens the bytes: only a 200 with a body needs them.
@@ -133,21 +137,22 @@ def _send(content_type, name, sha256, size, open_object):
 
 
 @bp.record_once
-def _create_upload_budget(state):
+def _create_upload_budget(state: BlueprintSetupState) -> None:
     budget.init_app(state.app)  # shared by this worker's uploads
 
 
 @bp.errorhandler(PeeweeException)
 @bp.errorhandler(MaxConnectionsExceeded)  # no pooled connection came free in time
-def database_unavailable(error):
+def database_unavailable(error: Exception) -> Response:
     """The token and membership checks need the database too: their failure is this route's 500."""
     log.error("database failure during %s: %s", request.endpoint, error)
+    # endpoint is None only before a route matched, never in this blueprint's handler: "" finds no message.
     message = {"files.upload": "Failed to save chat file.", "files.delete_file": "Failed to delete chat file."}.get(
-        request.endpoint, "Failed to read chat file.")
+        request.endpoint or "", "Failed to read chat file.")
     return error_response(500, message, "The database is unavailable; try again.", code="storage_error")
 
 
-def _organization_param():
+def _organization_param() -> uuid.UUID:
     value = request.args.get("organization", "")
     if not value:
         raise ApiError(400, "Missing organization query parameter.")
@@ -157,14 +162,14 @@ def _organization_param():
         raise ApiError(400, "Invalid organization ID.", f"{value!r} is not a UUID.") from None
 
 
-def _check_declared_type():
+def _check_declared_type() -> None:
     declared = request.mimetype  # lower-cased, parameters stripped
     if declared not in images.ALLOWED_TYPES:
         raise ApiError(400, "Unsupported file type.", "Allowed types: " + ", ".join(images.ALLOWED_TYPES) + ".",
                        code="unsupported_type")
 
 
-def _readable_file(file_id, query=rows.OWN_FILE):
+def _readable_file(file_id: str, query: PreparedSelect[ChatFile] = rows.OWN_FILE) -> ChatFile:
     """The caller's file by the id in the URL: 400 for one that is not a UUID, 404 for one not theirs."""
     try:
         file_uuid = uuid.UUID(file_id)
@@ -176,7 +181,7 @@ def _readable_file(file_id, query=rows.OWN_FILE):
     return row
 
 
-def _stream(stored):
+def _stream(stored: StoredObject) -> Iterator[bytes]:
     try:
         yield from stored
     finally:
