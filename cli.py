@@ -1,23 +1,25 @@
 """Admin commands: ``flask --app wsgi <command>``. Each wraps a function tests call directly."""
 
+from __future__ import annotations
+
 import json
 import sys
+from typing import Mapping
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import with_appcontext
 from peewee import IntegrityError, PeeweeException
 
-import auth
-import gc_storage
-import generate_variants
 import migrations
-import workspaces
+from gitwatch import workspaces
+from jobs import gc_storage, generate_variants
 from models import Membership, Organization, User, db
 from storage import StorageError, get_storage
+from web import auth
 
 
-def create_user(name, org_name, lifetime_days):
+def create_user(name: str, org_name: str, lifetime_days: int) -> dict[str, str]:
     """Create the user (and the organization if new), add the membership, issue a token,
     and create the user's workspaces directory (the only place its chats may watch)."""
     with db.atomic():
@@ -34,14 +36,14 @@ def create_user(name, org_name, lifetime_days):
             "workspaces_dir": workspaces_dir}
 
 
-def create_token(name, lifetime_days):
+def create_token(name: str, lifetime_days: int) -> dict[str, str]:
     user = User.get_or_none(User.name == name)
     if user is None:
         raise click.ClickException(f"No user named {name!r}.")
     return {"token": auth.issue_token(user, lifetime_days)}
 
 
-def _print(result, as_json):
+def _print(result: Mapping[str, object], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -49,7 +51,7 @@ def _print(result, as_json):
             click.echo(f"{key}: {value}")
 
 
-def describe_schema_change(change):
+def describe_schema_change(change: migrations.SchemaChange) -> str:
     if change.from_version is None:
         return f"Created the database schema at version {change.to_version}."
     if change.applied:
@@ -60,7 +62,7 @@ def describe_schema_change(change):
 @click.command("init-db")
 @with_appcontext
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def init_db_command(as_json):
+def init_db_command(as_json: bool) -> None:
     """Create the schema, or migrate an existing database to the latest version (safe to run again)."""
     try:
         change = migrations.upgrade()
@@ -80,7 +82,7 @@ def init_db_command(as_json):
 @click.argument("name")
 @click.option("--org", "org_name", required=True, help="Organization name; created if new.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def create_user_command(name, org_name, as_json):
+def create_user_command(name: str, org_name: str, as_json: bool) -> None:
     """Create a user in an organization and print a session token."""
     with db.connection_context():
         result = create_user(name, org_name, current_app.config["TOKEN_LIFETIME_DAYS"])
@@ -91,7 +93,7 @@ def create_user_command(name, org_name, as_json):
 @with_appcontext
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def create_token_command(name, as_json):
+def create_token_command(name: str, as_json: bool) -> None:
     """Issue another session token for an existing user."""
     with db.connection_context():
         result = create_token(name, current_app.config["TOKEN_LIFETIME_DAYS"])
@@ -109,12 +111,11 @@ def create_token_command(name, as_json):
 )
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def gc_storage_command(older_than, dry_run, as_json):
+def gc_storage_command(older_than: int, dry_run: bool, as_json: bool) -> None:
     """Delete stored objects (originals and variants) that have no database row (uploads cut short, failed deletions)."""
     try:
         with db.connection_context():
-            result = gc_storage.collect_orphans(get_storage(), current_app.config["S3_PREFIX"], older_than, dry_run,
-                                                variants_prefix=current_app.config["VARIANTS_PREFIX"])
+            result = gc_storage.collect_orphans(get_storage(), older_than, dry_run)
     except StorageError as error:
         raise click.ClickException(f"Storage error, stopped: {error}") from None
     except PeeweeException as error:
@@ -131,7 +132,7 @@ def gc_storage_command(older_than, dry_run, as_json):
 @click.command("generate-variants")
 @with_appcontext
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def generate_variants_command(as_json):
+def generate_variants_command(as_json: bool) -> None:
     """Make the missing thumbnails and previews of stored files (safe to run again, and after a kill)."""
     progress = _progress_line if stdout_is_terminal() else None
     try:
@@ -154,15 +155,15 @@ def generate_variants_command(as_json):
         raise click.ClickException(f"{len(result.failed)} files failed; see above.")
 
 
-def stdout_is_terminal():
+def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def _progress_line(result, total):
+def _progress_line(result: generate_variants.BackfillResult, total: int) -> None:
     click.echo(f"\r{result.files}/{total} files checked, {result.generated} given variants", nl=False)
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     for command in (init_db_command, create_user_command, create_token_command, gc_storage_command,
                     generate_variants_command):
         app.cli.add_command(command)

@@ -5,10 +5,13 @@ the code reads ``current_app.config``. A bad value stops start-up with a
 message naming the variable, instead of failing on the first request.
 """
 
+from __future__ import annotations
+
 import os
 import urllib.parse
+from typing import Any, Iterable, Mapping
 
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": "sqlite:///var/chatfiles.db",
     "S3_BUCKET": None,
     "S3_ENDPOINT_URL": None,
@@ -66,7 +69,7 @@ class ConfigError(ValueError):
     """A setting has a value the service cannot run with."""
 
 
-def load(overrides=None):
+def load(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Return the effective settings as a dict."""
     settings = dict(DEFAULTS)
     for name in DEFAULTS:
@@ -77,7 +80,7 @@ def load(overrides=None):
     return validate(settings)
 
 
-def validate(settings):
+def validate(settings: dict[str, Any]) -> dict[str, Any]:
     try:
         settings["ALLOWED_ORIGINS"] = parse_allowed_origins(settings["ALLOWED_ORIGINS"])
     except ValueError as error:
@@ -105,20 +108,26 @@ def validate(settings):
     return settings
 
 
-def parse_allowed_origins(value):
+def parse_allowed_origins(value: str | Iterable[str] | None) -> frozenset[str]:
     """``ALLOWED_ORIGINS`` (comma-separated, or a list) as a frozenset of ``scheme://host[:port]``; ValueError."""
     items = value.split(",") if isinstance(value, str) else list(value or ())
-    origins = set()
+    origins: set[str] = set()
     for item in (item.strip() for item in items):
         if not item:
             continue
-        parts = urllib.parse.urlsplit(item)
-        try:
-            parts.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            parts = None
+        parts = _split_origin(item)
         if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.username
                 or parts.path not in ("", "/") or parts.query or parts.fragment):
             raise ValueError(f"ALLOWED_ORIGINS entries must look like https://chat.example.com[:port], got {item!r}.")
         origins.add(f"{parts.scheme}://{parts.netloc.lower()}")
     return frozenset(origins)
+
+
+def _split_origin(item: str) -> urllib.parse.SplitResult | None:
+    """``item``'s parts, or None when its port is not a number."""
+    parts = urllib.parse.urlsplit(item)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return None
+    return parts

@@ -6,7 +6,7 @@ while it is checked; once upgraded it is handed to the worker's event loop
 thread: sockets do not take what uploads and downloads need.
 
 Logs: gunicorn's own lines use the app's JSON format on stdout; its access
-log stays off (the app writes one line per request, see observability.py).
+log stays off (the app writes one line per request, see ops/observability.py).
 
 Metrics: workers are processes, so prometheus_client runs in multiprocess
 mode, keeping values in files under PROMETHEUS_MULTIPROC_DIR. Set it to an
@@ -14,19 +14,28 @@ empty directory of its own (one per gunicorn master; stale files in it are
 removed at start), or leave it unset for a temporary one removed at exit.
 
 Shutdown: SIGTERM first closes the worker's watch WebSockets with 1001
-"going away" (shutdown.py); worker_exit waits for those close frames.
+"going away" (ops/shutdown.py); worker_exit waits for those close frames.
 """
+
+from __future__ import annotations
 
 import glob
 import json
 import os
 import resource
 import shutil
+import socket
 import tempfile
+from typing import TYPE_CHECKING
 
 import gunicorn.glogging
 import gunicorn.http.wsgi
 import gunicorn.util
+
+if TYPE_CHECKING:  # gunicorn ships no types: these name what its hooks are given
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.http.message import Request
+    from gunicorn.workers.base import Worker
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -47,7 +56,7 @@ class RequestLinesByTheApp(gunicorn.glogging.Logger):
     """
 
     @property
-    def access_log_enabled(self):
+    def access_log_enabled(self) -> bool:
         return bool(self.cfg.accesslog)
 
 
@@ -60,10 +69,10 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "jsonlog.JsonFormatter"}},
+    "formatters": {"json": {"()": "ops.jsonlog.JsonFormatter"}},
     # gunicorn's warnings about malformed requests quote them: query strings, cookies, tokens.
-    "filters": {"scrub": {"()": "jsonlog.ScrubSecrets"}},
-    "handlers": {"json": {"class": "jsonlog.JsonLineHandler", "formatter": "json", "filters": ["scrub"]}},
+    "filters": {"scrub": {"()": "ops.jsonlog.ScrubSecrets"}},
+    "handlers": {"json": {"class": "ops.jsonlog.JsonLineHandler", "formatter": "json", "filters": ["scrub"]}},
     "root": {"handlers": []},  # the app configures the root logger itself, in each worker
     "loggers": {
         "gunicorn.error": {"handlers": ["json"], "propagate": False},
@@ -73,7 +82,7 @@ logconfig_dict = {
 
 
 
-def write_json_error(sock, status_int, reason, mesg):
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's answer to HTTP it cannot parse, in the service's JSON error shape, not HTML."""
     from gunicorn.util import write_nonblock
 
@@ -89,7 +98,7 @@ def write_json_error(sock, status_int, reason, mesg):
 gunicorn.util.write_error = write_json_error
 
 
-def raise_open_files_limit():
+def raise_open_files_limit() -> None:
     """Every open watch socket is a file descriptor: the soft limit (often 1,024) goes up to the hard one,
     which the operator sets (systemd's LimitNOFILE, ulimit -Hn, a container's nofile)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -102,10 +111,10 @@ raise_open_files_limit()  # in the master, before it forks the workers (and they
 _process_headers = gunicorn.http.wsgi.Response.process_headers
 
 
-def process_headers_honouring_close(self, headers):
+def process_headers_honouring_close(self: gunicorn.http.wsgi.Response, headers: list[tuple[str, str]]) -> None:
     """gunicorn drops an application's Connection header and says keep-alive; "close" ends the connection.
 
-    uploads.BodyMiddleware sends it on an answer after which the connection
+    web.bodies.BodyMiddleware sends it on an answer after which the connection
     ends anyway (a body that will not come, or cannot all be drained): the
     answer says so, and gunicorn closes it instead of waiting for a request.
     """
@@ -124,28 +133,28 @@ if not os.environ.get(METRICS_DIR):
     os.environ[METRICS_DIR] = os.environ[OWNED_METRICS_DIR] = tempfile.mkdtemp(prefix="chatfiles-metrics-")
 
 
-def on_starting(server):
+def on_starting(server: Arbiter) -> None:
     path = os.environ[METRICS_DIR]
     os.makedirs(path, exist_ok=True)
     for stale in glob.glob(os.path.join(path, "*.db")):  # a previous run's workers
         os.remove(stale)
 
 
-def post_fork(server, worker):
+def post_fork(server: Arbiter, worker: Worker) -> None:
     from sandbox.worker import return_large_blocks_to_the_os
 
     return_large_blocks_to_the_os()
 
 
-def pre_request(worker, req):
-    # gunicorn would send "100 Continue" before the app ran; uploads.BodyInput
+def pre_request(worker: Worker, req: Request) -> None:
+    # gunicorn would send "100 Continue" before the app ran; web.bodies.BodyInput
     # sends it when the body is first read, so a request refused before that
     # (401, 403, 413) gets its answer without the client sending the body.
     req._expected_100_continue = False
 
 
-def post_worker_init(worker):
-    import shutdown
+def post_worker_init(worker: Worker) -> None:
+    from ops import shutdown
     from sandbox import tasks
 
     shutdown.close_sockets_on_sigterm()
@@ -154,27 +163,27 @@ def post_worker_init(worker):
         tasks.warm(config)  # the worker's decode and scan sandboxes (sandbox/), started now
 
 
-def worker_int(worker):
+def worker_int(worker: Worker) -> None:
     # SIGINT/SIGQUIT: the worker exits right after this, no graceful wait.
-    import shutdown
+    from ops import shutdown
 
     shutdown.close_all_sockets()
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Arbiter, worker: Worker) -> None:
     # Whatever is still open at the very end (e.g. after a max_requests restart).
-    import shutdown
+    from ops import shutdown
 
     shutdown.close_all_sockets()
 
 
-def child_exit(server, worker):
+def child_exit(server: Arbiter, worker: Worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # drops its share of the open-sockets gauge
 
 
-def on_exit(server):
+def on_exit(server: Arbiter) -> None:
     owned = os.environ.get(OWNED_METRICS_DIR)
     if owned and owned == os.environ.get(METRICS_DIR):
         shutil.rmtree(owned, ignore_errors=True)

@@ -13,14 +13,18 @@ taken under an exclusive lock, so a crashed ``init-db`` leaves the old
 version and a concurrent one waits, then finds nothing left to do.
 """
 
+from __future__ import annotations
+
 import contextlib
 import uuid
 from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 from peewee import (
     BigIntegerField,
     BooleanField,
     CharField,
+    Column,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
@@ -54,7 +58,7 @@ class SchemaVersion(BaseModel):
 VERSION_TABLE = SchemaVersion._meta.table_name
 
 
-def _index_chatfiles_by_owner_and_date(migrator):
+def _index_chatfiles_by_owner_and_date(migrator: SchemaMigrator) -> list[Operation]:
     """A user's files newest first from one index; it also serves lookups by owner
     alone (including the cascade on user deletion), so the owner-only index goes."""
     return [
@@ -66,29 +70,31 @@ def _index_chatfiles_by_owner_and_date(migrator):
 class _RowChange:
     """A migration step that rewrites rows, run in the same transaction as schema operations."""
 
-    def __init__(self, function):
+    def __init__(self, function: Callable[[], None]) -> None:
         self.run = function
 
 
-def _chat_workspaces_relative_to_owner(migrator):
+def _chat_workspaces_relative_to_owner(migrator: SchemaMigrator) -> list[_RowChange]:
     """Workspaces became relative to ``WORKSPACES_ROOT/<owner id>/``. A path that
     already started with the owner's directory loses that prefix (it is the owner
     directory itself: cleared, a chat cannot watch all of them); any other path
     keeps its text, now below the owner's directory (the README says what to move)."""
 
-    def rewrite():
+    def rewrite() -> None:
         chat = Table("chat", ("id", "owner_id", "workspace")).bind(db)
-        for row in chat.select().where(chat.workspace.is_null(False)).dicts():
+        # The columns the table sets as its attributes, which peewee's stubs do not declare.
+        chat_id, workspace = Column(chat, "id"), Column(chat, "workspace")
+        for row in chat.select().where(workspace.is_null(False)).dicts():
             owner = str(uuid.UUID(str(row["owner_id"])))
             if row["workspace"] == owner or row["workspace"].startswith(owner + "/"):
                 relative = row["workspace"][len(owner) + 1:] or None
-                chat.update({chat.workspace: relative}).where(chat.id == row["id"]).execute()
+                chat.update({workspace: relative}).where(chat_id == row["id"]).execute()
 
     return [_RowChange(rewrite)]
 
 
-def _add_file_variants(migrator):
-    """Thumbnails and previews (variants.py): one row per variant of a file, and whether a file is animated."""
+def _add_file_variants(migrator: SchemaMigrator) -> list[Operation]:
+    """Thumbnails and previews (imaging/variants.py): one row per variant of a file, and whether a file is animated."""
 
     class ChatFileVariant(BaseModel):  # as version 4 made it
         file = ForeignKeyField(ChatFile, backref="+", on_delete="CASCADE", index=False)  # no backref on ChatFile
@@ -110,7 +116,8 @@ def _add_file_variants(migrator):
     ]
 
 
-MIGRATIONS = {
+# A version's steps: playhouse operations, or rows rewritten (both have ``run()``).
+MIGRATIONS: dict[int, Callable[[SchemaMigrator], Sequence[Operation | _RowChange]]] = {
     2: _index_chatfiles_by_owner_and_date,
     3: _chat_workspaces_relative_to_owner,
     4: _add_file_variants,
@@ -122,10 +129,10 @@ LATEST = max(MIGRATIONS, default=BASELINE)
 class SchemaChange:
     from_version: int | None  # None: the database had none of our tables
     to_version: int
-    applied: tuple  # the migrations run, in order
+    applied: tuple[int, ...]  # the migrations run, in order
 
 
-def upgrade():
+def upgrade() -> SchemaChange:
     """Bring the database to ``LATEST``: create it, migrate it, or leave it as it is."""
     with db.connection_context(), _exclusive_transaction():
         tables = set(db.get_tables())
@@ -149,19 +156,19 @@ def upgrade():
         return SchemaChange(current, LATEST, tuple(pending))
 
 
-def current_version():
+def current_version() -> int | None:
     """The database's schema version, or None when it has none of the service's tables."""
     with db.connection_context():
         return _version(set(db.get_tables()))
 
 
-def _version(tables):
+def _version(tables: set[str]) -> int | None:
     if VERSION_TABLE in tables:
         return SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar()
     return BASELINE if BASELINE_TABLES & tables else None
 
 
-def _adopt_pre_migration_install(tables):
+def _adopt_pre_migration_install(tables: set[str]) -> None:
     """Record a database the first release created (no version table) as version 1."""
     missing = BASELINE_TABLES - tables
     if missing:
@@ -174,7 +181,7 @@ def _adopt_pre_migration_install(tables):
 
 
 @contextlib.contextmanager
-def _exclusive_transaction():
+def _exclusive_transaction() -> Iterator[None]:
     """One transaction, one migrator at a time across every instance."""
     if isinstance(db.obj, PostgresqlDatabase):
         with db.atomic():

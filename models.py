@@ -4,32 +4,42 @@ One ``DatabaseProxy`` is bound at start-up to SQLite (the embedded default)
 or pooled PostgreSQL, chosen by ``DATABASE_URL``.
 """
 
+from __future__ import annotations
+
 import datetime
 import os
 import uuid
 import weakref
+from typing import TYPE_CHECKING, Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 from peewee import (
+    BaseQuery,
     BigIntegerField,
     BooleanField,
     CharField,
+    Database,
     DatabaseProxy,
     DateTimeField,
+    Field,
     ForeignKeyField,
     IntegerField,
     Model,
+    ModelSelect,
     TextField,
     UUIDField,
 )
 from playhouse import db_url
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 db = DatabaseProxy()
 
-def utcnow():
+def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
-def rfc3339(moment):
+def rfc3339(moment: datetime.datetime) -> str:
     """A stored (naive UTC) time as the API shows it, e.g. ``2026-11-22T13:00:00.123Z``."""
     return moment.isoformat(timespec="milliseconds") + "Z"
 
@@ -54,6 +64,9 @@ class User(BaseModel):
 class Membership(BaseModel):
     user = ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
     organization = ForeignKeyField(Organization, backref="memberships", on_delete="CASCADE")
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, each foreign key's raw id.
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
 
     class Meta:
         indexes = ((("user", "organization"), True),)
@@ -67,6 +80,8 @@ class ApiKey(BaseModel):
     secret_hash = CharField(max_length=64)
     created_at = DateTimeField(default=utcnow)
     expires_at = DateTimeField(index=True)
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, the foreign key's raw id.
+    user_id: uuid.UUID
 
 
 class ChatFile(BaseModel):
@@ -82,6 +97,11 @@ class ChatFile(BaseModel):
     height = IntegerField()
     created_at = DateTimeField(default=utcnow)
     animated = BooleanField(default=False)
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, each foreign key's raw
+    # id, and ChatFileVariant.file's backref.
+    owner_id: uuid.UUID
+    organization_id: uuid.UUID
+    variants: ModelSelect[ChatFileVariant]
 
     class Meta:
         indexes = ((("owner", "created_at"), False),)
@@ -99,6 +119,8 @@ class ChatFileVariant(BaseModel):
     height = IntegerField()
     size = BigIntegerField()
     sha256 = CharField(max_length=64)
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, the foreign key's raw id.
+    file_id: uuid.UUID
 
     class Meta:
         indexes = ((("file", "variant"), True),)
@@ -112,15 +134,28 @@ class Chat(BaseModel):
     workspace = TextField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, the foreign key's raw id.
+    owner_id: uuid.UUID
 
     class Meta:
         indexes = ((("owner", "created_at"), False),)
 
 
-MODELS = [Organization, User, Membership, ApiKey, ChatFile, ChatFileVariant, Chat]
+MODELS: list[type[BaseModel]] = [Organization, User, Membership, ApiKey, ChatFile, ChatFileVariant, Chat]
+
+M = TypeVar("M", bound=Model)
+Q = TypeVar("Q", bound=BaseQuery)
 
 
-class PreparedQuery:
+class Cursor(Protocol):
+    """The DB-API cursor (sqlite3's or psycopg2's) a prepared query ran on."""
+
+    def fetchone(self) -> Any: ...
+
+    def close(self) -> object: ...
+
+
+class PreparedQuery(Generic[Q]):
     """A query on the hot path whose SQL peewee builds once per database instead of on every call.
 
     Building a query's SQL costs peewee more CPU than the database spends
@@ -132,20 +167,22 @@ class PreparedQuery:
     values, in that order, is refused when first built.
     """
 
-    def __init__(self, build, fields, samples):
+    def __init__(
+        self, build: Callable[..., Q], fields: Sequence[Field[Any]], samples: Sequence[object]
+    ) -> None:
         self.build = build
         self.fields = fields
         self.samples = samples
-        self._prepared = weakref.WeakKeyDictionary()  # per database: quoting and placeholders differ
-        self._returning = None  # the built query's columns, the same for every database
+        # Per database: quoting and placeholders differ.
+        self._prepared: weakref.WeakKeyDictionary[Database, str] = weakref.WeakKeyDictionary()
 
-    def execute(self, *values):
+    def execute(self, *values: object) -> Cursor:
         """Run the query with ``values``; returns the cursor (the caller closes it)."""
         database = db.obj
         sql = self._sql(database)
         return database.execute_sql(sql, [field.db_value(value) for field, value in zip(self.fields, values)])
 
-    def _sql(self, database):
+    def _sql(self, database: Database) -> str:
         sql = self._prepared.get(database)
         if sql is None:
             query = self.build(*self.samples)
@@ -154,22 +191,23 @@ class PreparedQuery:
             if params != expected:  # the query must use exactly its fields' values, in order
                 raise ValueError(f"prepared query takes {params!r}, not {expected!r}")
             self._check(query)
-            self._returning = query._returning
             self._prepared[database] = sql
         return sql
 
-    def _check(self, query):
-        """Refuse a query this kind cannot run (at first build)."""
+    def _check(self, query: Q) -> None:
+        """At first build: refuse a query this kind cannot run, keep what it needs of it."""
 
 
-class PreparedSelect(PreparedQuery):
+class PreparedSelect(PreparedQuery["ModelSelect[M]"], Generic[M]):
     """A prepared SELECT of some of one model's columns: ``first()`` is its first row as a model instance.
 
     The row's columns are converted by their fields, as peewee would; columns
     not selected are absent from the instance (None), not defaulted.
     """
 
-    def first(self, *values):
+    _returning: list[Any] | None = None  # the built query's columns, the same for every database
+
+    def first(self, *values: object) -> M | None:
         cursor = self.execute(*values)
         try:
             row = cursor.fetchone()
@@ -177,21 +215,23 @@ class PreparedSelect(PreparedQuery):
             cursor.close()
         if row is None:
             return None
-        model = self.fields[0].model
+        assert self._returning is not None  # set by execute(), when it first built the query
+        model: type[M] = self.fields[0].model
         return model(__no_default__=True,
                      **{field.name: field.python_value(value) for field, value in zip(self._returning, row)})
 
-    def exists(self, *values):
+    def exists(self, *values: object) -> bool:
         cursor = self.execute(*values)
         try:
             return cursor.fetchone() is not None
         finally:
             cursor.close()
 
-    def _check(self, query):
+    def _check(self, query: ModelSelect[M]) -> None:
         model = self.fields[0].model
-        if any(getattr(column, "model", None) is not model for column in query._returning):
+        if any(getattr(column, "model", None) is not model for column in query.selected_columns):
             raise ValueError(f"a prepared select returns columns of {model.__name__} only")
+        self._returning = query.selected_columns
 
 
 # libpq settings that notice a server gone silent (a partition, a dead host)
@@ -206,7 +246,7 @@ POSTGRES_NETWORK_TIMEOUTS = {
 }
 
 
-def connect_database(url, pool_size=20):
+def connect_database(url: str, pool_size: int = 20) -> Database:
     """A peewee Database for ``url``: SQLite in WAL mode, or pooled PostgreSQL."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
@@ -241,7 +281,7 @@ def connect_database(url, pool_size=20):
     )
 
 
-def release_connection():
+def release_connection() -> None:
     """Give this thread's connection back to the pool.
 
     Connections open lazily on the first query (peewee's autoconnect) and are
@@ -252,13 +292,13 @@ def release_connection():
         db.close()
 
 
-def close_all_connections():
+def close_all_connections() -> None:
     """Close this thread's connection and every idle pooled one (shutdown, tests)."""
     release_connection()
     if hasattr(db.obj, "close_all"):
         db.obj.close_all()
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     db.initialize(connect_database(app.config["DATABASE_URL"], app.config["DATABASE_POOL_SIZE"]))
     app.teardown_request(lambda exc: release_connection())

@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,9 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the service's modules (storage, images) and tests/ helpers
+sys.path.insert(0, str(ROOT))  # the service's modules (storage, imaging) and harness/
 
-from bench import procstat, report  # noqa: E402
+from bench import page, procstat  # noqa: E402
+from bench.machine import gunicorn_facts, machine_facts  # noqa: E402
 from bench.sample_images import cached_image, pixel_count  # noqa: E402
 
 SECTIONS = ("grid", "conditional", "overhead", "verify", "memory", "watch")
@@ -88,32 +88,6 @@ def parse_args(argv):
 
 def log(message):
     print(message, flush=True)
-
-
-def machine_facts():
-    cpu_model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu_model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": memory_gib,
-            "python": platform.python_version(), "kernel": platform.release()}
-
-
-def gunicorn_facts():
-    """The Procfile's gunicorn settings, read in a child process: the file has side effects (env, temp dirs)."""
-    import subprocess
-
-    script = ("import json, runpy; s = runpy.run_path('gunicorn.conf.py'); "
-              "print(json.dumps({k: s[k] for k in ('workers', 'threads', 'worker_class', 'keepalive', 'timeout')}))")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": "/nonexistent-unused"}  # so it creates no metrics dir
-    output = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True,
-                            text=True).stdout
-    settings = json.loads(output)
-    return (f"{settings['workers']} workers × {settings['threads']} threads, worker_class {settings['worker_class']}, "
-            f"keepalive {settings['keepalive']} s, timeout {settings['timeout']} s")
 
 
 def run(args):
@@ -314,10 +288,10 @@ def saved(name):
 
 
 def write_docs(results):
-    log(f"wrote {report.write(results, ROOT / 'docs')}")
+    log(f"wrote {page.write(results, ROOT / 'docs')}")
     postgres = saved(POSTGRES_LATEST)
     if postgres:  # its SQLite column follows the page's run
-        report.write_postgres(postgres, ROOT / "docs", results)
+        page.write_postgres(postgres, ROOT / "docs", results)
 
 
 def run_targets(argv):
@@ -335,7 +309,7 @@ def run_targets(argv):
     path.write_text(json.dumps(results, indent=1))
     log(f"results saved to {path}")
     if not args.quick or args.write_docs:
-        log(f"wrote the targets section of {report.write_targets(results, ROOT / 'docs')}")
+        log(f"wrote the targets section of {page.write_targets(results, ROOT / 'docs')}")
     return 0
 
 
@@ -365,10 +339,10 @@ def main(argv=None):
     log(f"results saved to {save(results, latest)} ({results['meta']['elapsed_s']:.0f} s)")
     complete = complete_run(args)
     if args.watch_only:
-        log(f"wrote the watch section of {report.write_section(results, ROOT / 'docs', 'watch')}")
+        log(f"wrote the watch section of {page.write_watch(results, ROOT / 'docs')}")
     elif postgres and (complete or args.write_docs):
         log(f"wrote the PostgreSQL section of "
-            f"{report.write_postgres(results, ROOT / 'docs', saved('results-latest.json'))}")
+            f"{page.write_postgres(results, ROOT / 'docs', saved('results-latest.json'))}")
     elif complete or args.write_docs:
         write_docs(results)
     else:

@@ -18,11 +18,11 @@ import uuid
 
 from flask import Flask, Response, request
 
-import auth
 import config
 import models
+from attachments.rows import FILE_TO_SEND
 from bench.bare import HEADERS
-from blueprints.files import _FILE_TO_SEND
+from web import auth
 
 app = Flask(__name__, static_folder=None)
 app.config["TOKEN_CACHE_SECONDS"] = config.DEFAULTS["TOKEN_CACHE_SECONDS"]
@@ -38,7 +38,7 @@ def not_modified(file_id):
         file_uuid = uuid.UUID(file_id)
     except ValueError:
         return Response(status=400)
-    row = _FILE_TO_SEND.first(file_uuid, user.id)
+    row = FILE_TO_SEND.first(file_uuid, user.id)
     models.release_connection()
     if row is None or not request.if_none_match.contains_weak(row.sha256):
         return Response(status=404)  # the benchmark only asks for its own file, with its ETag

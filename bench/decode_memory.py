@@ -163,7 +163,7 @@ CORPUS = (
 # Extreme aspect ratios, at the pixel limit: one pixel wide, Pillow holds a
 # row pointer (8 bytes) per row of each image; one row high, the PNG decoder
 # holds two rows and resize() weighs a 16-bit row's every pixel. The estimate
-# covers them, far above the peak one row high (banded.py's band is then the
+# covers them, far above the peak one row high (imaging/banded.py's band is then the
 # whole row, counted as if converted): refused, like any of these at 40 M pixels.
 LONG = 39_999_999
 ASPECT_CORPUS = (
@@ -185,8 +185,8 @@ CHILD = r"""
 import io, json, resource, sys
 sys.path.insert(0, sys.argv[1])
 from PIL import Image
-import images
-import variants
+from imaging import images
+from imaging import variants
 
 def status_kib(field):
     with open("/proc/self/status") as handle:
@@ -243,8 +243,8 @@ def sandbox_outcome(path):
     """An upload's image work on the file in a decode sandbox under the default limits: "accepted",
     "refused: estimate" (before decoding) or "refused: <cause>" (the sandbox's ceiling or deadline)."""
     sys.path.insert(0, str(ROOT))
-    import images
     from config import DEFAULTS
+    from imaging import images
     from sandbox import tasks
 
     with open(path, "rb") as spooled:

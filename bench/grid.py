@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import boto3
 
 import config
+import storage
 from bench import stack as bench_stack
 from bench.load import Boto3Call, Cell, ClientPool, HttpCall
-from storage import variant_key
 from storage.s3 import CLIENT_CONFIG
 
 SYSTEMS = ("service", "passthrough", "boto3")
@@ -49,6 +49,8 @@ class Grid:
         self.uploader = create_account(stack.service, "bench-uploader")
         self.downloader = create_account(stack.service, "bench-downloader")
         self.s3 = self.new_s3_client()
+        # The service's store as it makes it, for where the service puts objects (its layout is the store's).
+        self.store = storage.from_config({**config.DEFAULTS, **stack.s3_environment()})
         self.boto3_clients = ClientPool(self.new_s3_client)  # the storage floor's, one per client thread
         self.service_pids = lambda: [stack.service.pid, *stack.service.worker_pids()]
         self.passthrough_pids = lambda: [stack.passthrough.pid, *stack.passthrough.worker_pids()]
@@ -189,7 +191,7 @@ class Grid:
 
         {system: (call, pids)}: a variant download against its floor, the same bytes from the same store.
         """
-        key = variant_key(config.DEFAULTS["VARIANTS_PREFIX"], self.downloader.organization_id, file_id, "thumbnail")
+        key = self.store.variant_key(self.downloader.organization_id, file_id, "thumbnail")
         size = self.s3.head_object(Bucket=bench_stack.BUCKET, Key=key)["ContentLength"]
         service = HttpCall(self.stack.service.port, "GET", f"/api/v2/chats/files/{file_id}/thumbnail",
                            {TOKEN_HEADER: self.downloader.token}, expect_bytes=size)

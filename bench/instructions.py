@@ -79,7 +79,7 @@ def _requests(kind, count):
     try:
         if kind == "upload":
             from bench.stack import AWS_ENVIRONMENT, BUCKET
-            from tests.servers import MotoServer
+            from harness.servers import MotoServer
 
             os.environ.update(AWS_ENVIRONMENT)
             moto = MotoServer(f"{scratch}/moto")

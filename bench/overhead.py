@@ -12,7 +12,7 @@
   beside the original (thumbnail, preview), which the passthrough does
   not: a floor inside the upload overhead;
 - spool = this process's CPU for taking the same body in as the upload view
-  does (``uploads.SpooledBody``: SHA-256 and a temporary file, in the
+  does (``bodies.SpooledBody``: SHA-256 and a temporary file, in the
   view's read chunks): the hash is the contract's (the ETag, ``/info``, the
   object metadata) and the file is the slow-client defence, so a floor too;
 - download overhead = service CPU per download − passthrough CPU per download;
@@ -32,10 +32,10 @@ import time
 from prometheus_client import CollectorRegistry, multiprocess
 
 import config
-import uploads
-import variants
 from bench.load import Cell
 from bench.stack import BUCKET
+from imaging import variants
+from web import bodies
 
 ROUNDS = 3
 CONCURRENCY = 1
@@ -43,7 +43,8 @@ CONCURRENCY = 1
 
 def image_work(data, settings=config.DEFAULTS):
     """The image work of one upload, as the upload view does it once the body is spooled:
-    the one call blueprints/files.py ``_verify`` makes (verifying decode, thumbnail and preview)."""
+    the one call attachments/decode.py ``verify_and_make`` makes (in its sandbox: verifying decode, thumbnail and
+    preview)."""
     return variants.verify_and_make(data, settings["MAX_IMAGE_PIXELS"], settings["MAX_DECODE_MEMORY"], "0" * 64)
 
 
@@ -68,10 +69,10 @@ def time_spool(data, runs=5):
     samples = []
     for _ in range(runs):
         begin = time.thread_time()
-        body = uploads.SpooledBody()
+        body = bodies.SpooledBody()
         try:
-            for start in range(0, len(data), uploads.READ_CHUNK):
-                body.write(data[start:start + uploads.READ_CHUNK])
+            for start in range(0, len(data), bodies.READ_CHUNK):
+                body.write(data[start:start + bodies.READ_CHUNK])
             body.sha256
         finally:
             body.close()

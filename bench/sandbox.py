@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import variants  # noqa: E402
 from bench import page  # noqa: E402
 from bench.sample_images import cached_image  # noqa: E402
 from gitwatch import repository  # noqa: E402
+from imaging import variants  # noqa: E402
 from sandbox import tasks  # noqa: E402
 from sandbox.worker import return_large_blocks_to_the_os  # noqa: E402
 
@@ -166,7 +166,7 @@ def _on_one_core():
 
 def run(rounds=31, log=print):
     from bench import procstat
-    from bench.__main__ import machine_facts
+    from bench.machine import machine_facts
 
     core = _on_one_core()
     started = time.perf_counter()

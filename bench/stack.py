@@ -12,8 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.live import BIN, GunicornServer
-from tests.servers import AWS_TEST_CREDENTIALS, MotoServer, PostgresServer
+from harness.live import BIN, GunicornServer
+from harness.servers import AWS_TEST_CREDENTIALS, MotoServer, PostgresServer
 
 BUCKET = "bench"
 

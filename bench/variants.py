@@ -14,7 +14,7 @@ CPU time (``time.process_time``), median of several runs; figures only.
 - Bytes of the variants against the originals'.
 - The preview's format: WebP at several efforts against JPEG.
 - The factor: variant time over verify time for every image of the
-  hostile-image corpus (tests/test_image_corpus.py) that is accepted.
+  hostile-image corpus (harness/image_corpus.py) that is accepted.
 """
 
 import argparse
@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image, ImageChops, ImageDraw, ImageOps, ImageStat  # noqa: E402
 
-from bench import page, report  # noqa: E402
+from bench import page  # noqa: E402
+from bench.markdown import table  # noqa: E402
 
 CACHE_DIR = ROOT / "var" / "bench" / "images"
 RESULTS = ROOT / "var" / "bench" / "variants-latest.json"
@@ -157,8 +158,7 @@ def cpu_median(call, runs=7, budget_seconds=8.0):
 @contextlib.contextmanager
 def before_variants():
     """The service as it was before variants: JPEG verified at 1/8 scale, no variant made or stored."""
-    import images
-    import variants
+    from imaging import images, variants
 
     with mock.patch.object(images, "jpeg_draft_scale", lambda width, height, bound=None: 8 if min(width, height) >= 8
                            else 1), mock.patch.object(variants, "still_of", lambda frame, size: variants.Still(None, *size)), \
@@ -184,7 +184,7 @@ class UploadClient:
         self.client = self.app.test_client()
 
     def upload(self, data):
-        import images
+        from imaging import images
 
         content_type = images.sniff(data)
         response = self.client.post(f"/api/v2/chats/files?organization={self.user['organization_id']}", data=data,
@@ -199,8 +199,7 @@ class UploadClient:
 
 def measure_sample(label, data, client):
     import config
-    import images
-    import variants
+    from imaging import images, variants
 
     max_pixels = config.DEFAULTS["MAX_IMAGE_PIXELS"]
     with before_variants():
@@ -240,8 +239,7 @@ def measure_sample(label, data, client):
 def compare_formats(photo):
     """The preview of the photo in each candidate encoding: bytes and CPU ms."""
     import config
-    import images
-    import variants
+    from imaging import images, variants
 
     first_frame = variants.FirstFrame()
     images.verify_image(photo, config.DEFAULTS["MAX_IMAGE_PIXELS"], on_first_frame=first_frame)
@@ -262,7 +260,7 @@ def compare_formats(photo):
 
 def compare_filters(photo, size):
     """Shrinking the photo's decoded frame to the preview: CPU ms of each filter and its PSNR against Lanczos."""
-    import images
+    from imaging import images
 
     with Image.open(io.BytesIO(photo)) as frame:
         scale = images.jpeg_draft_scale(*frame.size)
@@ -283,9 +281,8 @@ def compare_filters(photo, size):
 def corpus_factor():
     """Variant time / verify time over every accepted image of the hostile-image corpus."""
     import config
-    import images
-    import variants
-    from tests import test_image_corpus as corpus
+    from harness import image_corpus as corpus
+    from imaging import images, variants
 
     cases = {f"base {name}": base for name, base in corpus.BASES.items()}
     for name, (content_type, data) in corpus.BASES.items():
@@ -375,28 +372,28 @@ def render(results):
         "scale that still covers the preview and makes both variants from that same decode. Sample images "
         "are synthetic (bench/variants.py makes them: a landscape with a natural 1/f texture, a chat "
         "screenshot, a 24-frame GIF).", "",
-        report._table(["image", "size", "MB", "upload before ms", "upload now ms", "added", "verify before ms",
-                "verify now ms", "still ms", "encode ms"], rows), "",
+        table(["image", "size", "MB", "upload before ms", "upload now ms", "added", "verify before ms",
+               "verify now ms", "still ms", "encode ms"], rows), "",
         "*still*: shrinking the decoded first frame to the preview box, turning it upright, converting it to "
         "sRGB; *encode*: resizing to each box and encoding the WebPs.", "",
-        report._table(["image", "variant", "KB", "of the original"], sizes), "",
+        table(["image", "variant", "KB", "of the original"], sizes), "",
         f"Goals (issue 10): preview of the 12-Mpx photo under {100 * GOALS['preview_share']:.0f}% of its bytes: "
         f"**{100 * preview_share:.1f}%** ({'met' if preview_share < GOALS['preview_share'] else 'missed'}); "
         f"variants adding under {100 * GOALS['cpu_added']:.0f}% to its upload CPU: **{100 * cpu_added:+.0f}%** "
         f"({'met' if cpu_added < GOALS['cpu_added'] else 'missed'}).", "",
         f"### The preview's format ({formats['size'][0]}x{formats['size'][1]} from the photo)", "",
-        report._table(["encoding", "KB", "of the original", "CPU ms"], format_rows), "",
+        table(["encoding", "KB", "of the original", "CPU ms"], format_rows), "",
         f"Shrinking the decoded frame ({formats['filters']['from'][0]}x{formats['filters']['from'][1]}, the JPEG's "
         "draft) to the preview, by filter (the still uses Hamming; PSNR against Lanczos, over 40 dB is "
         "indistinguishable):", "",
-        report._table(["filter", "CPU ms", "PSNR dB"], [[row["filter"], f"{row['ms']:.0f}",
-                                                  "–" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"]
-                                                 for row in formats["filters"]["rows"]]), "",
+        table(["filter", "CPU ms", "PSNR dB"], [[row["filter"], f"{row['ms']:.0f}",
+                                           "–" if row["psnr_db"] is None else f"{row['psnr_db']:.1f}"]
+                                          for row in formats["filters"]["rows"]]), "",
         "### Variant time against verify time, hostile-image corpus", "",
         f"{corpus['accepted']} accepted images (the corpus's bases, bit-flipped copies that still decode, and a "
         f"6000x6000 JPEG header over 48x40 of data). Median factor {corpus['median_factor']:.1f}; the worst five, "
         "and the largest image:", "",
-        report._table(["case", "verify ms", "variants ms", "factor"], worst), "",
+        table(["case", "verify ms", "variants ms", "factor"], worst), "",
         f"![original, preview and thumbnail side by side]({PICTURE})", "",
     ])
 
@@ -407,7 +404,7 @@ def write(results, docs_dir):
 
 def run(log=print):
     from bench import procstat
-    from bench.__main__ import machine_facts
+    from bench.machine import machine_facts
 
     started = time.perf_counter()
     results = {"meta": {**machine_facts(), "load_before": procstat.load_average()}}

@@ -51,7 +51,7 @@ def create_accounts(prefix, count, template):
 
 
 def make_accounts(server, prefix, count, template, out_path):
-    """Run this module in ``server``'s environment (a tests.live.GunicornServer); the accounts it made."""
+    """Run this module in ``server``'s environment (a harness.live.GunicornServer); the accounts it made."""
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-m", "bench.watch_accounts", str(out_path), prefix, str(count), str(template)],
                    cwd=root, env=server.env, check=True, stdout=subprocess.DEVNULL)

@@ -27,8 +27,8 @@ import requests
 from bench import procstat
 from bench.watch_accounts import make_accounts
 from bench.watch_client import archive_and_time, close_sockets, open_sockets, refusals
-from tests.live import GunicornServer
-from tests.servers import LOCALHOST, NginxServer, PostgresServer, find_nginx
+from harness.live import GunicornServer
+from harness.servers import LOCALHOST, NginxServer, PostgresServer, find_nginx
 
 DATABASE = "watch_scale"
 BACKGROUND_USERS = 250

@@ -1,15 +1,18 @@
 """Chats: create, list, read, archive and unarchive."""
 
-import uuid
+from __future__ import annotations
 
-from flask import Blueprint, current_app, g, jsonify, request
+from typing import Any
 
-import uploads
-from auth import login_required
-from errors import ApiError
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from chats.access import owned_chat, parse_chat_id
 from gitwatch import archives
+from gitwatch.workspaces import WorkspaceError, normalize, resolve_for_user
 from models import Chat, db, rfc3339, utcnow
-from workspaces import WorkspaceError, normalize, resolve_for_user
+from web import bodies
+from web.auth import login_required
+from web.errors import ApiError
 
 bp = Blueprint("chats", __name__)
 
@@ -20,7 +23,7 @@ UNSTORABLE_TEXT = "Text must not contain NUL characters or unpaired surrogates."
 
 @bp.post("/api/v2/chats")
 @login_required
-def create_chat():
+def create_chat() -> tuple[Response, int]:
     body = _json_object()
     title = body.get("title", "")
     if not isinstance(title, str) or len(title) > MAX_TITLE_LENGTH:
@@ -36,7 +39,7 @@ def create_chat():
 
 @bp.get("/api/v2/chats")
 @login_required
-def list_chats():
+def list_chats() -> Response:
     query = Chat.select().where(Chat.owner == g.user.id)
     archived = request.args.get("archived")
     if archived is not None:
@@ -48,25 +51,25 @@ def list_chats():
 
 @bp.get("/api/v2/chats/<chat_id>")
 @login_required
-def get_chat(chat_id):
+def get_chat(chat_id: str) -> Response:
     return jsonify(chat_json(owned_chat(chat_id)))
 
 
 @bp.post("/api/v2/chats/<chat_id>/archive")
 @login_required
-def archive(chat_id):
+def archive(chat_id: str) -> tuple[str, int]:
     _set_archived(chat_id, True, "Chat is already archived.")
     return "", 204
 
 
 @bp.post("/api/v2/chats/<chat_id>/unarchive")
 @login_required
-def unarchive(chat_id):
+def unarchive(chat_id: str) -> tuple[str, int]:
     _set_archived(chat_id, False, "Chat is not archived.")
     return "", 204
 
 
-def _set_archived(chat_id, archived, conflict_message):
+def _set_archived(chat_id: str, archived: bool, conflict_message: str) -> None:
     """Flip the flag in one conditional UPDATE, so of concurrent calls exactly one wins; an archive is
     announced in the same transaction, so every instance's sockets of the chat hear of it at commit."""
     chat_uuid = parse_chat_id(chat_id)
@@ -83,22 +86,7 @@ def _set_archived(chat_id, archived, conflict_message):
         raise ApiError(400, conflict_message)
 
 
-def parse_chat_id(chat_id):
-    try:
-        return uuid.UUID(chat_id)
-    except ValueError:
-        raise ApiError(400, "Invalid chat ID.", f"{chat_id!r} is not a UUID.") from None
-
-
-def owned_chat(chat_id):
-    """The caller's chat, or 400 for a bad id and 404 for an unknown or foreign one."""
-    chat = Chat.get_or_none((Chat.id == parse_chat_id(chat_id)) & (Chat.owner == g.user.id))
-    if chat is None:
-        raise ApiError(404, "Chat not found.")
-    return chat
-
-
-def chat_json(chat):
+def chat_json(chat: Chat) -> dict[str, str | bool | None]:
     return {
         "id": str(chat.id),
         "owner_id": str(chat.owner_id),
@@ -110,14 +98,14 @@ def chat_json(chat):
     }
 
 
-def _json_object():
-    body = uploads.json_body()
+def _json_object() -> dict[str, Any]:
+    body = bodies.json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "Invalid request body.", "Send a JSON object with Content-Type: application/json.")
     return body
 
 
-def _valid_workspace(path):
+def _valid_workspace(path: object) -> str:
     try:
         normal = normalize(path)
         # Relative to the caller's own directory: no spelling reaches another user's.
@@ -127,7 +115,7 @@ def _valid_workspace(path):
         raise _invalid("workspace", str(error)) from None
 
 
-def _storable(text):
+def _storable(text: str) -> bool:
     """False for text a database or a file system refuses: NUL, or lone surrogates (JSON can escape them)."""
     if "\0" in text:
         return False
@@ -138,5 +126,5 @@ def _storable(text):
     return True
 
 
-def _invalid(field, detail):
+def _invalid(field: str, detail: str) -> ApiError:
     return ApiError(400, f"Invalid {field}.", detail, validations=[{"field": field, "detail": detail}])

@@ -11,24 +11,30 @@ reaches the socket as an event of the process's one archive listener
 confined to the owner's directory and resolved again before every scan.
 """
 
-import binascii
-import base64
-import functools
+from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+import base64
+import binascii
+import functools
+import uuid
+from typing import TYPE_CHECKING, NoReturn
+
+from flask import Blueprint, Flask, Response, current_app, request
 from wsproto.utilities import generate_accept_token
 
-import observability
-import origins
-import shutdown
-from auth import authenticate
-from blueprints.chats import owned_chat
-from errors import ApiError
-from gitwatch.hub import HUB, WatchRequest
+from chats.access import owned_chat
 from gitwatch.archives import ArchiveEvents
-from gitwatch.limits import acquire_slot
+from gitwatch.hub import HUB, Hub, SocketHandle, WatchRequest
+from gitwatch.limits import WatchSlot, acquire_slot
+from gitwatch.workspaces import WorkspaceError, resolve, user_dir
 from models import Chat, db, release_connection
-from workspaces import WorkspaceError, resolve, user_dir
+from ops import observability, shutdown
+from web import origins
+from web.auth import authenticate
+from web.errors import ApiError
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 bp = Blueprint("git_watch", __name__)
 
@@ -38,7 +44,7 @@ ARCHIVED_CLOSE_CODE = 1000
 SERVER_SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
 
-def watch(chat_id):
+def watch(chat_id: str) -> Response:
     origins.refuse_cross_origin()  # the app's hook checks too; the upgrade must never skip it
     authenticate()
     key = _websocket_key()
@@ -56,7 +62,7 @@ def watch(chat_id):
         raise
 
 
-def _websocket_key():
+def _websocket_key() -> str:
     """The client's ``Sec-WebSocket-Key``, once the request proved to be a well-formed RFC 6455 upgrade."""
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise ApiError(400, "Expected a WebSocket upgrade.", "Connect with a WebSocket client to watch git changes.")
@@ -73,11 +79,11 @@ def _websocket_key():
     return key
 
 
-def _bad_handshake(detail):
+def _bad_handshake(detail: str) -> ApiError:
     return ApiError(400, "Invalid WebSocket handshake.", detail)
 
 
-def _confined_workspace(chat):
+def _confined_workspace(chat: Chat) -> tuple[str, str]:
     if not chat.workspace:
         raise ApiError(400, "Chat has no workspace to watch.")
     try:
@@ -87,13 +93,15 @@ def _confined_workspace(chat):
         raise ApiError(400, "Chat has no workspace to watch.", str(error)) from None
 
 
-def _hand_over(chat, key, owner_dir, workspace_dir, slot):
+def _hand_over(chat: Chat, key: str, owner_dir: str, workspace_dir: str, slot: WatchSlot) -> HandedOver:
     """Give the connection to the hub; the server closes its own copy without writing anything."""
     connection = next((request.environ[name] for name in SERVER_SOCKET_KEYS if name in request.environ), None)
     if connection is None:
         raise ApiError(400, "Expected a WebSocket upgrade.", "This server cannot hand over connections.")
-    hub = current_app.extensions["watch_hub"]
-    events = current_app.extensions["archive_events"]
+    workspace = chat.workspace
+    assert workspace is not None  # _confined_workspace refused a chat without one
+    hub: Hub = current_app.extensions["watch_hub"]
+    events: ArchiveEvents = current_app.extensions["archive_events"]
     observed = observability.watch_socket_opened(request.environ)
     archive = _ArchiveClose()
     subscription = events.subscribe(chat.id, archive.heard)
@@ -104,8 +112,8 @@ def _hand_over(chat, key, owner_dir, workspace_dir, slot):
     on_closed = (slot.release, functools.partial(events.unsubscribe, subscription),
                  functools.partial(observability.watch_socket_closed, observed))
     archive.handed_over(hub.adopt(connection, WatchRequest(
-        owner=str(chat.owner_id), workspace=chat.workspace, workspace_dir=workspace_dir, owner_dir=owner_dir,
-        resolve=functools.partial(resolve, owner_dir, chat.workspace),
+        owner=str(chat.owner_id), workspace=workspace, workspace_dir=workspace_dir, owner_dir=owner_dir,
+        resolve=functools.partial(resolve, owner_dir, workspace),
         ping_interval=current_app.config["WATCH_PING_INTERVAL"],
         handshake=_switching_protocols(key, observed), on_closed=on_closed,
     )))
@@ -119,29 +127,30 @@ class _ArchiveClose:
     first and reads the other's after, so whichever runs second sees both and closes (closing twice is
     harmless)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.archived = False
-        self.handle = None
+        self.handle: SocketHandle | None = None
 
-    def heard(self):
+    def heard(self) -> None:
         self.archived = True
         if self.handle is not None:
             self.handle.close(ARCHIVED_CLOSE_CODE, ARCHIVED_CLOSE_REASON)
 
-    def handed_over(self, handle):
+    def handed_over(self, handle: SocketHandle) -> None:
         self.handle = handle
         if self.archived:
             handle.close(ARCHIVED_CLOSE_CODE, ARCHIVED_CLOSE_REASON)
 
 
-def _switching_protocols(key, observed):
+def _switching_protocols(key: str, observed: observability.ObservedRequest) -> bytes:
     return (
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {generate_accept_token(key.encode('ascii')).decode('ascii')}\r\n{observability.REQUEST_ID_HEADER}: {observed.request_id}\r\n\r\n"
+        f"Sec-WebSocket-Accept: {generate_accept_token(key.encode('ascii')).decode('ascii')}\r\n"
+        f"{observability.REQUEST_ID_HEADER}: {observed.request_id}\r\n\r\n"
     ).encode("latin-1")
 
 
-def _is_archived(chat_id):
+def _is_archived(chat_id: uuid.UUID) -> bool:
     with db.connection_context():
         return Chat.select(Chat.archived).where(Chat.id == chat_id).scalar() is not False
 
@@ -153,10 +162,10 @@ class HandedOver(Response):
     werkzeug's development server on ConnectionError (a dropped client).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(status=101)
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> NoReturn:
         if "gunicorn.socket" in environ:
             raise StopIteration()
         raise ConnectionError("handed over to the watch hub")
@@ -167,7 +176,7 @@ bp.add_url_rule(WATCH_PATH, view_func=watch, websocket=True)
 bp.add_url_rule(WATCH_PATH, endpoint="not_upgraded", view_func=watch)
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     app.extensions["watch_hub"] = HUB
     shutdown.register_socket(HUB)  # SIGTERM closes every socket it holds with 1001
     app.extensions["archive_events"] = ArchiveEvents(app.config["DATABASE_URL"])

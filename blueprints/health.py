@@ -1,8 +1,10 @@
 """Liveness and readiness for the load balancer; no token needed."""
 
+from __future__ import annotations
+
 import logging
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 from peewee import PeeweeException
 
 import migrations
@@ -13,13 +15,14 @@ log = logging.getLogger(__name__)
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> Response:
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
-def readyz():
-    failures = {name: error for name, error in (("database", _database_error()), ("storage", _storage_error())) if error}
+def readyz() -> Response | tuple[Response, int]:
+    checks = (("database", _database_error()), ("storage", _storage_error()))
+    failures = {name: error for name, error in checks if error}
     if failures:
         names = " and ".join(failures)
         detail = "; ".join(f"{name}: {error}" for name, error in failures.items())
@@ -27,7 +30,7 @@ def readyz():
     return jsonify(status="ok")
 
 
-def _database_error():
+def _database_error() -> str | None:
     try:
         version = migrations.current_version()
     except PeeweeException as error:
@@ -39,7 +42,7 @@ def _database_error():
     return None
 
 
-def _storage_error():
+def _storage_error() -> str | None:
     try:
         get_storage().check()
     except StorageError as error:

@@ -5,6 +5,8 @@ the routes: it is the contract, and tests/test_openapi.py checks that it and
 the URL map name the same routes, so neither can drift from the other.
 """
 
+from __future__ import annotations
+
 import functools
 import os
 
@@ -16,11 +18,11 @@ DOCUMENT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 
 @functools.cache
-def document_bytes():
+def document_bytes() -> bytes:
     with open(DOCUMENT_PATH, "rb") as handle:
         return handle.read()
 
 
 @bp.get("/api/v2/openapi.json")
-def openapi_document():
+def openapi_document() -> Response:
     return Response(document_bytes(), mimetype="application/json")

@@ -165,7 +165,7 @@ class ArchiveEvents:
                 cursor.execute(f"LISTEN {CHANNEL}")
             self._archived(self._archived_among_watched())  # what happened while nobody listened
             while self.watched():
-                readable, _, _ = select.select([connection, self._wake_read], [], [])
+                readable, _, _ = select.select([connection.fileno(), self._wake_read], [], [])
                 if self._wake_read in readable:
                     os.read(self._wake_read, 4096)
                 connection.poll()

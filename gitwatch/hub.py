@@ -43,7 +43,7 @@ from wsproto.events import CloseConnection, Message, Ping, Pong, TextMessage
 from gitwatch.notify import WorkspaceWatcher
 from gitwatch.scan import DEFAULT_MAX_DEPTH, DEFAULT_TIME_BUDGET, Scan, scan
 from gitwatch.session import SocketView, error_message, parse_client_message
-from workspaces import WorkspaceError
+from gitwatch.workspaces import WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Hub:
             loop.call_soon_threadsafe(callback, *args)
 
     def close(self, reason: int = GOING_AWAY, message: str = "", timeout: float = CLOSE_WAIT_SECONDS + 1) -> int:
-        """Close every socket (``shutdown.py``'s signature) and wait, up to ``timeout``, until they are gone.
+        """Close every socket (``ops/shutdown.py``'s signature) and wait, up to ``timeout``, until they are gone.
 
         Sockets adopted afterwards are closed at once. Returns how many were open.
         """
@@ -155,6 +155,13 @@ class Hub:
 
     def open_sockets(self) -> int:
         return len(self._sockets)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The hub's loop, for code running on it (so after ``_running_loop`` made it)."""
+        loop = self._loop
+        assert loop is not None, "the hub's loop is used before any socket was adopted"
+        return loop
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -218,7 +225,7 @@ class Hub:
             return
         self._scanning_owners.add(owner)
         feed.running = True
-        future = self._loop.run_in_executor(self._executor, feed.scan_now)
+        future = self.loop.run_in_executor(self._executor, feed.scan_now)
         future.add_done_callback(functools.partial(self._scanned, feed))
 
     def _scanned(self, feed: WorkspaceFeed, future: asyncio.Future[ScanResult]) -> None:
@@ -242,30 +249,30 @@ class Hub:
             del self._waiting[owner]
 
     def later(self, delay: float, callback: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
-        return self._loop.call_later(delay, callback, *args)
+        return self.loop.call_later(delay, callback, *args)
 
     def ping_later(self, ws: WatchSocket, delay: float) -> None:
         """Ping ``ws`` in about ``delay`` s. Pings are due on whole seconds of the loop's clock, so one
         wake-up a second pings every socket due then, however many: not a timer per socket."""
-        second = math.ceil(self._loop.time() + delay)
+        second = math.ceil(self.loop.time() + delay)
         self._pings.setdefault(second, []).append(ws)
         if self._ping_tick is None or self._ping_tick.when() > second:
             if self._ping_tick is not None:
                 self._ping_tick.cancel()
-            self._ping_tick = self._loop.call_at(second, self._pings_due)
+            self._ping_tick = self.loop.call_at(second, self._pings_due)
 
     def _pings_due(self) -> None:
         self._ping_tick = None
-        now = self._loop.time()
+        now = self.loop.time()
         for second in sorted(second for second in self._pings if second <= now):
             for ws in self._pings.pop(second):
                 ws.ping_due()
         if self._pings and self._ping_tick is None:
-            self._ping_tick = self._loop.call_at(min(self._pings), self._pings_due)
+            self._ping_tick = self.loop.call_at(min(self._pings), self._pings_due)
 
     def in_background(self, work: Callable[[], None]) -> None:
         """Blocking housekeeping (dropping a watch) off the loop."""
-        self._loop.run_in_executor(self._executor, work)
+        self.loop.run_in_executor(self._executor, work)
 
 
 HUB = Hub()  # the process's one hub: every app in it (tests make many) shares its loop and threads
@@ -370,7 +377,7 @@ class WatchSocket(asyncio.BufferedProtocol):
         self.feed: WorkspaceFeed | None = None
         self.view = SocketView()
         self.protocol = Connection(ConnectionType.SERVER)
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport  # set by connection_made, asyncio's first call
         self.greeted = False
         self.refresh_asked: float | None = None
         self.paused = False
@@ -383,7 +390,8 @@ class WatchSocket(asyncio.BufferedProtocol):
     # --- asyncio's callbacks ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)  # a stream socket's (connect_accepted_socket)
+        self.transport = transport
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.transport.write(self.request.handshake)
         self.handle._socket = self
@@ -450,8 +458,8 @@ class WatchSocket(asyncio.BufferedProtocol):
             self._client_message(text if isinstance(event, TextMessage) else text.encode("utf-8"))
 
     def _client_message(self, text: str | bytes) -> None:
-        kind, problem = parse_client_message(text)
-        if kind == "error":
+        _, problem = parse_client_message(text)  # ("refresh", None), or ("error", why)
+        if problem is not None:
             self._send_json(error_message(problem))
         elif self.feed is not None:
             self.refresh_asked = time.monotonic()

@@ -567,8 +567,7 @@ class WorkspaceWatcher:
         self._poll_interval = poll_interval
         self._on_change = on_change
         self._condition = threading.Condition()
-        self._first_event: float | None = None
-        self._last_event: float | None = None
+        self._burst: tuple[float, float] | None = None  # (first, last) event of a burst not yet settled
         self._pending = False  # a settled burst (or tick) that changed() has not returned yet
         self._next_poll = time.monotonic() + poll_interval
         self._next_arm_attempt = 0.0
@@ -626,9 +625,7 @@ class WorkspaceWatcher:
 
     def _note_event(self, now: float) -> None:
         with self._condition:
-            self._last_event = now
-            if self._first_event is None:
-                self._first_event = now
+            self._burst = (self._burst[0] if self._burst is not None else now, now)
 
     def _start_polling(self, now: float, *, restart_ticks: bool) -> None:
         with self._condition:
@@ -645,11 +642,11 @@ class WorkspaceWatcher:
         with self._condition:
             if self._closed:
                 return None
-            if self._first_event is not None and (
-                now - self._last_event >= self._debounce or now - self._first_event >= self._max_delay
+            if self._burst is not None and (
+                now - self._burst[1] >= self._debounce or now - self._burst[0] >= self._max_delay
             ):
-                self.last_change_at = self._last_event
-                self._first_event = self._last_event = None
+                self.last_change_at = self._burst[1]
+                self._burst = None
             elif self._shared is None and now >= self._next_poll:
                 self._next_poll = now + self._poll_interval
                 self.last_change_at = now - self._poll_interval  # anything since the last tick
@@ -665,8 +662,9 @@ class WorkspaceWatcher:
             if self._closed:
                 return None
             deadlines = []
-            if self._first_event is not None:
-                deadlines.append(min(self._last_event + self._debounce, self._first_event + self._max_delay))
+            if self._burst is not None:
+                first, last = self._burst
+                deadlines.append(min(last + self._debounce, first + self._max_delay))
             if self._shared is None:
                 deadlines.append(self._next_poll)
             return min(deadlines, default=None)

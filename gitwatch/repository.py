@@ -339,6 +339,13 @@ _CONFIG_CONTINUED_LINES = re.compile(rb"(?:[^\"\\\n\0;#]*\\[ \t\r\v\f]*\n|[ \t\r
 _CONFIG_CONTINUED_LINE = re.compile(rb"([^\"\\\n\0;#]*)\\[ \t\r\v\f]*\n|[ \t\r\v\f]*\n")
 
 
+def _run_end(pattern: re.Pattern[bytes], text: bytes, position: int) -> int:
+    """Where a run of ``pattern`` starting at ``position`` ends: these patterns match the empty string."""
+    run = pattern.match(text, position)
+    assert run is not None  # a pattern that matches b"" matches anywhere
+    return run.end()
+
+
 def _config_include_paths(content: bytes) -> list[bytes]:
     r"""The values of ``include.path`` and ``includeIf.<anything>.path`` in one config file.
 
@@ -357,7 +364,7 @@ def _config_include_paths(content: bytes) -> list[bytes]:
         content = content[3:]
     found, section, position = [], None, 0
     while position < len(content):
-        simple = _CONFIG_SIMPLE_LINES.match(content, position).end()
+        simple = _run_end(_CONFIG_SIMPLE_LINES, content, position)
         if simple > position:
             if _names_includes(section):
                 values = _CONFIG_SIMPLE_PATH.findall(content, position, simple)
@@ -400,7 +407,7 @@ def _config_section_header(text: bytes) -> tuple[bytes, bytes]:
     rest, text = text, _c_string(text)
     if b"]" not in text:
         raise RepositoryRefused(_CONFIG_UNPARSABLE)
-    end = _CONFIG_SECTION_NAME.match(text, 1).end()
+    end = _run_end(_CONFIG_SECTION_NAME, text, 1)
     char = text[end:end + 1]
     if char and char in _CONFIG_SPACE:
         return _config_subsection(text, rest, end + 1, text[1:end].lower())
@@ -411,11 +418,11 @@ def _config_section_header(text: bytes) -> tuple[bytes, bytes]:
 
 def _config_subsection(text: bytes, rest: bytes, position: int, base: bytes) -> tuple[bytes, bytes]:
     """``[base "sub"]``: parse_subsection_header (a backslash takes any character)."""
-    position = _CONFIG_SPACES.match(text, position).end()
+    position = _run_end(_CONFIG_SPACES, text, position)
     if text[position:position + 1] != b'"' or text.rfind(b'"') == position:
         raise RepositoryRefused(_CONFIG_UNPARSABLE)
     # libgit2 stops at its last quote, or at an unescaped one before: the same place, or an error either way.
-    end = _CONFIG_SUBSECTION.match(text, position + 1).end()
+    end = _run_end(_CONFIG_SUBSECTION, text, position + 1)
     if text[end:end + 2] != b'"]':
         raise RepositoryRefused(_CONFIG_UNPARSABLE)
     return base + b"." + re.sub(rb"\\(.)", rb"\1", text[position + 1:end], flags=re.DOTALL), rest[end + 2:]
@@ -435,7 +442,7 @@ def _config_variable(text: bytes, content: bytes, position: int) -> tuple[bytes,
     value, continued = _config_unescape(after[1:].lstrip(_CONFIG_SPACE))
     parts, in_quotes = [value], quotes % 2
     while continued and position < len(content):
-        run = _CONFIG_CONTINUED_LINES.match(content, position).end()
+        run = _run_end(_CONFIG_CONTINUED_LINES, content, position)
         if run > position:
             parts += _CONFIG_CONTINUED_LINE.findall(content, position, run)
             position = run
@@ -495,8 +502,9 @@ def _check_opened(repo: pygit2.Repository, repo_dir: str, boundary: str, deadlin
         raise RepositoryRefused("core.worktree points elsewhere")
     config = repo.config
     for key in ("core.excludesfile", "core.attributesfile"):
-        if key in config:
-            path = _require_inside(os.path.join(repo_dir, os.path.expanduser(config[key])), boundary, key)
+        value = config[key] if key in config else None
+        if value is not None:  # "excludesfile" alone, with no "= path", names no file
+            path = _require_inside(os.path.join(repo_dir, os.path.expanduser(value)), boundary, key)
             _require_no_special_file(path, key)
     if "core.symlinks" in config and not config.get_bool("core.symlinks"):
         raise RepositoryRefused("core.symlinks=false would read symlink targets")
@@ -556,7 +564,7 @@ def _branch(repo: pygit2.Repository) -> str:
 
 def _origin(repo: pygit2.Repository) -> str:
     urls = list(repo.config.get_multivar("remote.origin.url"))
-    return redact_credentials(urls[0]) if urls else ""
+    return redact_credentials(urls[0]) if urls and urls[0] is not None else ""  # "url" alone has no value
 
 
 def redact_credentials(url: str) -> str:

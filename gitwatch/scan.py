@@ -19,7 +19,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from gitwatch.repository import MAX_DIFF_BYTES, OUT_OF_TIME, RepositoryRefused, RepoState
 from sandbox import tasks as sandboxed  # each repository is read in a sandbox process
@@ -55,7 +55,7 @@ def _repository_dirs(root: str, max_depth: int, limit: int) -> tuple[list[str], 
     """
     if not os.path.isdir(root):
         return [], False
-    found = []
+    found: list[str] = []
     pending = deque([(root, 0)])
     while pending:
         directory, depth = pending.popleft()
@@ -141,6 +141,6 @@ def _read_order(roots: dict[str, str], previous: Scan | None) -> list[str]:
     return first + [root for root in sorted(roots) if root not in first]
 
 
-def scan_workspace(workspace: str | os.PathLike[str], **options) -> dict[str, RepoState]:
+def scan_workspace(workspace: str | os.PathLike[str], **options: Any) -> dict[str, RepoState]:
     """``{repo_root: RepoState}``: ``scan()`` without the ceilings' bookkeeping."""
     return scan(workspace, **options).states

@@ -38,7 +38,7 @@ def diff_states(previous: dict[str, RepoState], current: dict[str, RepoState]) -
 def changes_message(
     entries: list[dict[str, Any]], scanned_at: datetime | None = None, *, truncated: bool = False
 ) -> dict[str, Any]:
-    message = {
+    message: dict[str, Any] = {
         "type": "changes",
         "scanned_at": format_rfc3339(scanned_at or datetime.now(timezone.utc)),
         "repositories": entries,

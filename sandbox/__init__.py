@@ -3,7 +3,7 @@
 Every parse of what a user controls — an upload's decode and variants
 (Pillow, LittleCMS, libwebp ...), a workspace repository's read (libgit2) —
 runs in a sandbox process, not in the serving one. The per-format checks
-before a decode (images.py's container walk and memory estimate) stay the
+before a decode (imaging/images.py's container walk and memory estimate) stay the
 cheap first line; this is the guarantee for what they do not foresee:
 
 - a hard address-space ceiling and a CPU-time limit set with setrlimit, and

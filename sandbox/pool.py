@@ -9,6 +9,8 @@ cause); the pool starts another in the background, and the other calls never
 notice.
 """
 
+from __future__ import annotations
+
 import atexit
 import concurrent.futures
 import contextlib
@@ -23,6 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
 
 from sandbox.wire import WireError, recv_frame, send_frame
 
@@ -42,7 +45,7 @@ class Limits:
 class SandboxFailed(Exception):
     """The task did not finish: ``cause`` is memory, cpu, deadline or crashed."""
 
-    def __init__(self, cause, detail):
+    def __init__(self, cause: str, detail: str) -> None:
         super().__init__(f"{cause}: {detail}")
         self.cause = cause
         self.detail = detail
@@ -56,12 +59,12 @@ class _Process:
     """One sandbox process and the serving side's end of its socket."""
 
     @classmethod
-    def start(cls, limits, tasks):
+    def start(cls, limits: Limits, tasks: str) -> _Process:
         """A new process, started by the one long-lived thread that starts them all: the kernel ends a
         process when the thread that started it ends (PR_SET_PDEATHSIG), not only with its process."""
         return _spawner().submit(cls, limits, tasks).result()
 
-    def __init__(self, limits, tasks):
+    def __init__(self, limits: Limits, tasks: str) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with theirs:
             self.popen = subprocess.Popen(
@@ -74,10 +77,12 @@ class _Process:
         except (WireError, OSError) as error:
             self.kill()
             raise SandboxFailed("crashed", f"the sandbox process did not start: {error}") from None
-        self.idle_memory = ready["idle_memory"]
+        self.idle_memory: int = ready["idle_memory"]
         self.retiring = False  # it grew past its idle size and exits after this answer
 
-    def call(self, task, header, fds, seconds):
+    def call(
+        self, task: str, header: dict[str, Any], fds: Sequence[int], seconds: float
+    ) -> tuple[dict[str, Any], list[bytes]]:
         """The task's answer (header, blobs); SandboxFailed when the process died or ran out of time,
         _DiedIdle when it was dead before the task reached it."""
         deadline = time.monotonic() + seconds
@@ -102,7 +107,7 @@ class _Process:
         self.retiring = bool(answer.pop("retiring", False))
         return answer, blobs
 
-    def kill(self):
+    def kill(self) -> int:
         """Kill and reap the process; its exit status (a signal's is negative: -SIGXCPU, the CPU limit's)."""
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -122,18 +127,21 @@ class Pool:
     ``tasks`` names the module whose ``run(header, fds)`` the processes call.
     """
 
-    def __init__(self, name, size, limits, tasks="sandbox.tasks"):
+    def __init__(self, name: str, size: int, limits: Limits, tasks: str = "sandbox.tasks") -> None:
         self.name = name
         self.size = size
         self.limits = limits
         self.tasks = tasks
-        self._idle = queue.LifoQueue()  # the process used last is taken first: its caches are still warm
+        # The process used last is taken first: its caches are still warm.
+        self._idle: queue.LifoQueue[_Process] = queue.LifoQueue()
         self._lock = threading.Lock()
         self._alive = 0  # started or starting
-        self._members = set()  # the live processes, idle or busy
+        self._members: set[_Process] = set()  # the live processes, idle or busy
         self._closed = False
 
-    def run(self, task, header, *, fds=(), wait):
+    def run(
+        self, task: str, header: dict[str, Any], *, fds: Sequence[int] = (), wait: float
+    ) -> tuple[dict[str, Any], list[bytes]]:
         """Run ``task`` in an idle process (waiting up to ``wait`` s for one): its (header, blobs).
 
         Raises PoolBusy, or SandboxFailed when the task could not finish.
@@ -163,7 +171,7 @@ class Pool:
         return answer, blobs
 
     @contextlib.contextmanager
-    def held(self, wait):
+    def held(self, wait: float) -> Iterator[_Process]:
         """One idle process, kept from calls until the block ends (what a running call does to a pool)."""
         process = self._take(wait)
         try:
@@ -171,7 +179,7 @@ class Pool:
         finally:
             self._idle.put(process)
 
-    def warm(self):
+    def warm(self) -> None:
         """Start every process now, not on first use (gunicorn's post_worker_init)."""
         for _ in range(self.size):
             with self._lock:
@@ -180,12 +188,12 @@ class Pool:
                 self._alive += 1
             self._start_into_idle()
 
-    def members(self):
+    def members(self) -> list[_Process]:
         """The pool's live processes (their ``popen.pid`` and ``idle_memory``): for benchmarks and tests."""
         with self._lock:
             return [process for process in self._members if process.popen.poll() is None]
 
-    def close(self):
+    def close(self) -> None:
         self._closed = True
         while True:
             try:
@@ -193,7 +201,7 @@ class Pool:
             except queue.Empty:
                 return
 
-    def _take(self, wait):
+    def _take(self, wait: float) -> _Process:
         with contextlib.suppress(queue.Empty):
             return self._idle.get_nowait()
         with self._lock:
@@ -211,11 +219,11 @@ class Pool:
         except queue.Empty:
             raise PoolBusy(f"no {self.name} sandbox came free within {wait:g} s") from None
 
-    def _replace(self):
+    def _replace(self) -> None:
         # In the background: the failed call answers now, and the next one finds a fresh process.
         threading.Thread(target=self._start_into_idle, name=f"sandbox-{self.name}-start", daemon=True).start()
 
-    def _start_into_idle(self):
+    def _start_into_idle(self) -> None:
         try:
             process = _Process.start(self.limits, self.tasks)
         except SandboxFailed as failure:
@@ -228,19 +236,19 @@ class Pool:
         else:
             self._idle.put(self._joined(process))
 
-    def _joined(self, process):
+    def _joined(self, process: _Process) -> _Process:
         with self._lock:
             self._members = {member for member in self._members if member.popen.poll() is None} | {process}
         return process
 
 
-_POOLS = {}
+_POOLS: dict[tuple[str, int, Limits], Pool] = {}
 _POOLS_LOCK = threading.Lock()
 _POOLS_PID = os.getpid()
-_SPAWNER = None
+_SPAWNER: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def _spawner():
+def _spawner() -> concurrent.futures.ThreadPoolExecutor:
     global _SPAWNER
     with _POOLS_LOCK:
         _forget_after_fork()
@@ -249,7 +257,7 @@ def _spawner():
         return _SPAWNER
 
 
-def _forget_after_fork():
+def _forget_after_fork() -> None:
     """Forked (gunicorn --preload): the parent's processes and threads are not this process's."""
     global _POOLS_PID, _SPAWNER
     if _POOLS_PID != os.getpid():
@@ -258,7 +266,7 @@ def _forget_after_fork():
         _POOLS_PID = os.getpid()
 
 
-def pool(name, size, limits):
+def pool(name: str, size: int, limits: Limits) -> Pool:
     """The process's pool of that name, size and limits (one each, made on first ask)."""
     with _POOLS_LOCK:
         _forget_after_fork()
@@ -269,7 +277,7 @@ def pool(name, size, limits):
 
 
 @atexit.register
-def close_all():
+def close_all() -> None:
     with _POOLS_LOCK:
         pools = list(_POOLS.values()) if _POOLS_PID == os.getpid() else []
     for each in pools:

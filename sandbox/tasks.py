@@ -15,6 +15,8 @@ function's own errors:
   is the scan running out of time (the repository is read next turn).
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
 import math
@@ -22,11 +24,11 @@ import mmap
 import os
 import threading
 import time
+from typing import Any, Callable, Mapping
 
-import images
-import variants
 from gitwatch import repository
-from sandbox.pool import Limits, PoolBusy, SandboxFailed, pool
+from imaging import images, variants
+from sandbox.pool import Limits, Pool, PoolBusy, SandboxFailed, pool
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +49,27 @@ TOO_EXPENSIVE = {
     "crashed": "the decoder failed on it",
 }
 
+# What a task answers: a JSON header and byte strings.
+Answer = tuple[dict[str, Any], list[bytes]]
+ImageResults = tuple[images.ImageInfo, variants.Still, list[variants.Made]]
 
-def decode_pool(max_decode_memory, max_file_size):
+
+def decode_pool(max_decode_memory: int, max_file_size: int) -> Pool:
     return pool("decode", DECODE_PROCESSES,
                 Limits(max_decode_memory + max_file_size, DECODE_CPU_SECONDS, DECODE_WALL_SECONDS))
 
 
-def scan_pool():
+def scan_pool() -> Pool:
     return pool("scan", SCAN_PROCESSES, SCAN_LIMITS)
 
 
-def warm(config):
+def warm(config: Mapping[str, Any]) -> None:
     """Start the decode and scan sandboxes now, in the background, not on the first upload or watch."""
     for each in (decode_pool(config["MAX_DECODE_MEMORY"], config["MAX_FILE_SIZE"]), scan_pool()):
         threading.Thread(target=each.warm, name=f"sandbox-{each.name}-warm", daemon=True).start()
 
 
-def run(header, fds):
+def run(header: dict[str, Any], fds: list[int]) -> Answer:
     """Inside the sandbox: the task the header names."""
     return _TASKS[header["task"]](header, fds)
 
@@ -71,8 +77,10 @@ def run(header, fds):
 # --- an upload's image work -----------------------------------------------------
 
 
-def verify_and_make(fileno, max_pixels, max_memory, sha256, *, max_file_size, wait):
-    """variants.verify_and_make on the file open at ``fileno``, in a sandbox; raises what it raises, and PoolBusy."""
+def verify_and_make(
+    fileno: int, max_pixels: int, max_memory: int, sha256: str, *, max_file_size: int, wait: float
+) -> ImageResults:
+    """imaging.variants.verify_and_make on the file open at ``fileno``, in a sandbox; raises what it raises, and PoolBusy."""
     header = {"max_pixels": max_pixels, "max_memory": max_memory, "sha256": sha256}
     try:
         answer, blobs = decode_pool(max_memory, max_file_size).run("verify_and_make", header, fds=[fileno],
@@ -90,7 +98,7 @@ def verify_and_make(fileno, max_pixels, max_memory, sha256, *, max_file_size, wa
         raise images.InvalidImage(f"The image is too expensive to decode: {TOO_EXPENSIVE['crashed']}.") from None
 
 
-def _image_results(answer, blobs, size, sha256):
+def _image_results(answer: dict[str, Any], blobs: list[bytes], size: int, sha256: str) -> ImageResults:
     """(ImageInfo, Still, [Made]) from a sandbox's answer, taken as untrusted: a hostile file that took
     the decoder over may lie, so only an allowed type is believed, every number must be one, and a
     variant's size and digest are computed here from its bytes (the original's are the upload's own)."""
@@ -98,7 +106,7 @@ def _image_results(answer, blobs, size, sha256):
     info = images.ImageInfo(_one_of(fields["content_type"], images.ALLOWED_TYPES), _pixels(fields["width"]),
                             _pixels(fields["height"]), fields["animated"] is True)
     still = variants.Still(None, _pixels(answer["still"]["width"]), _pixels(answer["still"]["height"]))
-    made = []
+    made: list[variants.Made] = []
     for fields, index in answer["made"]:
         name, width, height = _one_of(fields["name"], variants.NAMES), _pixels(fields["width"]), _pixels(fields["height"])
         if index is None:  # the original itself serves as this variant
@@ -110,19 +118,19 @@ def _image_results(answer, blobs, size, sha256):
     return info, still, made
 
 
-def _one_of(value, allowed):
+def _one_of(value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{value!r} is not one of {allowed}")
-    return value
+    return allowed[allowed.index(value)]
 
 
-def _pixels(value):
+def _pixels(value: object) -> int:
     if type(value) is not int or value < 1:
         raise ValueError(f"{value!r} is not a size in pixels")
     return value
 
 
-def _verify_and_make(header, fds):
+def _verify_and_make(header: dict[str, Any], fds: list[int]) -> Answer:
     with mmap.mmap(fds[0], 0, access=mmap.ACCESS_READ) as data:
         try:
             info, still, made = variants.verify_and_make(data, header["max_pixels"], header["max_memory"],
@@ -131,7 +139,8 @@ def _verify_and_make(header, fds):
             return {"unsupported": str(error)}, []
         except images.InvalidImage as error:
             return {"invalid": str(error)}, []
-    blobs, made_fields = [], []
+    blobs: list[bytes] = []
+    made_fields: list[tuple[dict[str, Any], int | None]] = []
     for variant in made:
         fields = {name: getattr(variant, name) for name in ("name", "content_type", "width", "height")}
         made_fields.append((fields, None if variant.data is None else len(blobs)))
@@ -149,8 +158,10 @@ def _verify_and_make(header, fds):
 # --- one repository of a watched workspace ----------------------------------------
 
 
-def read_repository(repo_dir, repo_root, boundary, *, max_diff_bytes=repository.MAX_DIFF_BYTES,
-                    deadline=math.inf):
+def read_repository(
+    repo_dir: str, repo_root: str, boundary: str, *, max_diff_bytes: int = repository.MAX_DIFF_BYTES,
+    deadline: float = math.inf,
+) -> repository.RepoState:
     """gitwatch.repository.read_repository in a sandbox (monotonic deadlines are the same in every process)."""
     header = {"repo_dir": repo_dir, "repo_root": repo_root, "boundary": boundary, "max_diff_bytes": max_diff_bytes,
               "deadline": None if math.isinf(deadline) else deadline}
@@ -172,7 +183,7 @@ def read_repository(repo_dir, repo_root, boundary, *, max_diff_bytes=repository.
     return repository.RepoState(**fields)
 
 
-def _read_repository(header, fds):
+def _read_repository(header: dict[str, Any], fds: list[int]) -> Answer:
     deadline = math.inf if header["deadline"] is None else header["deadline"]
     try:
         state = repository.read_repository(header["repo_dir"], header["repo_root"], header["boundary"],
@@ -185,4 +196,7 @@ def _read_repository(header, fds):
 _STATE_FIELDS = ("repo_root", "branch", "remote_origin", "unified_diff", "error")
 
 
-_TASKS = {"verify_and_make": _verify_and_make, "read_repository": _read_repository}
+_TASKS: dict[str, Callable[[dict[str, Any], list[int]], Answer]] = {
+    "verify_and_make": _verify_and_make,
+    "read_repository": _read_repository,
+}

@@ -10,10 +10,13 @@ lie in its answer, but the answer cannot run code in the serving process.
     blobs     their bytes, one after another
 """
 
+from __future__ import annotations
+
 import json
 import socket
 import struct
 import time
+from typing import Any, Sequence
 
 # Nothing the sandbox sends is larger: a scan's message holds at most 8 MiB of diff text.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -25,7 +28,9 @@ class WireError(Exception):
     """The other side closed, or sent what is not a frame."""
 
 
-def send_frame(sock, header, blobs=(), fds=()):
+def send_frame(
+    sock: socket.socket, header: dict[str, Any], blobs: Sequence[bytes] = (), fds: Sequence[int] = ()
+) -> None:
     payload = json.dumps({**header, "blobs": [len(blob) for blob in blobs]}).encode()
     head = _LENGTH.pack(len(payload)) + payload
     if fds:
@@ -36,10 +41,12 @@ def send_frame(sock, header, blobs=(), fds=()):
         sock.sendall(blob)
 
 
-def recv_frame(sock, *, with_fds=False, deadline=None):
+def recv_frame(
+    sock: socket.socket, *, with_fds: bool = False, deadline: float | None = None
+) -> tuple[dict[str, Any], list[bytes], list[int]]:
     """(header, blobs, fds); raises WireError on end of stream or a malformed frame,
     TimeoutError when the whole frame has not come by ``deadline`` (time.monotonic())."""
-    fds = []
+    fds: list[int] = []
     if with_fds:
         first, fds, _flags, _addr = socket.recv_fds(sock, _LENGTH.size, MAX_FDS)
         if not first:
@@ -60,8 +67,9 @@ def recv_frame(sock, *, with_fds=False, deadline=None):
     return header, [_recv_exactly(sock, size, deadline) for size in sizes], fds
 
 
-def _recv_exactly(sock, size, deadline=None):
-    parts, missing = [], size
+def _recv_exactly(sock: socket.socket, size: int, deadline: float | None = None) -> bytes:
+    parts: list[bytes] = []
+    missing = size
     while missing:
         if deadline is not None:
             sock.settimeout(max(0.0, deadline - time.monotonic()) or 1e-6)

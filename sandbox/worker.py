@@ -18,6 +18,8 @@ burns no CPU) by killing the process. A process that grew past its idle size
 fresh one.
 """
 
+from __future__ import annotations
+
 import contextlib
 import ctypes
 import ctypes.util
@@ -37,7 +39,7 @@ _PR_SET_PDEATHSIG = 1
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     limits = json.loads(argv[2])
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -71,7 +73,7 @@ def main(argv):
             return 0
 
 
-def return_large_blocks_to_the_os():
+def return_large_blocks_to_the_os() -> None:
     """glibc keeps freed memory in its heap for reuse, and a decode frees tens of megabytes at a time, which
     would then never go back to the OS: buffers over 1 MiB are mapped on their own instead, and returned
     when freed. For the sandboxes and gunicorn's workers alike (gunicorn.conf.py's post_fork)."""
@@ -80,18 +82,18 @@ def return_large_blocks_to_the_os():
         ctypes.CDLL(libc_name).mallopt(_M_MMAP_THRESHOLD, 1 << 20)
 
 
-def address_space():
+def address_space() -> int:
     """The process's virtual size in bytes (what RLIMIT_AS counts)."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _lower_of(limit, current):
+def _lower_of(limit: int, current: int) -> int:
     """A limit never above the one the process was started with (RLIM_INFINITY: none)."""
     return limit if current == resource.RLIM_INFINITY else min(limit, current)
 
 
-def _allow_cpu(seconds):
+def _allow_cpu(seconds: int) -> None:
     """The next task may use ``seconds`` of CPU from now: the soft limit moves, the hard one stays."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = math.ceil(usage.ru_utime + usage.ru_stime)

@@ -54,8 +54,8 @@ import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import models  # noqa: E402
-from tests.live import GunicornServer  # noqa: E402
-from tests.servers import AWS_TEST_CREDENTIALS, MotoServer, PostgresServer  # noqa: E402
+from harness.live import GunicornServer  # noqa: E402
+from harness.servers import AWS_TEST_CREDENTIALS, MotoServer, PostgresServer  # noqa: E402
 
 BUCKET = "loadtest"
 REQUEST_TIMEOUT = 30  # a hang guard only; the service's own timeouts are far shorter

@@ -3,116 +3,55 @@
 The object layout is a public interface read by other tools (CONTRACT.md,
 "Storage layout"): ``{S3_PREFIX}{organization_id}/{file_id}`` (and variants at
 ``{VARIANTS_PREFIX}{organization_id}/{file_id}/{variant}``), written once,
-never changed, with the stored type as Content-Type and the metadata below.
+never changed, with the stored type as Content-Type and the metadata in
+interface.py. The store owns that layout: it is made with the two prefixes
+(from_config), and callers ask it for keys (``original_key``,
+``variant_key``) and what a listed key names (``original_file_id``,
+``variant_of``); no one else reads the prefixes or spells a key.
 Backends raise only ``FileNotFoundError`` or :class:`StorageError`.
 """
 
-import abc
-import datetime
-import urllib.parse
-from dataclasses import dataclass, field
+from __future__ import annotations
 
-from flask import current_app
+from typing import Any, Mapping
 
-CHUNK_SIZE = 256 * 1024
+from flask import Flask, current_app
 
+from storage.interface import (
+    CHUNK_SIZE,
+    ObjectInfo,
+    ObjectStore,
+    StorageError,
+    StoredObject,
+    object_key,
+    object_metadata,
+    variant_key,
+    variant_metadata,
+)
 
-class StorageError(Exception):
-    """The object store failed or could not be reached."""
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    content_type: str
-    last_modified: datetime.datetime
-    metadata: dict = field(default_factory=dict)
-
-
-class StoredObject:
-    """An open object: iterate it for its bytes in chunks; close it when done."""
-
-    def __init__(self, info, chunks, close):
-        self.info = info
-        self._chunks = chunks
-        self._close = close
-
-    def __iter__(self):
-        return self._chunks
-
-    def close(self):
-        self._close()
+__all__ = ["CHUNK_SIZE", "ObjectInfo", "ObjectStore", "StorageError", "StoredObject", "from_config", "get_storage",
+           "init_app", "object_key", "object_metadata", "variant_key", "variant_metadata"]
 
 
-class ObjectStore(abc.ABC):
-    @abc.abstractmethod
-    def put(self, key, data, content_type, metadata):
-        """Store ``data`` (bytes, or a binary file object read from where it stands) under ``key``, whole or not at all."""
-
-    @abc.abstractmethod
-    def open(self, key):
-        """Return a StoredObject to stream ``key``; FileNotFoundError if absent."""
-
-    @abc.abstractmethod
-    def head(self, key):
-        """Return the ObjectInfo of ``key``; FileNotFoundError if absent."""
-
-    @abc.abstractmethod
-    def delete(self, key):
-        """Remove ``key``; removing an absent key is not an error."""
-
-    @abc.abstractmethod
-    def iter_objects(self, prefix=""):
-        """Yield (key, last_modified as aware UTC datetime) for every object under ``prefix``."""
-
-    @abc.abstractmethod
-    def check(self):
-        """Raise StorageError unless the store is reachable and usable."""
-
-
-def object_key(prefix, organization_id, file_id):
-    return f"{prefix}{organization_id}/{file_id}"
-
-
-def object_metadata(owner_id, organization_id, sha256, width, height, filename):
-    """User metadata as the storage layout defines it (all values ASCII)."""
-    return {
-        "owner-id": str(owner_id),
-        "organization-id": str(organization_id),
-        "sha256": sha256,
-        "width": str(width),
-        "height": str(height),
-        "filename": urllib.parse.quote(filename or "", safe=""),
-    }
-
-
-def variant_key(prefix, organization_id, file_id, variant):
-    """Where a file's thumbnail or preview lives: apart from the originals, under VARIANTS_PREFIX."""
-    return f"{prefix}{organization_id}/{file_id}/{variant}"
-
-
-def variant_metadata(file_id, variant, sha256, width, height):
-    return {"file-id": str(file_id), "variant": variant, "sha256": sha256, "width": str(width), "height": str(height)}
-
-
-def from_config(config):
-    if config.get("S3_BUCKET"):
+def from_config(settings: Mapping[str, Any]) -> ObjectStore:
+    layout = {"originals_prefix": settings["S3_PREFIX"], "variants_prefix": settings["VARIANTS_PREFIX"]}
+    if settings.get("S3_BUCKET"):
         from storage.s3 import S3Store
 
         return S3Store(
-            bucket=config["S3_BUCKET"],
-            endpoint_url=config.get("S3_ENDPOINT_URL"),
-            region=config["S3_REGION"],
+            bucket=settings["S3_BUCKET"],
+            endpoint_url=settings.get("S3_ENDPOINT_URL"),
+            region=settings["S3_REGION"],
+            **layout,
         )
     from storage.local import LocalStore
 
-    return LocalStore(config["LOCAL_STORAGE_ROOT"])
+    return LocalStore(settings["LOCAL_STORAGE_ROOT"], **layout)
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     app.extensions["storage"] = from_config(app.config)
 
 
-def get_storage():
+def get_storage() -> ObjectStore:
     return current_app.extensions["storage"]

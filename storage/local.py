@@ -11,13 +11,16 @@ directory keeps it; a put whose directory vanished before its first file was
 in it makes it again.
 """
 
+from __future__ import annotations
+
 import datetime
 import json
 import os
 import shutil
 import tempfile
+from typing import BinaryIO, Iterator
 
-from storage import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
+from storage.interface import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
 
 META_SUFFIX = ".meta.json"
 TEMP_PREFIX = ".tmp-"
@@ -26,17 +29,18 @@ DIRECTORY_ATTEMPTS = 10
 
 
 class LocalStore(ObjectStore):
-    def __init__(self, root):
+    def __init__(self, root: str, **layout: str) -> None:
+        super().__init__(**layout)
         self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
 
-    def _path(self, key):
+    def _path(self, key: str) -> str:
         path = os.path.abspath(os.path.join(self.root, key))
         if not path.startswith(self.root + os.sep) or key.endswith(META_SUFFIX):
             raise StorageError(f"Key {key!r} is outside the store.")
         return path
 
-    def put(self, key, data, content_type, metadata):
+    def put(self, key: str, data: bytes | BinaryIO, content_type: str, metadata: dict[str, str]) -> None:
         path = self._path(key)
         sidecar = json.dumps({"content_type": content_type, "metadata": metadata}).encode()
         try:
@@ -45,7 +49,7 @@ class LocalStore(ObjectStore):
         except OSError as error:
             raise StorageError(f"Could not write {key}: {error}") from error
 
-    def head(self, key):
+    def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
         try:
             stat = os.stat(path)
@@ -57,7 +61,7 @@ class LocalStore(ObjectStore):
             raise StorageError(f"Could not read {key}: {error}") from error
         return ObjectInfo(key, stat.st_size, sidecar["content_type"], _mtime(stat), sidecar["metadata"])
 
-    def open(self, key):
+    def open(self, key: str) -> StoredObject:
         info = self.head(key)
         try:
             handle = open(self._path(key), "rb")
@@ -67,30 +71,30 @@ class LocalStore(ObjectStore):
             raise StorageError(f"Could not open {key}: {error}") from error
         return StoredObject(info, iter(lambda: handle.read(CHUNK_SIZE), b""), handle.close)
 
-    def delete(self, key):
+    def delete(self, key: str) -> None:
         path = self._path(key)
         for name in (path, path + META_SUFFIX):
             _remove_if_present(name, key)
         self._remove_empty_directories(os.path.dirname(path))
 
-    def iter_objects(self, prefix=""):
+    def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, datetime.datetime]]:
         for key, path, name, _siblings in self._walk(prefix):
             if not (name.endswith(META_SUFFIX) or name.startswith(TEMP_PREFIX)):
                 yield from _with_mtime(key, path)
 
-    def iter_leftovers(self, prefix=""):
+    def iter_leftovers(self, prefix: str = "") -> Iterator[tuple[str, datetime.datetime]]:
         """Yield (name, mtime) for each file an interrupted put or delete left behind.
 
-        Only this backend writes an object as several files, so this is not part
-        of ObjectStore; gc-storage calls it when present. A temporary file is a
-        write cut short; a sidecar without its bytes is a put stopped before the
-        bytes' rename, or a delete stopped after removing them.
+        Only this backend writes an object as several files, so only it has any
+        (ObjectStore's default yields none). A temporary file is a write cut
+        short; a sidecar without its bytes is a put stopped before the bytes'
+        rename, or a delete stopped after removing them.
         """
         for relative, path, name, siblings in self._walk(prefix):
             if _is_leftover(name, siblings):
                 yield from _with_mtime(relative, path)
 
-    def remove_leftover(self, name):
+    def remove_leftover(self, name: str) -> None:
         """Remove a file iter_leftovers() yielded, unless it has become part of an object since."""
         path = os.path.abspath(os.path.join(self.root, name))
         if not path.startswith(self.root + os.sep):
@@ -103,7 +107,7 @@ class LocalStore(ObjectStore):
         _remove_if_present(path, name)
         self._remove_empty_directories(os.path.dirname(path))
 
-    def _remove_empty_directories(self, directory):
+    def _remove_empty_directories(self, directory: str) -> None:
         """Remove ``directory``, then its parents, while they are empty; never the root."""
         while directory.startswith(self.root + os.sep):
             try:
@@ -114,7 +118,7 @@ class LocalStore(ObjectStore):
                 return  # not empty (or not ours to remove): nor are its parents
             directory = os.path.dirname(directory)
 
-    def _walk(self, prefix):
+    def _walk(self, prefix: str) -> Iterator[tuple[str, str, str, set[str]]]:
         """(key, path, file name, names in its directory) for every file under ``prefix``."""
         for directory, _dirs, files in os.walk(self.root):
             siblings = set(files)
@@ -124,18 +128,18 @@ class LocalStore(ObjectStore):
                 if key.startswith(prefix):
                     yield key, path, name, siblings
 
-    def check(self):
+    def check(self) -> None:
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"{self.root} is not writable.")
 
 
-def _is_leftover(name, names_in_directory):
+def _is_leftover(name: str, names_in_directory: set[str]) -> bool:
     if name.startswith(TEMP_PREFIX):
         return True
     return name.endswith(META_SUFFIX) and name[: -len(META_SUFFIX)] not in names_in_directory
 
 
-def _remove_if_present(path, what):
+def _remove_if_present(path: str, what: str) -> None:
     try:
         os.remove(path)
     except FileNotFoundError:
@@ -144,18 +148,18 @@ def _remove_if_present(path, what):
         raise StorageError(f"Could not remove {what}: {error}") from error
 
 
-def _with_mtime(key, path):
+def _with_mtime(key: str, path: str) -> Iterator[tuple[str, datetime.datetime]]:
     try:
         yield key, _mtime(os.stat(path))
     except FileNotFoundError:
         pass  # deleted while we walked
 
 
-def _mtime(stat):
+def _mtime(stat: os.stat_result) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc)
 
 
-def _write_atomically(path, data):
+def _write_atomically(path: str, data: bytes | BinaryIO) -> None:
     fd, temp_path = _temp_file_in(os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as temp_file:
@@ -174,7 +178,7 @@ def _write_atomically(path, data):
         raise
 
 
-def _temp_file_in(directory):
+def _temp_file_in(directory: str) -> tuple[int, str]:
     """mkstemp in ``directory``, made first, and again if a delete's cleanup removed it before the file was in it.
 
     Once the temporary file is in it, rmdir cannot remove the directory; nothing
@@ -190,3 +194,4 @@ def _temp_file_in(directory):
         except (FileNotFoundError, FileExistsError):
             if attempt == DIRECTORY_ATTEMPTS - 1:
                 raise
+    raise AssertionError("unreachable: the last attempt returns or raises")  # for mypy, which cannot tell

@@ -8,14 +8,18 @@ a stopped endpoint (connection refused) fails in well under a second, a hung
 one (accepts, never answers) after ATTEMPTS x READ_TIMEOUT, about 9 s.
 """
 
+from __future__ import annotations
+
 import contextlib
+import datetime
 import threading
+from typing import Any, BinaryIO, Iterator
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
+from storage.interface import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
 
 # read_timeout bounds each wait for a response or for the next chunk of a
 # body, not a whole transfer, so large objects stream fine. Non-throttling
@@ -38,22 +42,23 @@ CLIENT_CONFIG = Config(
 CHECK_CONFIG = CLIENT_CONFIG.merge(Config(read_timeout=2, retries={"total_max_attempts": 1, "mode": "standard"}))
 
 class S3Store(ObjectStore):
-    def __init__(self, bucket, endpoint_url=None, region="us-east-1"):
+    def __init__(self, bucket: str, endpoint_url: str | None = None, region: str = "us-east-1", **layout: str) -> None:
+        super().__init__(**layout)
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region
-        self._clients = {}
+        self._clients: dict[str, Any] = {}  # boto3 clients: boto3 is untyped here (mypy.ini)
         self._clients_lock = threading.Lock()  # making a client is not thread-safe
 
     @property
-    def client(self):
+    def client(self) -> Any:  # a boto3 S3 client
         return self._shared_client("requests", CLIENT_CONFIG)
 
     @property
-    def check_client(self):
+    def check_client(self) -> Any:
         return self._shared_client("readiness", CHECK_CONFIG)
 
-    def _shared_client(self, name, config):
+    def _shared_client(self, name: str, config: Config) -> Any:
         client = self._clients.get(name)
         if client is None:
             with self._clients_lock:
@@ -65,33 +70,33 @@ class S3Store(ObjectStore):
                     self._clients[name] = client
         return client
 
-    def put(self, key, data, content_type, metadata):
+    def put(self, key: str, data: bytes | BinaryIO, content_type: str, metadata: dict[str, str]) -> None:
         with _translated_errors(key):
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata)
 
-    def head(self, key):
+    def head(self, key: str) -> ObjectInfo:
         with _translated_errors(key):
             response = self.client.head_object(Bucket=self.bucket, Key=key)
         return _object_info(key, response)
 
-    def open(self, key):
+    def open(self, key: str) -> StoredObject:
         with _translated_errors(key):
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         body = response["Body"]
         return StoredObject(_object_info(key, response), _chunks(key, body), body.close)
 
-    def delete(self, key):
+    def delete(self, key: str) -> None:
         with _translated_errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    def iter_objects(self, prefix=""):
+    def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, datetime.datetime]]:
         paginator = self.client.get_paginator("list_objects_v2")
         with _translated_errors(prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield item["Key"], item["LastModified"]
 
-    def check(self):
+    def check(self) -> None:
         try:
             with _translated_errors(self.bucket):
                 self.check_client.head_bucket(Bucket=self.bucket)
@@ -99,7 +104,7 @@ class S3Store(ObjectStore):
             raise StorageError(f"Bucket {self.bucket} does not exist.") from None
 
 
-def _object_info(key, response):
+def _object_info(key: str, response: dict[str, Any]) -> ObjectInfo:
     return ObjectInfo(
         key=key,
         size=response["ContentLength"],
@@ -109,13 +114,13 @@ def _object_info(key, response):
     )
 
 
-def _chunks(key, body):
+def _chunks(key: str, body: Any) -> Iterator[bytes]:  # body: botocore's StreamingBody, untyped here
     with _translated_errors(key):
         yield from body.iter_chunks(CHUNK_SIZE)
 
 
 @contextlib.contextmanager
-def _translated_errors(key):
+def _translated_errors(key: str) -> Iterator[None]:
     """Turn botocore's errors into FileNotFoundError or StorageError."""
     try:
         yield

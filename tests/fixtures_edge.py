@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from tests.live import GunicornServer
-from tests.servers import LOCALHOST, NginxServer, _make_scratch_dir, _remove_scratch_dir
+from harness.live import GunicornServer
+from harness.servers import LOCALHOST, NginxServer, _make_scratch_dir, _remove_scratch_dir
 
 
 def require(available, what):

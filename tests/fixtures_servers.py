@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from .servers import MotoServer, PostgresServer
+from harness.servers import MotoServer, PostgresServer
 
 AWS_TEST_ENVIRONMENT = {
     "AWS_ACCESS_KEY_ID": "testing",

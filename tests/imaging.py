@@ -1,27 +1,10 @@
-"""Real images for tests, made with Pillow."""
+"""Real images for tests, made with Pillow; the ones benchmarks use too are in harness/imaging.py."""
 
 import io
 
 from PIL import Image
 
-FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
-
-
-def make_image(content_type="image/png", width=32, height=24, **save_options):
-    image = Image.new("RGB", (width, height))
-    # A gradient, so encoders cannot shrink it to nothing and every byte matters.
-    image.putdata([((x * 7) % 256, (y * 5) % 256, (x * y) % 256) for y in range(height) for x in range(width)])
-    buffer = io.BytesIO()
-    image.save(buffer, FORMATS[content_type], **save_options)
-    return buffer.getvalue()
-
-
-def make_animated_gif(frames=3, width=16, height=16):
-    # Distinct RGB colours per frame: Pillow merges identical consecutive frames.
-    images = [Image.new("RGB", (width, height), color=(index * 40 % 256, 255 - index * 30 % 256, 0)) for index in range(frames)]
-    buffer = io.BytesIO()
-    images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], duration=50, loop=0)
-    return buffer.getvalue()
+from harness.imaging import FORMATS
 
 
 def smooth_image(width, height, mode="RGB"):

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from gitwatch.archives import POLL_SECONDS, ArchiveEvents
 import models
+from gitwatch.archives import POLL_SECONDS, ArchiveEvents
 from models import Chat
 from tests.conftest import _create_user
 

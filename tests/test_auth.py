@@ -4,9 +4,9 @@ import datetime
 
 import pytest
 
-import auth
 import models
 from tests.test_files import assert_error
+from web import auth
 
 # Tokens live in the database, so both databases; storage plays no part.
 pytestmark = pytest.mark.parametrize("storage_config", ["local"], indirect=True)

@@ -1,9 +1,9 @@
-"""banded.resized gives what Pillow's whole-frame resize gives, and never holds a full-size copy of the frame."""
+"""imaging.banded.resized gives what Pillow's whole-frame resize gives, and never holds a full-size copy of the frame."""
 
 import pytest
 from PIL import Image, ImageChops
 
-import banded
+from imaging import banded
 
 # (frame size, result size): several bands, a reduce by 2 or 3 (or none), a last band and a
 # last reduce block cut short, a frame so wide a band holds one result row, one just over the box.

@@ -15,11 +15,11 @@ import pytest
 import requests
 from gunicorn.http.unreader import SocketUnreader
 
-import uploads
+from harness.imaging import make_image
+from harness.live import GunicornServer, sqlite_settings
+from harness.servers import LOCALHOST
 from tests.conftest import make_app
-from tests.imaging import make_image
-from tests.live import GunicornServer, sqlite_settings
-from tests.servers import LOCALHOST
+from web import bodies
 
 MiB = 1024 * 1024
 LIMIT = 10 * MiB
@@ -337,7 +337,7 @@ def test_gunicorn_reads_a_body_ahead_no_further_than_one_read_of_the_app(monkeyp
     read of the app costs CPU for every byte of an upload (the benchmark's upload overhead)."""
     monkeypatch.setattr(SocketUnreader, "max_body_chunk", 1024 * 1024)  # gunicorn's own
     make_app(f"sqlite:///{tmp_path}/app.db", {"LOCAL_STORAGE_ROOT": str(tmp_path / "objects")}, tmp_path)
-    assert SocketUnreader.max_body_chunk <= uploads.READ_CHUNK
+    assert SocketUnreader.max_body_chunk <= bodies.READ_CHUNK
 
 
 @pytest.mark.parametrize("environ, length", [
@@ -352,4 +352,4 @@ def test_gunicorn_reads_a_body_ahead_no_further_than_one_read_of_the_app(monkeyp
 ])
 def test_a_bodys_declared_length(environ, length):
     """A chunked body is never taken for an empty one, and a malformed length never for a body."""
-    assert uploads._declared_length(environ) == length
+    assert bodies._declared_length(environ) == length

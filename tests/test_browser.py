@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.chromium import ChromiumBrowser
+from harness.chromium import ChromiumBrowser
+from harness.servers import LOCALHOST, free_port
 from tests.concurrency import wait_for
 from tests.fixtures_edge import make_workspace, require
 from tests.fixtures_servers import serving
-from tests.servers import LOCALHOST, free_port
 
 PAGE = "/browser-test/chat.html"
 STATIC_LOCATION = """

@@ -13,8 +13,8 @@ import mmap
 import pytest
 from PIL import Image
 
-import images
 from bench.decode_memory import ASPECT_CORPUS, CORPUS, _gif_by_hand, corpus_file, measure
+from imaging import images
 from sandbox import tasks as sandboxed
 from tests.conftest import _create_user, make_app
 from tests.single_backend import database_url, storage_config  # noqa: F401 (fixtures)

@@ -11,8 +11,8 @@ import peewee
 import pytest
 
 import models
+from harness.imaging import make_animated_gif, make_image
 from storage import StorageError, get_storage, object_key
-from tests.imaging import make_animated_gif, make_image
 
 # What gunicorn tells the app for a chunked body: read the stream to its end.
 CHUNKED = {"wsgi.input_terminated": True}
@@ -436,7 +436,7 @@ def test_an_object_missing_under_its_row_is_still_a_500(app, client, auth, uploa
 
 
 def test_upload_budget_queues_bodies_beyond_its_capacity():
-    from blueprints.files import UploadBudget
+    from attachments.budget import UploadBudget
 
     budget = UploadBudget(capacity=100)
     order = []
@@ -456,8 +456,8 @@ def test_upload_budget_queues_bodies_beyond_its_capacity():
 
 
 def test_upload_budget_lets_a_single_oversized_body_through_and_times_out_others():
-    from blueprints.files import UploadBudget
-    from errors import ApiError
+    from attachments.budget import UploadBudget
+    from web.errors import ApiError
 
     budget = UploadBudget(capacity=10)
     with budget.reserve(50, timeout=1):
@@ -470,9 +470,9 @@ def test_upload_budget_lets_a_single_oversized_body_through_and_times_out_others
 
 
 def test_upload_waiting_too_long_for_budget_is_json_503(app, client, auth, user, monkeypatch):
-    import blueprints.files
+    import attachments.budget
 
-    monkeypatch.setattr(blueprints.files, "BUDGET_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(attachments.budget, "BUDGET_WAIT_SECONDS", 0.1)
     budget = app.extensions["upload_budget"]
     with budget.reserve(budget.capacity, timeout=1):  # another upload holds all of it
         response = upload(client, auth, make_image(), organization=user["organization_id"])

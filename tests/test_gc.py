@@ -19,15 +19,15 @@ import pytest
 import requests
 
 import config
-import gc_storage
 import models
 import storage
-from blueprints import files
+from attachments import rows
+from harness.imaging import make_image
+from harness.live import GunicornServer, backend_settings
+from jobs import gc_storage
 from storage import StorageError, get_storage, object_key, variant_key
 from storage.local import LocalStore
 from tests.concurrency import wait_for
-from tests.imaging import make_image
-from tests.live import GunicornServer, backend_settings
 from tests.test_files import upload
 
 LATER = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
@@ -39,7 +39,7 @@ class SimulatedCrash(BaseException):
 
 def gc(app, **options):
     with app.app_context(), models.db.connection_context():
-        return gc_storage.collect_orphans(get_storage(), app.config["S3_PREFIX"], **options)
+        return gc_storage.collect_orphans(get_storage(), variants=False, **options)  # originals only
 
 
 def gc_command(app, *args):
@@ -190,11 +190,11 @@ def test_a_crash_between_the_object_and_its_row_leaves_garbage_gc_removes(app, c
     interrupted = {}
 
     def crash(*values):  # the row's INSERT, after the objects were written
-        interrupted.update({field.name: value for field, value in zip(files._INSERT_FILE.fields, values)})
+        interrupted.update({field.name: value for field, value in zip(rows.INSERT_FILE.fields, values)})
         raise SimulatedCrash()
 
     with monkeypatch.context() as patch:
-        patch.setattr(files._INSERT_FILE, "execute", crash)
+        patch.setattr(rows.INSERT_FILE, "execute", crash)
         with pytest.raises(SimulatedCrash):
             upload(client, auth, make_image("image/gif", 10, 10), "image/gif", user["organization_id"])
     after_crash, _ = uploaded(app, client, auth, user)

@@ -12,10 +12,10 @@ import pytest
 from werkzeug.serving import make_server
 
 import gitwatch.hub as hub_module
+from harness.wsclient import Closed, Rejected, WatchClient
 from tests.conftest import make_app
 from tests.test_files import assert_error
 from tests.test_gitwatch import git, make_repo
-from tests.wsclient import Closed, Rejected, WatchClient
 
 # The protocol does not depend on the backends; the archive check's query runs
 # on PostgreSQL in test_live.py, under gunicorn.

@@ -36,9 +36,9 @@ import pytest
 import gitwatch.notify
 import gitwatch.repository
 from gitwatch import WorkspaceWatcher, scan_workspace
-from tests.watchsession import WatchSession
 from gitwatch.repository import RepositoryRefused, read_repository
 from tests.test_gitwatch import GENEROUS, git, make_repo
+from tests.watchsession import WatchSession
 
 ROOT = Path(__file__).resolve().parents[1]
 READ_TIMEOUT = 30.0  # seconds: a read that does not block takes well under one, a child's start included
@@ -609,3 +609,19 @@ def test_a_dead_inotify_reader_is_noticed_and_replaced(tmp_path: Path, monkeypat
         (tmp_path / "file.txt").write_text("hello\n")
         assert watcher.wait_for_change(GENEROUS) is True
         assert watcher.mode == "events" and gitwatch.notify._REGISTRY.delivering()
+
+
+@pytest.mark.parametrize("line", ["[core]\n\texcludesfile\n", "[core]\n\tattributesfile\n", '[remote "origin"]\n\turl\n'])
+def test_a_config_key_with_no_value_names_nothing_and_the_repository_is_read(tmp_path: Path, line: str) -> None:
+    """``excludesfile`` (or a remote's ``url``) alone, with no ``= value``: pygit2 gives None, which names no
+    file and no URL; the repository is read as usual, not turned into an error state."""
+    repo = make_repo(tmp_path / "repo")
+    (repo / "README.md").write_text("changed\n")
+    with open(repo / ".git" / "config", "a") as config:
+        config.write(line)
+
+    state = scan_workspace(tmp_path)["repo"]
+
+    assert state.error in (None, "")
+    assert state.branch == "main" and state.remote_origin == ""
+    assert "+changed" in state.unified_diff

@@ -26,8 +26,8 @@ import pytest
 
 import gitwatch.scan
 from gitwatch import scan_workspace
-from tests.watchsession import WatchSession
 from tests.test_gitwatch import GENEROUS, _test_git_env, git, make_repo
+from tests.watchsession import WatchSession
 
 HOOKS = [
     "applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit", "pre-merge-commit",
@@ -336,7 +336,7 @@ def test_swapping_the_workspace_for_a_symlink_gives_an_error_and_nothing_from_ou
     make_repo(workspace)
 
     def resolve() -> str:
-        import workspaces
+        from gitwatch import workspaces
 
         return workspaces.resolve(owner_dir, "proj")
 

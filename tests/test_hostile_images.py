@@ -17,9 +17,7 @@ import zlib
 import pytest
 from PIL import Image, ImageCms
 
-import banded
-import images
-import variants
+from imaging import banded, images, variants
 from tests.imaging import SRGB_BLUE, SRGB_GREEN, SRGB_RED, encode, rgb_profile
 
 
@@ -171,7 +169,7 @@ def patched(profile, offset, value):
 SRGB_V4 = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 TAG = (b"desc", b"desc" + bytes(8))
 
-# name: (profile, accepted), after Firefox's qcms and Chrome's skcms (variants.py cites the bounds).
+# name: (profile, accepted), after Firefox's qcms and Chrome's skcms (imaging/variants.py cites the bounds).
 PROFILES = {
     "sRGB (LittleCMS, v4)": (SRGB_V4, True),
     "matrix and curves (v2)": (rgb_profile(SRGB_RED, SRGB_GREEN, SRGB_BLUE), True),

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 import cli
-import images
 import models
-from tests.imaging import make_animated_gif, make_image
+from harness.imaging import make_animated_gif, make_image
+from imaging import images
 
 FUZZ = settings(
     max_examples=200,

@@ -17,12 +17,12 @@ import pytest
 import requests
 
 from bench.decode_memory import ASPECT_CORPUS, CORPUS, corpus_file
-from tests.imaging import make_image
-from tests.live import GunicornServer, sqlite_settings
+from harness.imaging import make_image
+from harness.live import GunicornServer, sqlite_settings
+from harness.wsclient import WatchClient
 from tests.test_gitwatch import git, make_repo
 from tests.test_gitwatch_hostile import deep_chains  # noqa: F401 (fixture)
 from tests.test_hostile_images import PROFILES, png_with_icc
-from tests.wsclient import WatchClient
 
 BOBS_SECRET_ORIGIN = "https://git.example.com/bob/private-plans.git"
 HEALTHZ_BOUND = 1.0  # seconds; the measured figures (p50, max) go to the test's output

@@ -7,9 +7,10 @@ in one of two ways: 400 with a JSON error, or, where the bytes are still a
 valid image, 201 and a download that gives back exactly the same bytes, and a
 thumbnail and preview that are images within their boxes.
 Never a 5xx, and never a decode that runs for long or eats memory: the
-caps in images.py refuse those before Pillow starts. Making the variants
+caps in imaging/images.py refuse those before Pillow starts. Making the variants
 allocates no image larger than the preview's box: the frame is shrunk in
-bands (VariantMemory below; bench/variants.py times it).
+bands (VariantMemory below; bench/variants.py times it). The bases, and the
+breakages bench/variants.py uses too, are in harness/image_corpus.py.
 
 One app and one user per test; each test sends many cases and reports all
 that went wrong at once.
@@ -17,7 +18,6 @@ that went wrong at once.
 
 import functools
 import io
-import random
 import struct
 import zipfile
 import zlib
@@ -26,36 +26,14 @@ import pytest
 from PIL import Image
 
 import cli
-import images
 import models
-import variants
-from tests.imaging import make_animated_gif, make_image
+from harness.image_corpus import BASES, bit_flips, jpeg_sof_offset, patched
+from imaging import images, variants
 from tests.test_files import upload, with_png_dimensions
 from tests.test_hostile_input import without_disk_syncs
 
 REFUSED = "refused"
 KEPT = "kept whole"
-
-
-def make_animation(pillow_format, count=3, width=20, height=16):
-    # Distinct colours: Pillow merges identical consecutive frames.
-    frames = [Image.new("RGB", (width, height), (index * 60, 90, 255 - index * 50)) for index in range(count)]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, pillow_format, save_all=True, append_images=frames[1:], duration=40)
-    return buffer.getvalue()
-
-
-BASES = {
-    "png": ("image/png", make_image("image/png", 48, 40)),
-    "apng": ("image/png", make_animation("PNG")),
-    "jpeg": ("image/jpeg", make_image("image/jpeg", 48, 40)),
-    "progressive-jpeg": ("image/jpeg", make_image("image/jpeg", 48, 40, progressive=True)),
-    "gif": ("image/gif", make_image("image/gif", 48, 40)),
-    "animated-gif": ("image/gif", make_animated_gif(frames=4, width=24, height=20)),
-    "webp": ("image/webp", make_image("image/webp", 48, 40)),
-    "lossless-webp": ("image/webp", make_image("image/webp", 48, 40, lossless=True)),
-    "animated-webp": ("image/webp", make_animation("WEBP")),
-}
 
 
 class Uploader:
@@ -173,17 +151,6 @@ def truncations(data, count=30):
     return {f"first {offset} of {len(data)} bytes": data[:offset] for offset in sorted(offsets)}
 
 
-def bit_flips(data, seed, count=40):
-    rng = random.Random(seed)
-    cases = {}
-    for _ in range(count):
-        position, bit = rng.randrange(len(data)), rng.randrange(8)
-        flipped = bytearray(data)
-        flipped[position] ^= 1 << bit
-        cases[f"bit {bit} of byte {position}"] = bytes(flipped)
-    return cases
-
-
 @pytest.mark.parametrize("base", sorted(BASES))
 def test_truncated_image_is_refused(uploader, base):
     content_type, data = BASES[base]
@@ -223,19 +190,6 @@ def gif_blocks(data):
 
 def gif_color_table_size(flags):
     return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
-
-
-def patched(data, offset, fmt, *values):
-    out = bytearray(data)
-    struct.pack_into(fmt, out, offset, *values)
-    return bytes(out)
-
-
-def jpeg_sof_offset(data):
-    offset = 2
-    while data[offset + 1] not in (0xC0, 0xC1, 0xC2):
-        offset += 2 + struct.unpack_from(">H", data, offset + 2)[0]
-    return offset
 
 
 def webp_chunk(data, fourcc):

@@ -11,11 +11,11 @@ import psycopg2
 import pytest
 import requests
 
+from harness.imaging import make_image
+from harness.live import GunicornServer, archive_and_wait_for_close, backend_settings, sqlite_settings
+from harness.servers import raw_exchange
+from harness.wsclient import WatchClient
 from tests.concurrency import run_at_once
-from tests.imaging import make_image
-from tests.live import GunicornServer, archive_and_wait_for_close, backend_settings, sqlite_settings
-from tests.servers import raw_exchange
-from tests.wsclient import WatchClient
 
 
 @pytest.fixture(params=["sqlite-local", "postgres-s3"])

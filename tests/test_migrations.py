@@ -14,12 +14,12 @@ import uuid
 
 import pytest
 
-import auth
 import migrations
 import models
 from app import create_app
+from harness.imaging import make_image
 from storage import get_storage, object_key
-from tests.imaging import make_image
+from web import auth
 
 pytestmark = pytest.mark.parametrize("storage_config", ["local"], indirect=True)
 

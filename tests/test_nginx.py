@@ -14,12 +14,12 @@ import pytest
 import requests
 import websocket
 
+from harness.imaging import make_image
+from harness.live import archive_and_wait_for_close, kill_instance, log_lines
+from harness.servers import raw_exchange
+from harness.wsclient import WatchClient
 from tests.concurrency import wait_for
 from tests.fixtures_edge import make_workspace
-from tests.imaging import make_image
-from tests.live import archive_and_wait_for_close, kill_instance, log_lines
-from tests.servers import raw_exchange
-from tests.wsclient import WatchClient
 
 MAX_FILE_SIZE = 10 * 1024 * 1024  # the default, which deploy/nginx.conf's client_max_body_size is matched to
 FILE_TOO_LARGE = {"message": "File too large.", "detail": f"Maximum file size is {MAX_FILE_SIZE} bytes."}

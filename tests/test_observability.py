@@ -26,18 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
-import jsonlog
 import models
-import observability
-import shutdown
 import storage.local
 from app import create_app
 from config import ConfigError
+from harness.imaging import make_image
+from harness.live import GunicornServer, sqlite_settings
+from harness.servers import LOCALHOST
+from ops import jsonlog, observability, shutdown
 from storage import StorageError
 from tests.conftest import make_app
-from tests.imaging import make_image
-from tests.live import GunicornServer, sqlite_settings
-from tests.servers import LOCALHOST
 
 DOWNLOAD_ROUTE = "/api/v2/chats/files/<file_id>"
 UPLOAD_ROUTE = "/api/v2/chats/files"
@@ -229,7 +227,7 @@ def test_other_records_in_a_request_carry_its_id(client, user, monkeypatch, caps
     response = upload(client, user["token"], make_image(), user["organization_id"], headers={"X-Request-ID": "boom"})
     assert response.status_code == 500
     lines = [line for line in log_lines(capsys.readouterr().out) if line.get("request_id") == "boom"]
-    error = next(line for line in lines if line["logger"] == "blueprints.files")
+    error = next(line for line in lines if line["logger"] == "attachments.store")
     assert error["level"] == "ERROR"
     assert "bucket on fire" in error["exception"]
     assert [line["logger"] for line in lines][-1] == "request"
@@ -318,9 +316,9 @@ def _reject_storage(client, monkeypatch):
 
 
 def _fill_upload_budget(client, monkeypatch):
-    import blueprints.files
+    import attachments.budget
 
-    monkeypatch.setattr(blueprints.files, "BUDGET_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(attachments.budget, "BUDGET_WAIT_SECONDS", 0.05)
     budget = client.application.extensions["upload_budget"]
     holder = budget.reserve(budget.capacity, timeout=1)  # a (pretend) upload holds all of it
     holder.__enter__()

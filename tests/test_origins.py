@@ -4,10 +4,10 @@ import pytest
 
 import config
 from config import parse_allowed_origins
-from origins import cross_origin_problem
 from tests.conftest import _create_user, make_app
 from tests.single_backend import database_url, storage_config  # noqa: F401 (fixtures)
 from tests.test_files import assert_error
+from web.origins import cross_origin_problem
 
 HOST = "files.example.com"
 ALLOWED = parse_allowed_origins("https://chat.example.com, http://localhost:3000")

@@ -19,9 +19,9 @@ import pytest
 import requests
 
 import models
-from tests.imaging import make_image
-from tests.live import GunicornServer
-from tests.servers import MotoServer, PostgresServer
+from harness.imaging import make_image
+from harness.live import GunicornServer
+from harness.servers import MotoServer, PostgresServer
 
 BUCKET = "outage-bucket"
 HANG_GUARD = 20  # seconds; far above the worst case the timeouts allow (about 9 s)

@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 import models
-from blueprints import files
+from attachments import rows as queries
 
 pytestmark = pytest.mark.parametrize("storage_config", ["local"], indirect=True)
 
@@ -19,7 +19,7 @@ def test_the_prepared_lookup_returns_the_same_row_as_peewee(app, user):
     with app.app_context(), models.db.connection_context():
         created = make_file(user)
         expected = models.ChatFile.get_by_id(created.id)
-        row = files._OWN_FILE.first(created.id, uuid.UUID(user["user_id"]))
+        row = queries.OWN_FILE.first(created.id, uuid.UUID(user["user_id"]))
         assert {name: (value, type(value)) for name, value in row.__data__.items()} == {
             name: (value, type(value)) for name, value in expected.__data__.items()}
 
@@ -27,8 +27,8 @@ def test_the_prepared_lookup_returns_the_same_row_as_peewee(app, user):
 def test_the_prepared_lookup_keeps_the_owner_condition(app, user, other_user):
     with app.app_context(), models.db.connection_context():
         created = make_file(user)
-        assert files._OWN_FILE.first(created.id, uuid.UUID(other_user["user_id"])) is None
-        assert files._OWN_FILE.first(uuid.uuid4(), uuid.UUID(user["user_id"])) is None
+        assert queries.OWN_FILE.first(created.id, uuid.UUID(other_user["user_id"])) is None
+        assert queries.OWN_FILE.first(uuid.uuid4(), uuid.UUID(user["user_id"])) is None
 
 
 def test_a_query_that_does_not_use_its_fields_in_order_is_refused(app):
@@ -43,9 +43,9 @@ def test_the_prepared_insert_stores_what_peewee_create_stores(app, user):
     with app.app_context(), models.db.connection_context():
         expected = make_file(user)
         file_id = uuid.uuid4()
-        files._INSERT_FILE.execute(file_id, expected.owner_id, expected.organization_id, expected.name,
-                                   expected.content_type, expected.size, expected.sha256, expected.width,
-                                   expected.height, expected.created_at, expected.animated).close()
+        queries.INSERT_FILE.execute(file_id, expected.owner_id, expected.organization_id, expected.name,
+                                    expected.content_type, expected.size, expected.sha256, expected.width,
+                                    expected.height, expected.created_at, expected.animated).close()
         stored = models.ChatFile.get_by_id(file_id)
         reference = models.ChatFile.get_by_id(expected.id)
         assert {**stored.__data__, "id": None} == {**reference.__data__, "id": None}
@@ -54,8 +54,8 @@ def test_the_prepared_insert_stores_what_peewee_create_stores(app, user):
 def test_the_prepared_variant_upsert_inserts_then_replaces(app, user):
     with app.app_context(), models.db.connection_context():
         file_id = make_file(user).id
-        files._UPSERT_VARIANT.execute(file_id, "thumbnail", False, "image/webp", 10, 20, 30, "a" * 64).close()
-        files._UPSERT_VARIANT.execute(file_id, "thumbnail", True, "image/png", 11, 21, 31, "b" * 64).close()
+        queries.UPSERT_VARIANT.execute(file_id, "thumbnail", False, "image/webp", 10, 20, 30, "a" * 64).close()
+        queries.UPSERT_VARIANT.execute(file_id, "thumbnail", True, "image/png", 11, 21, 31, "b" * 64).close()
         rows = [(v.variant, v.original, v.content_type, v.width, v.height, v.size, v.sha256)
                 for v in models.ChatFileVariant.select().where(models.ChatFileVariant.file == file_id)]
         assert rows == [("thumbnail", True, "image/png", 11, 21, 31, "b" * 64)]
@@ -64,32 +64,32 @@ def test_the_prepared_variant_upsert_inserts_then_replaces(app, user):
 def test_the_prepared_variant_lookup_finds_that_files_variant_only(app, user):
     with app.app_context(), models.db.connection_context():
         file_id, other_id = make_file(user).id, make_file(user).id
-        files._UPSERT_VARIANT.execute(file_id, "thumbnail", False, "image/webp", 10, 20, 30, "a" * 64).close()
-        files._UPSERT_VARIANT.execute(file_id, "preview", True, "image/png", 11, 21, 31, "b" * 64).close()
-        files._UPSERT_VARIANT.execute(other_id, "thumbnail", False, "image/jpeg", 12, 22, 32, "c" * 64).close()
-        thumbnail = files._VARIANT_TO_SEND.first(file_id, "thumbnail")
-        preview = files._VARIANT_TO_SEND.first(file_id, "preview")
+        queries.UPSERT_VARIANT.execute(file_id, "thumbnail", False, "image/webp", 10, 20, 30, "a" * 64).close()
+        queries.UPSERT_VARIANT.execute(file_id, "preview", True, "image/png", 11, 21, 31, "b" * 64).close()
+        queries.UPSERT_VARIANT.execute(other_id, "thumbnail", False, "image/jpeg", 12, 22, 32, "c" * 64).close()
+        thumbnail = queries.VARIANT_TO_SEND.first(file_id, "thumbnail")
+        preview = queries.VARIANT_TO_SEND.first(file_id, "preview")
         assert (thumbnail.original, thumbnail.content_type, thumbnail.size, thumbnail.sha256) == (
             False, "image/webp", 30, "a" * 64)
         assert (preview.original, preview.content_type, preview.size, preview.sha256) == (
             True, "image/png", 31, "b" * 64)
-        assert files._VARIANT_TO_SEND.first(uuid.uuid4(), "thumbnail") is None
+        assert queries.VARIANT_TO_SEND.first(uuid.uuid4(), "thumbnail") is None
 
 
 def test_a_narrow_prepared_select_leaves_unselected_columns_empty(app, user):
     with app.app_context(), models.db.connection_context():
         created = make_file(user)
-        row = files._FILE_TO_SEND.first(created.id, uuid.UUID(user["user_id"]))
+        row = queries.FILE_TO_SEND.first(created.id, uuid.UUID(user["user_id"]))
         assert (row.id, row.organization_id, row.sha256, row.size) == (
             created.id, uuid.UUID(user["organization_id"]), created.sha256, created.size)
         assert row.created_at is None  # not selected, and not defaulted to "now" either
-        assert files._FILE_TO_SEND.first(created.id, uuid.uuid4()) is None
+        assert queries.FILE_TO_SEND.first(created.id, uuid.uuid4()) is None
 
 
 def test_the_prepared_membership_check(app, user, other_user):
     with app.app_context(), models.db.connection_context():
-        assert files._MEMBER.exists(uuid.UUID(user["user_id"]), uuid.UUID(user["organization_id"]))
-        assert not files._MEMBER.exists(uuid.UUID(other_user["user_id"]), uuid.UUID(user["organization_id"]))
+        assert queries.MEMBER.exists(uuid.UUID(user["user_id"]), uuid.UUID(user["organization_id"]))
+        assert not queries.MEMBER.exists(uuid.UUID(other_user["user_id"]), uuid.UUID(user["organization_id"]))
 
 
 def test_an_insert_whose_parameters_are_not_its_fields_in_order_is_refused(app):

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-import images
 from gitwatch.repository import RepositoryRefused
+from imaging import images
 from sandbox import Limits, Pool, PoolBusy, SandboxFailed
 from sandbox import tasks as sandboxed
 from sandbox.wire import WireError, recv_frame, send_frame

@@ -8,9 +8,9 @@ repositories are real ones.
 from pathlib import Path
 
 from gitwatch import scan_workspace
+from harness.imaging import make_image
 from sandbox import Limits
 from sandbox import tasks as sandboxed
-from tests.imaging import make_image
 from tests.test_files import assert_error, object_count, row_count, upload
 from tests.test_gitwatch import git, make_repo
 

@@ -22,8 +22,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from blueprints.openapi import DOCUMENT_PATH
-from tests.imaging import make_image
-from tests.live import GunicornServer, sqlite_settings
+from harness.imaging import make_image
+from harness.live import GunicornServer, sqlite_settings
 
 SEED = 20260306
 MAX_EXAMPLES = 25

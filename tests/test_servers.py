@@ -6,7 +6,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from tests.servers import MotoServer, PostgresServer
+from harness.servers import MotoServer, PostgresServer
 
 
 def _fetch_one(url, query):

@@ -7,10 +7,10 @@ import time
 import pytest
 import requests
 
-import auth
 import models
-from tests.live import GunicornServer
+from harness.live import GunicornServer
 from tests.test_files import assert_error
+from web import auth
 
 pytestmark = pytest.mark.parametrize("storage_config", ["local"], indirect=True)
 

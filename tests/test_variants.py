@@ -10,23 +10,22 @@ import pytest
 from PIL import Image
 
 import cli
-import generate_variants
-import images
 import models
-import variants
+from harness.image_corpus import make_animation
+from harness.imaging import make_animated_gif, make_image
+from imaging import images, variants
+from jobs import generate_variants
 from storage import StorageError, get_storage, object_key, variant_key
 from tests.imaging import (
     SRGB_BLUE,
     SRGB_GREEN,
     SRGB_RED,
     encode,
-    make_animated_gif,
-    make_image,
     rgb_profile,
     smooth_image,
 )
 from tests.test_files import assert_error, upload
-from tests.test_image_corpus import VariantMemory, make_animation
+from tests.test_image_corpus import VariantMemory
 
 FILES = "/api/v2/chats/files"
 
@@ -161,7 +160,7 @@ def test_variants_are_upright_and_dimensions_are_as_displayed(app, client, auth,
     assert (metadata["width"], metadata["height"]) == ("2000", "1000")
 
 
-@pytest.mark.filterwarnings("error")  # as in production (images.py): Pillow's warnings are errors
+@pytest.mark.filterwarnings("error")  # as in production (imaging/images.py): Pillow's warnings are errors
 @pytest.mark.parametrize("content_type", ["image/png", "image/webp"])  # a JPEG's EXIF is checked when verified
 def test_a_malformed_exif_block_is_ignored(client, auth, user, content_type):
     image = quadrants(600, 300)
@@ -313,7 +312,7 @@ def test_variants_of_every_format_and_mode(sqlite_app, content_type, mode):
 def test_variants_make_no_full_size_copy_of_the_frame(sqlite_app, monkeypatch, mode):
     """Orientation, colour profile and alpha are all dealt with at the preview's size, and the
     shrink goes band by band: no image larger than the preview's box is made, not even the RGB(A)
-    one Pillow needs to resample a palette or the premultiplied one for alpha (banded.py)."""
+    one Pillow needs to resample a palette or the premultiplied one for alpha (imaging/banded.py)."""
     memory = VariantMemory(monkeypatch)
     exif = Image.Exif()
     exif[variants.ORIENTATION_TAG] = 6

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from gitwatch.notify import WorkspaceWatcher
 from gitwatch.scan import Scan, scan
 from gitwatch.session import SocketView
-from workspaces import WorkspaceError
+from gitwatch.workspaces import WorkspaceError
 
 
 class WatchSession:

@@ -26,18 +26,25 @@ way (:func:`spooled_body`): a body on the wire costs no memory. JSON bodies
 are small and read into memory under a limit (:func:`json_body`).
 """
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import json
 import socket
 import tempfile
 import time
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Protocol
 
-from flask import request
+from flask import Flask, request
 from gunicorn.http.errors import NoMoreData, ParseException
 from gunicorn.http.unreader import SocketUnreader
 
-from errors import ApiError
+from web.errors import ApiError
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 # The body is read this much at a time, and gunicorn reads ahead no more than this (init_app): its reader
 # copies all it holds ahead on every read the app makes, so with its default 1 MiB read-ahead each 64 KiB
@@ -54,9 +61,10 @@ ENVIRON_KEY = "chatfiles.body"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """Wrap the app so every body is read through BodyInput. Call before observability wraps it."""
-    app.wsgi_app = BodyMiddleware(
+    # Flask's documented way to add WSGI middleware, though its class types wsgi_app as a method.
+    app.wsgi_app = BodyMiddleware(  # type: ignore[method-assign]
         app.wsgi_app,
         stall_timeout=app.config["BODY_READ_TIMEOUT"],
         drain_limit=DRAIN_FACTOR * app.config["MAX_FILE_SIZE"],
@@ -72,31 +80,40 @@ def init_app(app):
 # a 413 whose body is then drained whole keeps it alive.
 
 
-def too_large(limit):
+def too_large(limit: int) -> ApiError:
     return ApiError(413, "File too large.", f"Maximum file size is {limit} bytes.")
 
 
-def _timed_out(seconds):
+def _timed_out(seconds: float) -> ApiError:
     return ApiError(408, "Request body timed out.", f"No byte of the body arrived for {seconds} seconds.")
 
 
-def _incomplete(detail):
+def _incomplete(detail: str) -> ApiError:
     return ApiError(400, "Incomplete request body.", detail)
 
 
-def _malformed(error):
+def _malformed(error: Exception) -> ApiError:
     return ApiError(400, "Malformed request body.", f"The chunked body could not be read: {error}.")
 
 
 # --- reading ------------------------------------------------------------------
 
 
+class _Stream(Protocol):
+    """The server's ``wsgi.input``: gunicorn's (and werkzeug's) also take None, for "all of it"."""
+
+    def read(self, size: int | None = ..., /) -> bytes: ...
+
+    def readline(self, size: int | None = ..., /) -> bytes: ...
+
+
 class BodyInput:
     """``wsgi.input`` with the 100-continue, the stall timeout and the body's errors as ApiErrors."""
 
-    def __init__(self, environ, stall_timeout):
-        self._stream = environ["wsgi.input"]
-        self._socket = environ.get("gunicorn.socket")  # None outside gunicorn (tests' client, dev server)
+    def __init__(self, environ: WSGIEnvironment, stall_timeout: float) -> None:
+        self._stream: _Stream = environ["wsgi.input"]
+        # None outside gunicorn (tests' client, dev server).
+        self._socket: socket.socket | None = environ.get("gunicorn.socket")
         self._continue_owed = (
             self._socket is not None
             and environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
@@ -111,17 +128,17 @@ class BodyInput:
         self.failed = False
 
     @property
-    def continue_owed(self):
+    def continue_owed(self) -> bool:
         """The client waits for "100 Continue" before sending its body, and has not had it."""
         return self._continue_owed
 
-    def read(self, size=-1):
+    def read(self, size: int | None = -1) -> bytes:
         return self._read(self._stream.read, size)
 
-    def readline(self, size=-1):
+    def readline(self, size: int | None = -1) -> bytes:
         return self._read(self._stream.readline, size)
 
-    def _read(self, method, size):
+    def _read(self, method: Callable[[int | None], bytes], size: int | None) -> bytes:
         if self.failed or self.at_end:
             return b""
         if self._remaining is not None:
@@ -129,6 +146,7 @@ class BodyInput:
             size = self._remaining if size is None or size < 0 else min(size, self._remaining)
         if self._continue_owed:
             self._continue_owed = False
+            assert self._socket is not None  # owed only on gunicorn's socket
             self._socket.sendall(CONTINUE)
         try:
             with self._socket_timeout(self._stall_timeout):
@@ -149,10 +167,10 @@ class BodyInput:
             self.at_end = True
         return data
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         return iter(lambda: self.read(READ_CHUNK), b"")
 
-    def closes_after_response(self, drain_limit):
+    def closes_after_response(self, drain_limit: int) -> bool:
         """Whether the connection will end after the answer: what is left of the body cannot all be drained.
 
         Decided when the answer starts, from what is known then: a body the
@@ -174,7 +192,7 @@ class BodyInput:
             return self._length_unknown
         return self.bytes_read + self._remaining > drain_limit
 
-    def drain(self, limit, seconds):
+    def drain(self, limit: int, seconds: float) -> bool:
         """Read and discard the rest of the body; True when it all came."""
         if self._continue_owed:
             return self.at_end  # the client waits for a 100 Continue that will not come: nothing to read
@@ -188,7 +206,7 @@ class BodyInput:
             return False
         return self.at_end
 
-    def linger(self, seconds):
+    def linger(self, seconds: float) -> None:
         """Half-close, then read what the client still sends for a moment, so closing does not reset.
 
         The half-close is what ends the connection with the answer (gunicorn
@@ -214,7 +232,7 @@ class BodyInput:
                 self._socket.settimeout(None)
 
     @contextlib.contextmanager
-    def _socket_timeout(self, seconds):
+    def _socket_timeout(self, seconds: float) -> Iterator[None]:
         if self._socket is None:
             yield
             return
@@ -227,7 +245,7 @@ class BodyInput:
                 self._socket.settimeout(previous)
 
 
-def _declared_length(environ):
+def _declared_length(environ: WSGIEnvironment) -> int | None:
     """The body's length: Content-Length, None for a server-terminated (chunked) stream, else 0 (PEP 3333)."""
     declared = environ.get("CONTENT_LENGTH")
     try:
@@ -246,16 +264,18 @@ class BodyMiddleware:
     when an application set it on an answer after which it will not.
     """
 
-    def __init__(self, app, stall_timeout, drain_limit):
+    def __init__(self, app: WSGIApplication, stall_timeout: float, drain_limit: int) -> None:
         self.app = app
         self.stall_timeout = stall_timeout
         self.drain_limit = drain_limit
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         body = BodyInput(environ, self.stall_timeout)
         environ["wsgi.input"] = environ[ENVIRON_KEY] = body
 
-        def start_response_saying_close(status, headers, exc_info=None):
+        def start_response_saying_close(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+        ) -> Callable[[bytes], object]:
             headers = [(name, value) for name, value in headers if not _is_connection_close(name, value)]
             if body.closes_after_response(self.drain_limit):
                 headers.append(("Connection", "close"))
@@ -264,22 +284,22 @@ class BodyMiddleware:
         return _DrainAfterResponse(self.app(environ, start_response_saying_close), body, self.drain_limit)
 
 
-def _is_connection_close(name, value):
+def _is_connection_close(name: str, value: str) -> bool:
     return name.lower() == "connection" and value.strip(" \t").lower() == "close"
 
 
 class _DrainAfterResponse:
     """The response iterable; the server closes it after the last byte went out, and then it drains."""
 
-    def __init__(self, response, body, drain_limit):
+    def __init__(self, response: Iterable[bytes], body: BodyInput, drain_limit: int) -> None:
         self._response = response
         self._body = body
         self._drain_limit = drain_limit
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self._response)
 
-    def close(self):
+    def close(self) -> None:
         try:
             if hasattr(self._response, "close"):
                 self._response.close()
@@ -288,7 +308,7 @@ class _DrainAfterResponse:
                 self._body.linger(LINGER_SECONDS)
 
 
-def _body_input():
+def _body_input() -> BodyInput:
     return request.environ[ENVIRON_KEY]
 
 
@@ -298,36 +318,36 @@ def _body_input():
 class SpooledBody:
     """A request body in an anonymous temporary file: its size and SHA-256, and its descriptor for a sandbox."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.file = tempfile.TemporaryFile(prefix="chatfiles-upload-")
         self.size = 0
         self._hash = hashlib.sha256()
 
-    def write(self, chunk):
+    def write(self, chunk: bytes) -> None:
         self.file.write(chunk)
         self._hash.update(chunk)
         self.size += len(chunk)
 
     @property
-    def sha256(self):
+    def sha256(self) -> str:
         return self._hash.hexdigest()
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The file's descriptor, everything written flushed to it: what a sandbox process is handed."""
         self.file.flush()
         return self.file.fileno()
 
-    def rewound(self):
+    def rewound(self) -> BinaryIO:
         """The file, at its start: for a store that copies it."""
         self.file.seek(0)
         return self.file
 
-    def close(self):
+    def close(self) -> None:
         self.file.close()
 
 
 @contextlib.contextmanager
-def spooled_body(limit):
+def spooled_body(limit: int) -> Iterator[SpooledBody]:
     """The upload's body in a SpooledBody; 413 over ``limit`` bytes (declared or counted), 408, 400."""
     declared = request.content_length
     if declared is not None and declared > limit:
@@ -345,7 +365,7 @@ def spooled_body(limit):
         body.close()
 
 
-def _chunks(most):
+def _chunks(most: int) -> Iterator[bytes]:
     """The body in chunks, never asking for more than ``most + 1`` bytes (the one that proves it is over)."""
     stream, total = _body_input(), 0
     while total <= most:
@@ -359,7 +379,7 @@ def _chunks(most):
 # --- JSON bodies: small, in memory ----------------------------------------------
 
 
-def json_body(limit=JSON_BODY_LIMIT):
+def json_body(limit: int = JSON_BODY_LIMIT) -> Any:
     """The request's JSON document (any JSON value); 413 over ``limit`` bytes, 400 if it is not JSON."""
     declared = request.content_length
     if declared is not None and declared > limit:
@@ -373,10 +393,10 @@ def json_body(limit=JSON_BODY_LIMIT):
         raise ApiError(400, "Invalid request body.", f"The body is not valid JSON: {_short(error)}") from None
 
 
-def _json_too_large(limit):
+def _json_too_large(limit: int) -> ApiError:
     return ApiError(413, "Request body too large.", f"JSON request bodies are at most {limit} bytes.")
 
 
-def _short(error):
+def _short(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     return text if text.endswith(".") else text + "."

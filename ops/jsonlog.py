@@ -5,8 +5,10 @@ format for its own log through ``logconfig_dict`` without importing the app.
 
 The request id lives in a context variable that observability's middleware
 sets for the duration of a request; any record logged meanwhile in that
-thread (a warning, an exception from errors.py) gets it.
+thread (a warning, an exception from web/errors.py) gets it.
 """
+
+from __future__ import annotations
 
 import contextvars
 import json
@@ -14,6 +16,7 @@ import logging
 import re
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -22,23 +25,23 @@ REQUEST_LOG_LINE = '"%s" %s %s'  # werkzeug's dev-server request line: it carrie
 # that is not JSON (an exception's argument, a UUID) is written as its str().
 _ENCODER = json.JSONEncoder(default=str)
 
-_request_id = contextvars.ContextVar("request_id", default=None)
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
-def current_request_id():
+def current_request_id() -> str | None:
     """The id of the request this thread is serving, or None."""
     return _request_id.get()
 
 
-def set_request_id(request_id):
+def set_request_id(request_id: str | None) -> None:
     _request_id.set(request_id)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, request_id, extra ``fields``, exception."""
 
-    def format(self, record):
-        line = {
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
             "ts": _timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
@@ -66,11 +69,11 @@ class JsonLineHandler(logging.Handler):
     parseable.
     """
 
-    def __init__(self, level=logging.NOTSET):
+    def __init__(self, level: int | str = logging.NOTSET) -> None:
         super().__init__(level)
         self.setFormatter(JsonFormatter())
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             stream = sys.stderr if click.get_current_context(silent=True) else sys.stdout
             stream.write(self.format(record) + "\n")
@@ -79,7 +82,7 @@ class JsonLineHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure(level):
+def configure(level: str | int) -> None:
     """Make the root logger write JSON lines at ``level`` (a name like "INFO"); safe to call again."""
     # The line carries none of the caller's file and line, thread or process: don't look them up for
     # every record (the logging documentation's "Optimization"; every request writes one).
@@ -95,7 +98,7 @@ def configure(level):
         werkzeug.addFilter(_DropRequestLines())
 
 
-def parse_level(level):
+def parse_level(level: object) -> int:
     """The numeric level for a name like "info", or ValueError."""
     number = logging.getLevelName(str(level).upper())
     if not isinstance(number, int):
@@ -106,7 +109,7 @@ def parse_level(level):
 class _DropRequestLines(logging.Filter):
     """The dev server's own request lines repeat ours, with the query string (maybe a token) in them."""
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         return REQUEST_LOG_LINE not in str(record.msg)
 
 
@@ -119,7 +122,7 @@ _SECRETS = (
 )
 
 
-def scrub(text):
+def scrub(text: str) -> str:
     """``text`` without query strings, cookie and token header values, or anything shaped like a token."""
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
@@ -133,7 +136,7 @@ class ScrubSecrets(logging.Filter):
     handler sees it, so the args are dropped.
     """
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # arguments that do not fit the format: keep the format only
@@ -146,10 +149,11 @@ class ScrubSecrets(logging.Filter):
         return True
 
 
-_second = (None, "")  # the last whole second formatted: most lines share it with the line before
+# The last whole second formatted: most lines share it with the line before.
+_second: tuple[int | None, str] = (None, "")
 
 
-def _timestamp(created):
+def _timestamp(created: float) -> str:
     """RFC 3339 in UTC with milliseconds: 2026-12-01T23:01:02.345Z."""
     global _second
     seconds = int(created)

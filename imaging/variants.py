@@ -11,11 +11,13 @@ itself when that is animated or already fits: it is not stored twice.
 Memory: ``images.verify_image`` hands over its decoded first frame (a JPEG's
 already decoded near the preview's scale, ``images.DRAFT_BOUND``), which is
 shrunk once to the largest variant's box before anything else touches it; the
-smaller variants come from that. The shrink goes band by band (banded.py), so
+smaller variants come from that. The shrink goes band by band (imaging/banded.py), so
 no full-size copy of the frame is made, not even the RGB(A) one Pillow needs
 to resample a palette frame or the premultiplied one for alpha
 (tests/test_variants.py counts them).
 """
+
+from __future__ import annotations
 
 import hashlib
 import io
@@ -26,8 +28,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageCms
 
-import banded
-import images
+from imaging import banded, images
 
 
 @dataclass(frozen=True)
@@ -90,20 +91,20 @@ class Made:
     data: bytes | None = None
 
     @property
-    def original(self):
+    def original(self) -> bool:
         return self.data is None
 
 
 class FirstFrame:
     """``images.verify_image``'s ``on_first_frame``: keeps the still the variants are made from."""
 
-    still = None
+    still: Still | None = None
 
-    def __call__(self, frame, size):
+    def __call__(self, frame: Image.Image, size: tuple[int, int]) -> None:
         self.still = still_of(frame, size)
 
 
-def orientation(frame):
+def orientation(frame: Image.Image) -> int:
     """The EXIF orientation, 1 (as stored) when absent or unreadable: a broken EXIF block is ignored, as browsers do."""
     try:
         value = int(frame.getexif().get(ORIENTATION_TAG, 1))
@@ -112,11 +113,11 @@ def orientation(frame):
     return value if value in UPRIGHT else 1
 
 
-def displayed_size(size, turn):
-    return (size[1], size[0]) if turn in SIDEWAYS else tuple(size)
+def displayed_size(size: tuple[int, int], turn: int) -> tuple[int, int]:
+    return (size[1], size[0]) if turn in SIDEWAYS else (size[0], size[1])
 
 
-def still_of(frame, size):
+def still_of(frame: Image.Image, size: tuple[int, int]) -> Still:
     """The decoder's first ``frame`` (of an image of ``size``) made into a Still, leaving ``frame`` untouched."""
     turn = orientation(frame)
     width, height = displayed_size(size, turn)
@@ -129,7 +130,9 @@ def still_of(frame, size):
     return Still(image, width, height)
 
 
-def verify_and_make(data, max_pixels, max_memory, sha256):
+def verify_and_make(
+    data: images.ImageBytes, max_pixels: int, max_memory: int | None, sha256: str
+) -> tuple[images.ImageInfo, Still, list[Made]]:
     """An upload's whole image work: one decode that verifies ``data`` and feeds its variants.
 
     Returns (ImageInfo, Still, [Made]), the Still without its pixels: an upload
@@ -138,13 +141,15 @@ def verify_and_make(data, max_pixels, max_memory, sha256):
     """
     first_frame = FirstFrame()
     info = images.verify_image(data, max_pixels, max_memory, on_first_frame=first_frame)
-    made = make(first_frame.still, info.content_type, info.animated, len(data), sha256)
-    return info, replace(first_frame.still, image=None), made
+    still = first_frame.still
+    assert still is not None  # verify_image decodes the first frame, or raises
+    made = make(still, info.content_type, info.animated, len(data), sha256)
+    return info, replace(still, image=None), made
 
 
-def make(still, content_type, animated, size, sha256):
+def make(still: Still, content_type: str, animated: bool, size: int, sha256: str) -> list[Made]:
     """Every variant of an image: encoded from ``still``, or the original (its type, size and sha256) itself."""
-    made = []
+    made: list[Made] = []
     for spec in VARIANTS:
         fits = still.width <= spec.max_width and still.height <= spec.max_height
         if spec.original_if_fits and (animated or fits):
@@ -152,6 +157,7 @@ def make(still, content_type, animated, size, sha256):
             continue
         width, height = banded.fit(still.width, still.height, spec.max_width, spec.max_height)
         image = still.image
+        assert image is not None, "a still without its pixels makes no variant"
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
         data = _encode(image)
@@ -159,7 +165,7 @@ def make(still, content_type, animated, size, sha256):
     return made
 
 
-def renamed(name, content_type):
+def renamed(name: str | None, content_type: str) -> str | None:
     """The display name with its extension changed to ``content_type``'s (None stays None)."""
     if not name:
         return name
@@ -167,22 +173,22 @@ def renamed(name, content_type):
     return (stem or name) + EXTENSIONS[content_type]
 
 
-def _shrunk(frame, target):
-    """The frame at ``target`` in a mode Pillow resamples smoothly, never copied whole (banded.py)."""
+def _shrunk(frame: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """The frame at ``target`` in a mode Pillow resamples smoothly, never copied whole (imaging/banded.py)."""
     mode = _resamplable_mode(frame)
     if frame.size == target:
         return frame if frame.mode == mode else frame.convert(mode)  # it fits the box: a small copy
     return banded.resized(frame, target, mode)
 
 
-def _resamplable_mode(frame):
+def _resamplable_mode(frame: Image.Image) -> str:
     """The frame's mode if Pillow resamples it smoothly; RGB(A) for a palette or bilevel frame."""
     if frame.mode in ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F") or frame.mode.startswith("I;16"):
         return frame.mode
     return "RGBA" if frame.has_transparency_data else "RGB"
 
 
-def _eight_bit(image):
+def _eight_bit(image: Image.Image) -> Image.Image:
     """16- and 32-bit grey (a 16-bit PNG) as 8-bit grey, keeping the top 8 bits as a browser shows it."""
     if image.mode == "F":
         return image.convert("L")
@@ -191,7 +197,7 @@ def _eight_bit(image):
     return image
 
 
-def _to_srgb(image, icc_profile, frame):
+def _to_srgb(image: Image.Image, icc_profile: bytes | None, frame: Image.Image) -> Image.Image:
     """RGB (RGBA when any pixel is see-through), converted from the embedded profile to sRGB, without metadata.
 
     A profile lcms cannot use (broken, or for another colour space), or one
@@ -205,7 +211,9 @@ def _to_srgb(image, icc_profile, frame):
     if icc_profile and acceptable_icc_profile(icc_profile):
         try:
             profile = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
-            colour = ImageCms.profileToProfile(colour, profile, SRGB, outputMode="RGB")
+            converted = ImageCms.profileToProfile(colour, profile, SRGB, outputMode="RGB")
+            if converted is not None:  # None only when converting in place
+                colour = converted
         except Exception:  # lcms reports an unusable profile as PyCMSError, OSError or ValueError
             pass
     if colour.mode != "RGB":
@@ -247,7 +255,7 @@ MAX_PIPELINE_SEGMENTS = 256
 MAX_CLUT_POINTS = 500_000
 
 
-def acceptable_icc_profile(data):
+def acceptable_icc_profile(data: bytes) -> bool:
     """Whether an embedded ICC profile is one browsers would use: its header (size, 'acsp'), its tag
     table and every tag inside the profile (skcms), and no pipeline or CLUT grid beyond the bounds above."""
     view = memoryview(data).cast("B")
@@ -263,7 +271,7 @@ def acceptable_icc_profile(data):
     return True
 
 
-def _acceptable_tag(tag):
+def _acceptable_tag(tag: memoryview) -> bool:
     kind = bytes(tag[:4])
     if kind in (b"mft1", b"mft2"):  # inputs at 8, grid points (every axis) at 10
         return len(tag) >= 48 and tag[10] ** tag[8] <= MAX_CLUT_POINTS
@@ -277,7 +285,7 @@ def _acceptable_tag(tag):
     return True
 
 
-def _acceptable_pipeline(tag):
+def _acceptable_pipeline(tag: memoryview) -> bool:
     """An mpet: channels at 8, its element count at 12, then a position (offset, size) per element."""
     if len(tag) < 16:
         return False
@@ -300,7 +308,7 @@ def _acceptable_pipeline(tag):
     return segments <= MAX_PIPELINE_SEGMENTS
 
 
-def _curve_set_segments(element):
+def _curve_set_segments(element: memoryview) -> int:
     """Segments of a curve set's curves: a position per channel (count at 8) from 12, each a 'curf'
     with its segment count at 8. One that does not fit counts as too many."""
     channels = struct.unpack_from(">H", element, 8)[0]
@@ -315,7 +323,7 @@ def _curve_set_segments(element):
     return segments
 
 
-def _encode(image):
+def _encode(image: Image.Image) -> bytes:
     pillow_format, _, options = ENCODING
     buffer = io.BytesIO()
     image.save(buffer, pillow_format, **options)

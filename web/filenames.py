@@ -4,6 +4,8 @@ A name is only ever shown, never used as a path or key; still it is cleaned
 so it cannot carry a path, a control character or a header break.
 """
 
+from __future__ import annotations
+
 import posixpath
 import unicodedata
 import urllib.parse
@@ -13,7 +15,7 @@ from werkzeug.http import parse_options_header
 MAX_NAME_BYTES = 255
 
 
-def name_from_content_disposition(header):
+def name_from_content_disposition(header: str | None) -> str | None:
     """The sanitized display name in ``header`` (``filename*`` wins), or None."""
     if not header:
         return None
@@ -21,7 +23,7 @@ def name_from_content_disposition(header):
     return sanitize(options.get("filename"))
 
 
-def sanitize(name):
+def sanitize(name: str | None) -> str | None:
     if not name:
         return None
     name = name.replace("\\", "/")
@@ -34,14 +36,14 @@ def sanitize(name):
     return _truncate_utf8(name, MAX_NAME_BYTES)
 
 
-def _truncate_utf8(text, limit):
+def _truncate_utf8(text: str, limit: int) -> str:
     encoded = text.encode("utf-8")
     if len(encoded) <= limit:
         return text
     return encoded[:limit].decode("utf-8", errors="ignore")
 
 
-def inline_content_disposition(name):
+def inline_content_disposition(name: str | None) -> str:
     """``inline; filename="…"`` with an ASCII fallback and RFC 5987 form for the rest."""
     if not name:
         return "inline"

@@ -11,6 +11,8 @@ noticing that the row was deleted (a revoked key, a deleted user), by at
 most that many seconds on every instance.
 """
 
+from __future__ import annotations
+
 import datetime
 import functools
 import hashlib
@@ -19,23 +21,27 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable, ParamSpec, TypeVar
 
 from flask import current_app, g, request
 
-from errors import ApiError
 from models import ApiKey, User, utcnow
+from web.errors import ApiError
 
 TOKEN_HEADER = "Coder-Session-Token"
 TOKEN_COOKIE = "coder_session_token"
 TOKEN_QUERY = "coder_session_token"
 ID_LENGTH = 10
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def hash_secret(secret):
+
+def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def issue_token(user, lifetime_days):
+def issue_token(user: User, lifetime_days: int) -> str:
     """Create an API key for ``user`` and return the token string (shown once)."""
     key_id = secrets.token_hex(ID_LENGTH // 2)
     secret = secrets.token_urlsafe(16)
@@ -48,12 +54,12 @@ def issue_token(user, lifetime_days):
     return f"{key_id}-{secret}"
 
 
-def _is_key_id(text):
+def _is_key_id(text: str) -> bool:
     # Checked before it reaches a query: PostgreSQL refuses a NUL in a string.
     return len(text) == ID_LENGTH and all(char in "0123456789abcdef" for char in text)
 
 
-def token_from_request():
+def token_from_request() -> str | None:
     return request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or request.args.get(TOKEN_QUERY)
 
 
@@ -72,20 +78,20 @@ class TokenCache:
     tokens costs queries, never memory). ``ttl`` 0 turns it off.
     """
 
-    def __init__(self, ttl, clock=time.monotonic, max_entries=10_000):
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000) -> None:
         self.ttl = ttl
         self.clock = clock
         self.max_entries = max_entries
-        self._entries = {}
+        self._entries: dict[str, CachedKey] = {}
         self._lock = threading.Lock()
 
-    def get(self, key_id):
+    def get(self, key_id: str) -> CachedKey | None:
         entry = self._entries.get(key_id)
         if entry is None or self.clock() - entry.fetched_at >= self.ttl:
             return None
         return entry
 
-    def put(self, key_id, secret_hash, expires_at, user):
+    def put(self, key_id: str, secret_hash: str, expires_at: datetime.datetime, user: User) -> CachedKey:
         entry = CachedKey(secret_hash, expires_at, user, self.clock())
         if self.ttl > 0:
             with self._lock:
@@ -95,15 +101,15 @@ class TokenCache:
         return entry
 
 
-def token_cache():
+def token_cache() -> TokenCache:
     """This app's cache (per process); tests replace it with one on a fake clock."""
-    cache = current_app.extensions.get("token_cache")
+    cache: TokenCache | None = current_app.extensions.get("token_cache")
     if cache is None:
         cache = current_app.extensions["token_cache"] = TokenCache(current_app.config["TOKEN_CACHE_SECONDS"])
     return cache
 
 
-def _key_for(key_id):
+def _key_for(key_id: str) -> CachedKey | None:
     cache = token_cache()
     entry = cache.get(key_id)
     if entry is None:
@@ -114,7 +120,7 @@ def _key_for(key_id):
     return entry
 
 
-def user_for_token(token):
+def user_for_token(token: str | None) -> User | None:
     """The user a token belongs to, or None if it is malformed, unknown or expired."""
     key_id, sep, secret = (token or "").partition("-")
     if not sep or not _is_key_id(key_id) or not secret:
@@ -127,7 +133,7 @@ def user_for_token(token):
     return key.user
 
 
-def authenticate():
+def authenticate() -> User:
     """Set ``g.user`` from the request's token, or raise 401."""
     user = user_for_token(token_from_request())
     if user is None:
@@ -141,9 +147,9 @@ def authenticate():
     return user
 
 
-def login_required(view):
+def login_required(view: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(view)
-    def wrapped(*args, **kwargs):
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         authenticate()
         return view(*args, **kwargs)
 

@@ -13,16 +13,27 @@ of a few megabytes could keep a worker busy for minutes. The caps below are
 far above what real images use.
 """
 
+from __future__ import annotations
+
 import io
 import math
 import mmap
 import struct
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from PIL import Image, UnidentifiedImageError
+from PIL import GifImagePlugin, Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
-import banded
+from imaging import banded
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+# What an image is read from, never copied: an upload's bytes, or its spooled file mapped.
+ImageBytes = bytes | bytearray | mmap.mmap
+# verify_image's ``on_first_frame(image, (width, height))``.
+FrameCallback = Callable[[Image.Image, tuple[int, int]], None]
 
 ALLOWED_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
@@ -32,7 +43,7 @@ PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", 
 Image.MAX_IMAGE_PIXELS = None
 
 
-def pillow_warnings_as_errors():
+def pillow_warnings_as_errors() -> None:
     """A truncated or odd file makes Pillow warn: that is an invalid image.
 
     Set once for the process (at import), for Pillow's warnings only:
@@ -66,7 +77,7 @@ MAX_GIF_BLOCKS = 200_000  # blocks and sub-blocks; 10 MiB of pixels is 41,000
 
 # A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
 # scaling, Pillow's draft). The verifying decode goes only as small as still
-# covers the largest variant (variants.py: the 1280 x 1280 preview), so the
+# covers the largest variant (imaging/variants.py: the 1280 x 1280 preview), so the
 # same decode feeds the variants.
 DRAFT_BOUND = 1280
 
@@ -87,7 +98,7 @@ class ImageInfo:
     animated: bool = False  # more than one frame
 
 
-def sniff(data):
+def sniff(data: ImageBytes) -> str | None:
     """The image type the leading bytes announce, or None."""
     head = bytes(data[:12])
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -101,7 +112,9 @@ def sniff(data):
     return None
 
 
-def verify_image(data, max_pixels, max_memory=None, *, on_first_frame=None):
+def verify_image(
+    data: ImageBytes, max_pixels: int, max_memory: int | None = None, *, on_first_frame: FrameCallback | None = None
+) -> ImageInfo:
     """Return the detected type and size of ``data`` (any bytes-like: bytes, an mmap), or raise.
 
     Raises UnsupportedType when the leading bytes are no allowed image, and
@@ -110,7 +123,7 @@ def verify_image(data, max_pixels, max_memory=None, *, on_first_frame=None):
     from its header, before decoding; None: no limit).
     ``on_first_frame(image, (width, height))``, when given, is called with the
     decoded first frame (a JPEG's at jpeg_draft_size) before the decode moves
-    on: what variants.py makes the thumbnail and preview from.
+    on: what imaging/variants.py makes the thumbnail and preview from.
     """
     content_type = sniff(data)
     if content_type is None:
@@ -130,7 +143,7 @@ def verify_image(data, max_pixels, max_memory=None, *, on_first_frame=None):
     return ImageInfo(content_type, width, height, animated=frames > 1)
 
 
-def jpeg_draft_scale(width, height, bound=DRAFT_BOUND):
+def jpeg_draft_scale(width: int, height: int, bound: int = DRAFT_BOUND) -> int:
     """The largest of 8, 4, 2, 1 by which a JPEG can be shrunk while decoding and still cover ``bound``.
 
     Never more than the shorter side, so both sides keep a pixel and Pillow's
@@ -143,13 +156,13 @@ def jpeg_draft_scale(width, height, bound=DRAFT_BOUND):
     return 1
 
 
-def jpeg_draft_size(width, height):
+def jpeg_draft_size(width: int, height: int) -> tuple[int, int]:
     """The size Pillow decodes a ``width`` x ``height`` JPEG to (what its decoder memory follows)."""
     scale = jpeg_draft_scale(width, height)
     return -(-width // scale), -(-height // scale)
 
 
-def _draft_jpeg(image):
+def _draft_jpeg(image: Image.Image) -> None:
     """Decode scaled down: every block is still entropy-decoded (so truncation
     and corruption still fail), faster and in a fraction of the memory of a
     full decode. Asking for the rounded-down size makes Pillow pick exactly
@@ -159,10 +172,17 @@ def _draft_jpeg(image):
     image.draft(None, (max(1, width // scale), max(1, height // scale)))
 
 
-def _decode_all_frames(data, content_type, max_pixels, max_memory, on_first_frame=None, canvas=None):
+def _decode_all_frames(
+    data: ImageBytes,
+    content_type: str,
+    max_pixels: int,
+    max_memory: int | None,
+    on_first_frame: FrameCallback | None = None,
+    canvas: tuple[int, int] | None = None,
+) -> tuple[int, int, int]:
     if max_memory is not None and content_type == "image/webp":
         _refuse_webp_before_opening(data, max_memory)
-    with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
+    with _open(data, content_type) as image:
         width, height = image.size
         if width * height == 0:
             raise InvalidImage("The image has no pixels.")
@@ -198,17 +218,28 @@ DECODE_BASE_MEMORY = 8 * 1024 * 1024
 ROW_POINTER_BYTES = struct.calcsize("P")
 
 
-def estimate_decode_memory(data):
+def _open(data: ImageBytes, content_type: str) -> ImageFile.ImageFile:
+    """Pillow's image of ``data``, opened (not decoded) as ``content_type`` only."""
+    # Pillow reads only read(), seek() and tell() of a file object (its documentation says so),
+    # though it types the argument as a whole IO[bytes].
+    return Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]])  # type: ignore[arg-type]
+
+
+def estimate_decode_memory(data: ImageBytes) -> int:
     """decode_memory_estimate for the bytes of an image (for benchmarks and tests)."""
     content_type = sniff(data)
+    if content_type is None:
+        raise UnsupportedType("The file content is not a PNG, JPEG, GIF or WebP image.")
     canvas = _check_container(data, content_type)
-    with Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]]) as image:
+    with _open(data, content_type) as image:
         if content_type == "image/jpeg":
             _draft_jpeg(image)
         return decode_memory_estimate(image, content_type, data, canvas)
 
 
-def decode_memory_estimate(image, content_type, data, canvas=None):
+def decode_memory_estimate(
+    image: ImageFile.ImageFile | _HeaderOnly, content_type: str, data: ImageBytes, canvas: tuple[int, int] | None = None
+) -> int:
     """Bytes the decode of ``image`` (opened, JPEG drafted, not loaded) and its variants will need at their peak.
 
     From the header only, per format, as measured by bench/decode_memory.py
@@ -223,9 +254,13 @@ def decode_memory_estimate(image, content_type, data, canvas=None):
         width, height = max(width, canvas[0]), max(height, canvas[1])
     pixels = width * height
     pixel_bytes = _MODE_BYTES.get(image.mode, 4)
-    animated = getattr(image, "n_frames", 1) > 1 if content_type != "image/gif" else image.is_animated
+    if isinstance(image, GifImagePlugin.GifImageFile):
+        animated = image.is_animated  # its n_frames would read every frame
+    else:
+        animated = getattr(image, "n_frames", 1) > 1
     # cost: the pixels' bytes; held: the full-size images Pillow holds at once, each with its row pointers.
     if content_type == "image/jpeg":
+        assert isinstance(image, JpegImagePlugin.JpegImageFile)  # opened as a JPEG: only WebP's is estimated before
         cost, held = pixels * pixel_bytes + _jpeg_decoder_memory(image, data), 1
     elif content_type == "image/webp":
         # libwebp's canvas and its disposed copy, Pillow's copy of the frame
@@ -245,7 +280,7 @@ def decode_memory_estimate(image, content_type, data, canvas=None):
     return DECODE_BASE_MEMORY + cost + held * height * ROW_POINTER_BYTES + _variant_memory(image)
 
 
-def _refuse_over(estimate, max_memory):
+def _refuse_over(estimate: int, max_memory: int) -> None:
     if estimate > max_memory:
         raise InvalidImage(f"The image is too large to decode: it would take about {estimate} bytes of "
                            f"memory, more than the {max_memory} allowed.")
@@ -260,7 +295,7 @@ class _HeaderOnly:
     n_frames: int = 1
 
 
-def _refuse_webp_before_opening(data, max_memory):
+def _refuse_webp_before_opening(data: ImageBytes, max_memory: int) -> None:
     """Pillow's WebP open already makes libwebp's decoder, which allocates its canvases: a 6320 x 6320
     lossless WebP of a few hundred bytes takes 320 MB there. So its estimate comes from the header first."""
     size = _webp_canvas_size(data)
@@ -268,7 +303,7 @@ def _refuse_webp_before_opening(data, max_memory):
         _refuse_over(decode_memory_estimate(_HeaderOnly(size), "image/webp", data), max_memory)
 
 
-def _webp_canvas_size(data):
+def _webp_canvas_size(data: ImageBytes) -> tuple[int, int] | None:
     """(width, height) from a WebP's first chunk (VP8X's canvas, or a still's VP8L / VP8 frame header);
     None when it has no such header (Pillow then refuses it)."""
     kind = bytes(data[12:16])
@@ -282,7 +317,7 @@ def _webp_canvas_size(data):
     return None
 
 
-def _png_line_buffers(data):
+def _png_line_buffers(data: ImageBytes) -> int:
     """Pillow's PNG decoder holds two rows as stored (the row and the one before it, for the filters):
     nothing for a photo, twice the image for a PNG one row high. From IHDR, the first chunk (Pillow opened it)."""
     width, bit_depth, colour_type = struct.unpack_from(">I", data, 16)[0], data[24], data[25]
@@ -290,9 +325,9 @@ def _png_line_buffers(data):
     return 2 * (-(-width * samples * bit_depth // 8) + 1)
 
 
-# What variants.py adds while it makes the still from the first frame
+# What imaging/variants.py adds while it makes the still from the first frame
 # (measured by bench/decode_memory.py): the band it shrinks at a time
-# (banded.py: cropped, converted to RGB(A), premultiplied, resampled: at most
+# (imaging/banded.py: cropped, converted to RGB(A), premultiplied, resampled: at most
 # 4 bytes a pixel each, and a row pointer a row each), or the whole frame
 # converted when it fits the preview's box; then the still, its resized copy
 # and the encoder's buffers, each at most the preview's box in RGBA.
@@ -301,7 +336,7 @@ BAND_BYTES_PER_PIXEL = 4 * BAND_COPIES
 VARIANT_WORKING_MEMORY = 3 * (DRAFT_BOUND * DRAFT_BOUND * 4 + DRAFT_BOUND * ROW_POINTER_BYTES)
 
 
-def _variant_memory(image):
+def _variant_memory(image: ImageFile.ImageFile | _HeaderOnly) -> int:
     width, height = image.size
     target = banded.fit(width, height, DRAFT_BOUND, DRAFT_BOUND)
     if target == image.size:
@@ -314,11 +349,11 @@ def _variant_memory(image):
     return shrink + VARIANT_WORKING_MEMORY
 
 
-def _resample_weights(size, target, band_rows, mode):
+def _resample_weights(size: tuple[int, int], target: tuple[int, int], band_rows: int, mode: str) -> int:
     """The weights resize() computes first: for each pixel of the result along each axis, a double for
     each source pixel its filter reaches (Pillow's Resample.c, precompute_coeffs).
 
-    After banded.py's box-reduce that is a few per result pixel; but 16-bit grey cannot be reduced, so
+    After imaging/banded.py's box-reduce that is a few per result pixel; but 16-bit grey cannot be reduced, so
     a shrink from a row of 39,999,999 pixels weighs 2 x 31,250 of them for each of its 1280: 610 MiB
     (measured). Across, each band weighs the whole width; down, only its own rows.
     """
@@ -331,7 +366,7 @@ def _resample_weights(size, target, band_rows, mode):
     return (across + down) * 8
 
 
-def _jpeg_decoder_memory(image, data):
+def _jpeg_decoder_memory(image: JpegImagePlugin.JpegImageFile, data: ImageBytes) -> int:
     """libjpeg's own buffers: every coefficient of the full-size image when it has several scans."""
     width, height = _jpeg_full_size(image)
     layers = getattr(image, "layer", None) or [("", 1, 1, 0)]
@@ -343,13 +378,13 @@ def _jpeg_decoder_memory(image, data):
     return width * 16 * len(layers) * 4  # one row of blocks, a few times over
 
 
-def _jpeg_full_size(image):
+def _jpeg_full_size(image: ImageFile.ImageFile) -> tuple[int, int]:
     """The size before draft(): draft() changes image.size to the scaled one."""
     scale = image.decoderconfig[0] if image.decoderconfig else 1
     return image.size[0] * scale, image.size[1] * scale
 
 
-def _jpeg_first_scan_components(data):
+def _jpeg_first_scan_components(data: ImageBytes) -> int:
     """How many components the first scan holds (fewer than the frame's: one scan per component)."""
     offset = 2
     while (marker := _next_jpeg_marker(data, offset)) is not None:
@@ -366,7 +401,7 @@ def _jpeg_first_scan_components(data):
 MAX_WEBP_CHUNKS = 20_000
 
 
-def _webp_is_lossless(data):
+def _webp_is_lossless(data: ImageBytes) -> bool:
     """Whether any frame is VP8L (lossless), looking into animation frames; past the cap, assume so."""
     chunks = 0
     pending = [(12, min(len(data), 8 + struct.unpack_from("<I", data, 4)[0]))]
@@ -385,7 +420,7 @@ def _webp_is_lossless(data):
     return False
 
 
-def _seek_each_frame(image, content_type):
+def _seek_each_frame(image: Image.Image, content_type: str) -> Iterator[int]:
     """Seek to each frame in turn, up to MAX_FRAMES; counting a GIF's frames first would read them all."""
     if content_type == "image/jpeg":
         yield 0  # further images in a JPEG (MPF: gain or depth maps) are for cameras, not shown
@@ -400,11 +435,12 @@ def _seek_each_frame(image, content_type):
             break
         if frame == MAX_FRAMES:
             raise InvalidImage(f"The image has more than {MAX_FRAMES} frames.")
-    if frame != getattr(image, "n_frames", 1):
-        raise InvalidImage(f"The image declares {image.n_frames} frames but has {frame}.")
+    declared = getattr(image, "n_frames", 1)
+    if frame != declared:
+        raise InvalidImage(f"The image declares {declared} frames but has {frame}.")
 
 
-def _check_container(data, content_type):
+def _check_container(data: ImageBytes, content_type: str) -> tuple[int, int] | None:
     """Walk the structure: refuse a truncated container, too many pieces, and bytes after the end.
 
     Bytes after the end of a PNG, GIF or WebP make a polyglot. After a JPEG's
@@ -422,7 +458,7 @@ def _check_container(data, content_type):
     return canvas
 
 
-def _png_end(data):
+def _png_end(data: ImageBytes) -> int:
     """Offset just past the IEND chunk."""
     offset, chunks = 8, 0
     while offset + 12 <= len(data):
@@ -447,7 +483,7 @@ _JPEG_EOI, _JPEG_SOS = 0xD9, 0xDA
 _JPEG_WITHOUT_LENGTH = (0x01, 0xD8)  # TEM, SOI
 
 
-def _jpeg_end(data):
+def _jpeg_end(data: ImageBytes) -> int:
     """Offset just past the first end-of-image marker, counting markers and scans on the way."""
     markers = scans = 0
     offset = 2
@@ -466,7 +502,7 @@ def _jpeg_end(data):
     raise InvalidImage("The JPEG ends before its end-of-image marker.")
 
 
-def _next_jpeg_marker(data, offset):
+def _next_jpeg_marker(data: ImageBytes, offset: int) -> tuple[int, int] | None:
     """(code, offset past it) of the next marker, skipping stuffed 0xFF00 bytes and restart markers.
 
     bytes.find jumps between 0xFF bytes at C speed; a regular expression over
@@ -485,7 +521,7 @@ def _next_jpeg_marker(data, offset):
     return None
 
 
-def _gif_walk(data):
+def _gif_walk(data: ImageBytes) -> tuple[int, tuple[int, int]]:
     """(offset just past the trailer, canvas), walking every block and sub-block.
 
     The canvas is the logical screen grown to hold every frame's image
@@ -522,11 +558,11 @@ def _gif_walk(data):
     raise InvalidImage("The GIF ends before its trailer.")
 
 
-def _gif_color_table_size(flags):
+def _gif_color_table_size(flags: int) -> int:
     return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
 
 
-def _webp_end(data):
+def _webp_end(data: ImageBytes) -> int:
     """Offset just past the RIFF container (and its pad byte, when there is one)."""
     end = 8 + struct.unpack_from("<I", data, 4)[0]  # sniff saw 12 bytes
     if end > len(data):
@@ -534,7 +570,9 @@ def _webp_end(data):
     return min(end + end % 2, len(data))  # RIFF pads odd-sized chunks
 
 
-_CONTAINER_ENDS = {"image/png": _png_end, "image/jpeg": _jpeg_end, "image/webp": _webp_end}  # a GIF's: _gif_walk
+_CONTAINER_ENDS: dict[str, Callable[[ImageBytes], int]] = {
+    "image/png": _png_end, "image/jpeg": _jpeg_end, "image/webp": _webp_end,  # a GIF's: _gif_walk
+}
 
 
 # A mapped file's pages count in the process's RSS once read, and stay counted
@@ -544,7 +582,7 @@ _CONTAINER_ENDS = {"image/png": _png_end, "image/jpeg": _jpeg_end, "image/webp":
 FORGET_STEP = 1 << 18  # bytes read between two drops
 
 
-def forget_pages(data, end):
+def forget_pages(data: ImageBytes | None, end: int) -> None:
     """Drop the pages of ``data`` (when it is an mmap) before ``end`` from this process's memory."""
     if isinstance(data, mmap.mmap) and not data.closed:
         length = end - end % mmap.PAGESIZE
@@ -558,40 +596,41 @@ class _BufferReader(io.RawIOBase):
     Over an mmap, the pages it has read are dropped as it goes (forget_pages).
     """
 
-    def __init__(self, data):
-        self._data = data
+    def __init__(self, data: ImageBytes) -> None:
+        self._data: ImageBytes | None = data
         self._base = memoryview(data)
         self._view = self._base.cast("B")
         self._pos = 0
         self._forgotten = 0  # pages before this offset were dropped
 
-    def close(self):
+    def close(self) -> None:
         # Give the buffer back now, not at garbage collection: an mmap cannot close while viewed.
         self._view.release()
         self._base.release()
         self._data = None
         super().close()
 
-    def readable(self):
+    def readable(self) -> bool:
         return True
 
-    def seekable(self):
+    def seekable(self) -> bool:
         return True
 
-    def readinto(self, buffer):
-        chunk = self._view[self._pos : self._pos + len(buffer)]
-        buffer[: len(chunk)] = chunk
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        with memoryview(buffer) as target:
+            chunk = self._view[self._pos : self._pos + len(target)]
+            target[: len(chunk)] = chunk
         self._pos += len(chunk)
         if self._pos - self._forgotten >= FORGET_STEP:
             forget_pages(self._data, self._pos)
             self._forgotten = self._pos
         return len(chunk)
 
-    def seek(self, offset, whence=io.SEEK_SET):
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
         self._pos = max(0, base + offset)
         self._forgotten = min(self._forgotten, self._pos)  # a reader going back reads those pages again
         return self._pos
 
-    def tell(self):
+    def tell(self) -> int:
         return self._pos

@@ -1,5 +1,5 @@
 """The service itself under gunicorn with the Procfile's settings, for end-to-end tests,
-load tests and benchmarks. Plain Python, like tests/servers.py.
+load tests and benchmarks. Plain Python, like harness/servers.py.
 """
 
 import json
@@ -12,7 +12,7 @@ import urllib.request
 
 import requests
 
-from tests.servers import LOCALHOST, _ServerProcess
+from harness.servers import LOCALHOST, _ServerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)

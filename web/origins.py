@@ -19,22 +19,26 @@ An origin in ``ALLOWED_ORIGINS`` (the chat frontend's) passes whatever
 ``Sec-Fetch-Site`` says.
 """
 
+from __future__ import annotations
+
 import urllib.parse
+from typing import Collection, Mapping
 
-from flask import current_app, request
+from flask import Flask, current_app, request
+from werkzeug.datastructures import Headers
 
-from auth import TOKEN_HEADER
-from errors import ApiError
+from web.auth import TOKEN_HEADER
+from web.errors import ApiError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     app.before_request(refuse_cross_origin)
 
 
-def refuse_cross_origin():
+def refuse_cross_origin() -> None:
     """Raise 403 for a cross-origin unsafe request or WebSocket upgrade; see the module docstring."""
     if _exempt(request.method, request.headers):
         return  # most requests: no Host to parse
@@ -45,10 +49,11 @@ def refuse_cross_origin():
         allowed=current_app.config["ALLOWED_ORIGINS"],
     )
     if problem:
-        raise ApiError(403, "Cross-origin request refused.", problem)
+        raise ApiError(403, "Cross-origin request refused.", problem, code="cross_origin")
 
 
-def cross_origin_problem(method, headers, host, allowed):
+def cross_origin_problem(method: str, headers: Headers | Mapping[str, str], host: str,
+                         allowed: Collection[str]) -> str | None:
     """Why the request must be refused, or None. Pure, for the test table."""
     if _exempt(method, headers):
         return None
@@ -65,13 +70,13 @@ def cross_origin_problem(method, headers, host, allowed):
     return f"Origin {origin!r} is not this service ({host!r}) nor one of ALLOWED_ORIGINS."
 
 
-def _exempt(method, headers):
+def _exempt(method: str, headers: Headers | Mapping[str, str]) -> bool:
     """Safe requests that are not upgrades, and requests carrying the token header, are not checked."""
     upgrade = headers.get("Upgrade", "").lower() == "websocket"
     return (method in SAFE_METHODS and not upgrade) or bool(headers.get(TOKEN_HEADER))
 
 
-def _same_host(origin, host):
+def _same_host(origin: str, host: str) -> bool:
     """Host and port equal, a port that is the default for the Origin's scheme counting as none."""
     parts = urllib.parse.urlsplit(origin)
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
@@ -81,7 +86,7 @@ def _same_host(origin, host):
     return ours is not None and ours == theirs
 
 
-def _host_port(netloc, default_port):
+def _host_port(netloc: str, default_port: int) -> tuple[str, int] | None:
     parts = urllib.parse.urlsplit(f"//{netloc}")
     try:
         port = parts.port or default_port

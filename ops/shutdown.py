@@ -12,10 +12,14 @@ shutdown, and ``worker_exit`` waits (briefly) until those closes are done.
 Anything registered after that point is closed at once.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import signal
 import threading
+from types import FrameType
+from typing import Callable, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +28,25 @@ SHUTDOWN_REASON = "Server shutting down"
 CLOSE_WAIT_SECONDS = 5.0
 
 
+class Closable(Protocol):
+    """What the registry holds: gitwatch's hub, or one socket (simple_websocket's signature)."""
+
+    def close(self, reason: int, message: str) -> object: ...
+
+
+SignalHandler = Callable[[int, FrameType | None], None]
+
+
 class SocketRegistry:
     """The open sockets of one process; anything with ``close(reason, message)`` (simple_websocket's signature)."""
 
-    def __init__(self):
-        self._sockets = set()
+    def __init__(self) -> None:
+        self._sockets: set[Closable] = set()
         self._lock = threading.Lock()
-        self._closing = None  # (code, reason) once close_all has run
+        self._closing: tuple[int, str] | None = None  # (code, reason) once close_all has run
         self._closed = threading.Event()  # set when the first close_all has finished
 
-    def register(self, ws):
+    def register(self, ws: Closable) -> bool:
         """Track ``ws``; if shutdown has begun, close it at once and return False."""
         with self._lock:
             if self._closing is None:
@@ -43,11 +56,11 @@ class SocketRegistry:
         _close_quietly(ws, code, reason)
         return False
 
-    def unregister(self, ws):
+    def unregister(self, ws: Closable) -> None:
         with self._lock:
             self._sockets.discard(ws)
 
-    def close_all(self, code=GOING_AWAY, reason=SHUTDOWN_REASON, wait=CLOSE_WAIT_SECONDS):
+    def close_all(self, code: int = GOING_AWAY, reason: str = SHUTDOWN_REASON, wait: float = CLOSE_WAIT_SECONDS) -> int:
         """Close every tracked socket, once; return how many there were.
 
         A second call (SIGTERM's thread, then worker_exit) closes nothing more
@@ -69,12 +82,12 @@ class SocketRegistry:
             self._closed.set()
         return len(sockets)
 
-    def __len__(self):
+    def __len__(self) -> int:
         with self._lock:
             return len(self._sockets)
 
 
-def _close_quietly(ws, code, reason):
+def _close_quietly(ws: Closable, code: int, reason: str) -> None:
     # One socket failing to close (already closed, client gone) must not spare the others.
     try:
         ws.close(reason=code, message=reason)
@@ -85,19 +98,19 @@ def _close_quietly(ws, code, reason):
 sockets = SocketRegistry()
 
 
-def register_socket(ws):
+def register_socket(ws: Closable) -> bool:
     return sockets.register(ws)
 
 
-def unregister_socket(ws):
+def unregister_socket(ws: Closable) -> None:
     sockets.unregister(ws)
 
 
-def close_all_sockets(code=GOING_AWAY, reason=SHUTDOWN_REASON):
+def close_all_sockets(code: int = GOING_AWAY, reason: str = SHUTDOWN_REASON) -> int:
     return sockets.close_all(code, reason)
 
 
-def close_sockets_on_sigterm(registry=None):
+def close_sockets_on_sigterm(registry: SocketRegistry | None = None) -> SignalHandler:
     """Put closing ``registry``'s sockets in front of this process's SIGTERM handler.
 
     Main thread only (Python's rule for signal handlers). The closing runs in
@@ -107,7 +120,7 @@ def close_sockets_on_sigterm(registry=None):
     registry = registry or sockets
     previous = signal.getsignal(signal.SIGTERM)
 
-    def handle_sigterm(signum, frame):
+    def handle_sigterm(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=registry.close_all, name="close-websockets", daemon=True).start()
         if callable(previous):
             previous(signum, frame)

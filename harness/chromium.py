@@ -14,7 +14,7 @@ import urllib.request
 
 import websocket
 
-from tests.servers import LOCALHOST, _make_scratch_dir, _remove_scratch_dir, _ServerProcess
+from harness.servers import LOCALHOST, _make_scratch_dir, _remove_scratch_dir, _ServerProcess
 
 # The Debian launcher (/usr/bin/chromium) is a shell script around this binary.
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser")

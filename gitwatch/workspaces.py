@@ -1,15 +1,18 @@
 """Chat workspaces: paths relative to the owner's directory, ``WORKSPACES_ROOT/<user id>/``,
 that must stay inside it (so one user can never name another's workspace)."""
 
+from __future__ import annotations
+
 import os
 import posixpath
+import uuid
 
 
 class WorkspaceError(ValueError):
     """The path is not a workspace this service may look into."""
 
 
-def normalize(relative_path):
+def normalize(relative_path: object) -> str:
     """Validate a client-given workspace path and return its normal form."""
     if not isinstance(relative_path, str) or not relative_path.strip():
         raise WorkspaceError("The workspace must be a non-empty relative path.")
@@ -25,7 +28,7 @@ def normalize(relative_path):
     return normal
 
 
-def _encodable(text):
+def _encodable(text: str) -> bool:
     # JSON can carry lone surrogates; no file system (or database) can store them.
     try:
         text.encode("utf-8")
@@ -34,7 +37,7 @@ def _encodable(text):
     return True
 
 
-def user_dir(root, user_id):
+def user_dir(root: str, user_id: uuid.UUID) -> str:
     """The real path of a user's workspaces directory (it need not exist yet).
 
     It must be the directory itself, not a symlink: one pointing at another
@@ -47,14 +50,14 @@ def user_dir(root, user_id):
     return path
 
 
-def create_user_dir(root, user_id):
+def create_user_dir(root: str, user_id: uuid.UUID) -> str:
     """Create ``WORKSPACES_ROOT/<user id>/`` (what a provisioning tool fills) and return it."""
     path = user_dir(root, user_id)
     os.makedirs(path, mode=0o750, exist_ok=True)
     return path
 
 
-def resolve(base_dir, relative_path):
+def resolve(base_dir: str, relative_path: object) -> str:
     """The absolute path of a workspace below ``base_dir``, refusing any that a symlink leads out of."""
     real_base = os.path.realpath(base_dir)
     real_path = os.path.realpath(os.path.join(real_base, normalize(relative_path)))
@@ -63,6 +66,6 @@ def resolve(base_dir, relative_path):
     return real_path
 
 
-def resolve_for_user(root, user_id, relative_path):
+def resolve_for_user(root: str, user_id: uuid.UUID, relative_path: object) -> str:
     """A user's workspace, confined to that user's directory."""
     return resolve(user_dir(root, user_id), relative_path)

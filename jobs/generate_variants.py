@@ -14,18 +14,21 @@ going) is skipped: counted, not a failure.
 Files are visited in id order, ``BATCH_SIZE`` rows per query.
 """
 
+from __future__ import annotations
+
 import tempfile
 from dataclasses import asdict, dataclass, field
+from typing import IO, Any, Callable
 
 from flask import current_app
 from peewee import IntegrityError
 
-import images
-import variants
-from blueprints.files import record_variants, store_variants
+from attachments.objects import store_variants
+from attachments.rows import record_variants
+from imaging import images, variants
 from models import ChatFile, db
 from sandbox import tasks as sandboxed
-from storage import StorageError, object_key, variant_key
+from storage import ObjectStore, StorageError
 
 BATCH_SIZE = 200
 
@@ -37,12 +40,12 @@ class BackfillResult:
     generated: int = 0  # files given their missing variants
     variants_stored: int = 0  # objects put
     skipped: int = 0  # files deleted while the run went on
-    failed: list = field(default_factory=list)  # {"id", "error"} for files that could not be done
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"id", "error"} for files that could not be done
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self):
+    def summary(self) -> str:
         line = (f"Checked {self.files} files: {self.complete} already complete, {self.generated} given their "
                 f"missing variants ({self.variants_stored} objects stored).")
         if self.skipped:
@@ -52,7 +55,8 @@ class BackfillResult:
         return line
 
 
-def generate_missing(storage, progress=None, batch_size=BATCH_SIZE):
+def generate_missing(storage: ObjectStore, progress: Callable[[BackfillResult, int], None] | None = None,
+                     batch_size: int = BATCH_SIZE) -> BackfillResult:
     """Make every file's missing variants. Needs a database connection and an app context.
 
     ``progress(result, total)`` is called after each file. A file that cannot
@@ -88,7 +92,7 @@ def generate_missing(storage, progress=None, batch_size=BATCH_SIZE):
         last_id = rows[-1].id
 
 
-def _complete(storage, row, result):
+def _complete(storage: ObjectStore, row: ChatFile, result: BackfillResult) -> None:
     missing = _missing_variants(storage, row)
     if not missing:
         result.complete += 1
@@ -116,21 +120,20 @@ class _Deleted(Exception):
     """The file was deleted while the run worked on it."""
 
 
-def _deleted(row):
+def _deleted(row: ChatFile) -> bool:
     return not ChatFile.select().where(ChatFile.id == row.id).exists()
 
 
-def _missing_variants(storage, row):
+def _missing_variants(storage: ObjectStore, row: ChatFile) -> set[str]:
     stored = {variant.variant: variant for variant in row.variants}
-    prefix = current_app.config["VARIANTS_PREFIX"]
     return {
         name for name in variants.NAMES
         if name not in stored
-        or not stored[name].original and not _exists(storage, variant_key(prefix, row.organization_id, row.id, name))
+        or not stored[name].original and not _exists(storage, storage.variant_key(row.organization_id, row.id, name))
     }
 
 
-def _exists(storage, key):
+def _exists(storage: ObjectStore, key: str) -> bool:
     try:
         storage.head(key)
     except FileNotFoundError:
@@ -138,9 +141,9 @@ def _exists(storage, key):
     return True
 
 
-def _spooled_original(storage, row):
+def _spooled_original(storage: ObjectStore, row: ChatFile) -> IO[bytes]:
     """The original's bytes in a temporary file, flushed: what the decode sandbox is handed, as an upload's."""
-    stored = storage.open(object_key(current_app.config["S3_PREFIX"], row.organization_id, row.id))
+    stored = storage.open(storage.original_key(row.organization_id, row.id))
     spooled = tempfile.TemporaryFile(prefix="chatfiles-variants-")
     try:
         for chunk in stored:
@@ -154,7 +157,7 @@ def _spooled_original(storage, row):
     return spooled
 
 
-def _describe(error):
+def _describe(error: Exception) -> str:
     if isinstance(error, FileNotFoundError):
         return "The original is missing from storage."
     return str(error)

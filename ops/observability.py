@@ -22,14 +22,17 @@ registry is served. ``/metrics`` needs no token: keep it off the public
 listener and let only the scraper reach it.
 """
 
+from __future__ import annotations
+
 import contextlib
 import logging
 import os
 import re
 import secrets
 import time
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol, cast
 
-from flask import Response, g, request
+from flask import Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -42,7 +45,13 @@ from prometheus_client import (
 )
 
 import config
-import jsonlog
+from ops import jsonlog
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from flask import Request
+    from werkzeug.local import LocalProxy
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -71,19 +80,20 @@ IMAGE_WORK_SECONDS = Counter("chatfiles_upload_image_cpu_seconds",
                              "CPU seconds uploads spent decoding images and making their variants.")
 WATCH_SOCKETS = Gauge("chatfiles_watch_sockets_open", "Git-watch WebSockets open now.", multiprocess_mode="livesum")
 
-# Why an upload was refused, from its answer: the status where it is enough,
-# else the contract's message. Anything new falls back to bad_request or
+# Why an upload was refused: its error's code (web/errors.py) where the code is
+# one of these, else its status where that is enough (werkzeug's own errors
+# have no finer code). Anything new falls back to bad_request or
 # internal_error rather than minting a label.
 REJECTION_BY_STATUS = {401: "unauthenticated", 403: "not_member", 408: "timed_out", 413: "too_large"}
-REJECTION_BY_MESSAGE = {
-    "Cross-origin request refused.": "cross_origin",  # a 403 that is not about membership
-    "Unsupported file type.": "unsupported_type",
-    "The file is empty.": "empty",
-    "Invalid image file.": "invalid_image",
-    "Failed to save chat file.": "storage_error",  # the object store or the database
-    "Too many uploads in progress.": "busy",  # the worker's upload memory budget stayed full
-}
-REJECTION_REASONS = ("bad_request", "internal_error", *REJECTION_BY_STATUS.values(), *REJECTION_BY_MESSAGE.values())
+REJECTION_BY_CODE = (
+    "cross_origin",  # a 403 that is not about membership
+    "unsupported_type",
+    "empty",
+    "invalid_image",
+    "storage_error",  # the object store or the database
+    "busy",  # the worker's upload memory budget stayed full
+)
+REJECTION_REASONS = ("bad_request", "internal_error", *REJECTION_BY_STATUS.values(), *REJECTION_BY_CODE)
 for _reason in REJECTION_REASONS:
     UPLOAD_REJECTIONS.labels(_reason)  # present at 0 from the start, so rate() sees the first one
 
@@ -93,37 +103,38 @@ DOWNLOAD_ENDPOINT = "files.download"
 access_log = logging.getLogger("request")
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """Logging, the request middleware, the hook and ``/metrics``. Call before wrapping in ProxyFix."""
     try:
         jsonlog.configure(app.config["LOG_LEVEL"])
     except ValueError as error:
         raise config.ConfigError(str(error)) from None
-    app.wsgi_app = RequestObserver(app.wsgi_app)
+    # Flask's documented way to add WSGI middleware, though its class types wsgi_app as a method.
+    app.wsgi_app = RequestObserver(app.wsgi_app)  # type: ignore[method-assign]
     app.after_request(_note_response)
     app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics)
 
 
-def current_request_id():
+def current_request_id() -> str | None:
     return jsonlog.current_request_id()
 
 
-def watch_socket_opened(environ):
+def watch_socket_opened(environ: WSGIEnvironment) -> ObservedRequest:
     """A watch request handed its connection to the hub: counted as open; its record waits for the close."""
-    observed = environ[ENVIRON_KEY]
+    observed: ObservedRequest = environ[ENVIRON_KEY]
     observed.handed_over = True
     WATCH_SOCKETS.inc()
     return observed
 
 
-def watch_socket_closed(observed):
+def watch_socket_closed(observed: ObservedRequest) -> None:
     """The socket ended (on the hub's loop): one request line, with the socket's whole life as its duration."""
     WATCH_SOCKETS.dec()
     observed.finish()
 
 
 @contextlib.contextmanager
-def image_work():
+def image_work() -> Iterator[None]:
     """Around an upload's decode and variants: its thread's CPU time is added to IMAGE_WORK_SECONDS."""
     started = time.thread_time()
     try:
@@ -132,11 +143,11 @@ def image_work():
         IMAGE_WORK_SECONDS.inc(time.thread_time() - started)
 
 
-def metrics():
+def metrics() -> Response:
     return Response(generate_latest(_scrape_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _scrape_registry():
+def _scrape_registry() -> CollectorRegistry:
     if not MULTIPROCESS:
         return REGISTRY
     registry = CollectorRegistry()  # fresh per scrape: it reads every worker's files
@@ -150,23 +161,23 @@ def _scrape_registry():
 class ObservedRequest:
     """What the log line and the metrics need, gathered over a request's life."""
 
-    def __init__(self, environ):
+    def __init__(self, environ: WSGIEnvironment) -> None:
         self.request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
-        self.method = environ.get("REQUEST_METHOD", "")
+        self.method: str = environ.get("REQUEST_METHOD", "")
         self.path = _raw_path(environ)
-        self.remote_addr = environ.get("REMOTE_ADDR")
+        self.remote_addr: str | None = environ.get("REMOTE_ADDR")
         self.started = time.perf_counter()
-        self.status = None
-        self.route = None
-        self.endpoint = None
-        self.user_id = None
+        self.status: int | None = None
+        self.route: str | None = None
+        self.endpoint: str | None = None
+        self.user_id: str | None = None
         self.handed_over = False  # a WebSocket now held by the hub, which finishes the record at its close
         self.bytes_in = 0
         self.bytes_out = 0
         self.aborted = False
         self.finished = False
 
-    def finish(self):
+    def finish(self) -> None:
         """Log the line and record the metrics, once."""
         if self.finished:
             return
@@ -178,7 +189,7 @@ class ObservedRequest:
         durations.observe(duration)
         if self.endpoint == DOWNLOAD_ENDPOINT and self.bytes_out:  # a 304 or HEAD sends none
             SERVED_BYTES.inc(self.bytes_out)
-        fields = {
+        fields: dict[str, object] = {
             "request_id": self.request_id,
             "method": self.method,
             "route": self.route,
@@ -197,31 +208,31 @@ class ObservedRequest:
 
 # (method, route, status) -> its counter and histogram: labels() checks and locks on every call, and
 # the set is small (methods x URL rules x statuses).
-_request_children = {}
+_request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
 
-def _request_series(labels):
+def _request_series(labels: tuple[str, str, str]) -> tuple[Counter, Histogram]:
     series = _request_children.get(labels)
     if series is None:
         series = _request_children.setdefault(labels, (REQUESTS.labels(*labels), REQUEST_DURATION.labels(*labels)))
     return series
 
 
-def request_id_from(header):
+def request_id_from(header: str | None) -> str:
     """The client's id when it is short and plain, else a new one (it goes into logs and a header)."""
     if header and REQUEST_ID_PATTERN.fullmatch(header):
         return header
     return secrets.token_hex(16)
 
 
-def _raw_path(environ):
+def _raw_path(environ: WSGIEnvironment) -> str:
     # WSGI carries the path as latin-1 decoded bytes; the query string is elsewhere and stays there.
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    path: str = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     path = path.encode("latin-1", "replace").decode("utf-8", "replace")
     return path[:MAX_LOGGED_PATH]
 
 
-def _method_label(method):
+def _method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
 
@@ -231,23 +242,24 @@ def _method_label(method):
 class RequestObserver:
     """WSGI middleware: request id, timing, byte counts; logs when the response is closed."""
 
-    def __init__(self, app):
+    def __init__(self, app: WSGIApplication) -> None:
         self.app = app
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> ObservedBody:
         observed = ObservedRequest(environ)
         environ[ENVIRON_KEY] = observed
         if "wsgi.input" in environ:
             environ["wsgi.input"] = CountingInput(environ["wsgi.input"], observed)
         jsonlog.set_request_id(observed.request_id)
 
-        def observed_start_response(status, headers, exc_info=None):
+        def observed_start_response(status: str, headers: list[tuple[str, str]],
+                                    exc_info: OptExcInfo | None = None) -> Callable[[bytes], object]:
             observed.status = int(status.split(" ", 1)[0])
             headers = [(name, value) for name, value in headers if name.lower() != "x-request-id"]
             headers.append((REQUEST_ID_HEADER, observed.request_id))
             write = start_response(status, headers, exc_info)
 
-            def counting_write(data):
+            def counting_write(data: bytes) -> object:
                 observed.bytes_out += len(data)
                 return write(data)
 
@@ -274,17 +286,17 @@ class ObservedBody:
     what was sent, not what was produced.
     """
 
-    def __init__(self, body, observed):
+    def __init__(self, body: Iterable[bytes], observed: ObservedRequest) -> None:
         self._body = body
-        self._iterator = None
+        self._iterator: Iterator[bytes] | None = None
         self._observed = observed
         self._pending = 0
         self._complete = False
 
-    def __iter__(self):
+    def __iter__(self) -> ObservedBody:
         return self
 
-    def __next__(self):
+    def __next__(self) -> bytes:
         if self._iterator is None:
             self._iterator = iter(self._body)
         self._observed.bytes_out += self._pending
@@ -297,7 +309,7 @@ class ObservedBody:
         self._pending = len(chunk)
         return chunk
 
-    def close(self):
+    def close(self) -> None:
         try:
             if hasattr(self._body, "close"):
                 self._body.close()
@@ -306,40 +318,53 @@ class ObservedBody:
             _finish(self._observed)
 
 
-def _finish(observed):
+def _finish(observed: ObservedRequest) -> None:
     try:
         observed.finish()
     finally:
         jsonlog.set_request_id(None)
 
 
+class _Input(Protocol):
+    """The server's ``wsgi.input`` (PEP 3333's methods): gunicorn's and werkzeug's read also take None, for "all
+    of it", and BodyInput (web/bodies.py), reading through CountingInput, passes it on."""
+
+    def read(self, size: int | None = ..., /) -> bytes: ...
+
+    def readline(self, size: int | None = ..., /) -> bytes: ...
+
+    def readlines(self, hint: int = ..., /) -> list[bytes]: ...
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+
 class CountingInput:
     """``wsgi.input`` counting the bytes read. Only PEP 3333's methods: no readinto (gunicorn has none)."""
 
-    def __init__(self, stream, observed):
+    def __init__(self, stream: _Input, observed: ObservedRequest) -> None:
         self._stream = stream
         self._observed = observed
 
-    def _count(self, data):
+    def _count(self, data: bytes) -> bytes:
         self._observed.bytes_in += len(data)
         return data
 
-    def read(self, *args):
+    def read(self, *args: int | None) -> bytes:
         return self._count(self._stream.read(*args))
 
-    def readline(self, *args):
+    def readline(self, *args: int | None) -> bytes:
         return self._count(self._stream.readline(*args))
 
-    def readlines(self, *args):
+    def readlines(self, *args: int) -> list[bytes]:
         lines = self._stream.readlines(*args)
         self._observed.bytes_in += sum(len(line) for line in lines)
         return lines
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         for line in self._stream:
             yield self._count(line)
 
-    def close(self):
+    def close(self) -> None:
         if hasattr(self._stream, "close"):
             self._stream.close()
 
@@ -347,9 +372,10 @@ class CountingInput:
 # --- Flask --------------------------------------------------------------------
 
 
-def _note_response(response):
-    current = request._get_current_object()  # one context lookup, not one per attribute
-    observed = current.environ.get(ENVIRON_KEY)
+def _note_response(response: Response) -> Response:
+    # One context lookup, not one per attribute. Flask types the proxy as the Request it stands for.
+    current = cast("LocalProxy[Request]", request)._get_current_object()
+    observed: ObservedRequest | None = current.environ.get(ENVIRON_KEY)
     if observed is None:
         return response
     rule = current.url_rule
@@ -362,19 +388,17 @@ def _note_response(response):
     return response
 
 
-def _count_upload(response, observed):
+def _count_upload(response: Response, observed: ObservedRequest) -> None:
     if response.status_code == 201:
         UPLOADED_BYTES.inc(observed.bytes_in)
     elif response.status_code >= 400:
-        UPLOAD_REJECTIONS.labels(upload_rejection_reason(response)).inc()
+        UPLOAD_REJECTIONS.labels(upload_rejection_reason(response.status_code, g.get("error_code"))).inc()
 
 
-def upload_rejection_reason(response):
-    status = response.status_code
-    body = response.get_json(silent=True) or {}
-    reason = REJECTION_BY_MESSAGE.get(body.get("message"))
-    if reason:
-        return reason
+def upload_rejection_reason(status: int, code: str | None = None) -> str:
+    """The label of an upload refused with ``status``, its error's ``code`` (web/errors.py) if it has one."""
+    if code in REJECTION_BY_CODE:
+        return code
     if status in REJECTION_BY_STATUS:
         return REJECTION_BY_STATUS[status]
     return "internal_error" if status >= 500 else "bad_request"

@@ -6,8 +6,9 @@ such objects once they are older than a grace period, which must be longer
 than any upload takes: an upload between its two writes is never touched.
 An object with a row is never deleted, whatever its age, and keys outside the
 layout ``{prefix}{organization_id}/{file_id}`` belong to someone else: they are
-reported and left alone. Variants (``{variants_prefix}{organization_id}/{file_id}/{variant}``)
-are swept the same way: one whose file has no row is an orphan (an upload cut
+reported and left alone (the store says which keys are in its layout).
+Variants (``{variants_prefix}{organization_id}/{file_id}/{variant}``) are
+swept the same way: one whose file has no row is an orphan (an upload cut
 short, or a deletion whose storage step failed); one whose file has a row is
 live and kept.
 
@@ -15,13 +16,20 @@ Listing streams through the bucket; rows are looked up ``BATCH_SIZE`` ids per
 query, and only for objects old enough to matter.
 """
 
+from __future__ import annotations
+
 import datetime
+import functools
 import uuid
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
 
-import variants
+from imaging import variants
 from models import ChatFile
-from storage import StorageError
+from storage import ObjectStore, StorageError
+
+# A store's key -> the file id it names, or None for a key outside the layout.
+KeyParser = Callable[[str], uuid.UUID | None]
 
 DEFAULT_GRACE_SECONDS = 3600
 MAX_GRACE_SECONDS = 100 * 365 * 24 * 3600  # any longer and "now minus it" leaves the calendar
@@ -32,20 +40,21 @@ BATCH_SIZE = 500
 class GcResult:
     older_than: int
     dry_run: bool
-    deleted: list = field(default_factory=list)  # orphaned keys deleted (a dry run: that would be)
-    leftovers: list = field(default_factory=list)  # debris of interrupted local writes, removed likewise
-    unrecognized: list = field(default_factory=list)  # keys outside the layout, left alone
-    failed: list = field(default_factory=list)  # {"key", "error"} for deletions that failed
+    deleted: list[str] = field(default_factory=list)  # orphaned keys deleted (a dry run: that would be)
+    leftovers: list[str] = field(default_factory=list)  # debris of interrupted local writes, removed likewise
+    unrecognized: list[str] = field(default_factory=list)  # keys outside the layout, left alone
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"key", "error"} for deletions that failed
     kept_with_row: int = 0
     kept_recent: int = 0
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self):
+    def summary(self) -> str:
         verb = "Would delete" if self.dry_run else "Deleted"
         line = (
-            f"{verb} {_count(len(self.deleted), 'orphaned object')} and {_count(len(self.leftovers), 'leftover file')}; "
+            f"{verb} {_count(len(self.deleted), 'orphaned object')} and "
+            f"{_count(len(self.leftovers), 'leftover file')}; "
             f"kept {_count(self.kept_with_row, 'object')} with a row and {self.kept_recent} younger than "
             f"{self.older_than} s; left {_count(len(self.unrecognized), 'key')} outside the layout alone."
         )
@@ -53,7 +62,7 @@ class GcResult:
             line += f" {_count(len(self.failed), 'deletion')} failed."
         return line
 
-    def report_lines(self):
+    def report_lines(self) -> Iterator[str]:
         """One line per action, then the summary."""
         verb = "would delete" if self.dry_run else "deleted"
         for key in self.deleted:
@@ -67,10 +76,11 @@ class GcResult:
         yield self.summary()
 
 
-def collect_orphans(storage, prefix, older_than=DEFAULT_GRACE_SECONDS, dry_run=False, now=None,
-                    batch_size=BATCH_SIZE, variants_prefix=None):
-    """Delete objects under ``prefix`` (and variants under ``variants_prefix``) that have no ChatFile row
-    and are ``older_than`` seconds or more.
+def collect_orphans(storage: ObjectStore, older_than: int = DEFAULT_GRACE_SECONDS, dry_run: bool = False,
+                    now: datetime.datetime | None = None, batch_size: int = BATCH_SIZE,
+                    variants: bool = True) -> GcResult:
+    """Delete the store's originals (and, with ``variants``, its variants) that have no ChatFile row and are
+    ``older_than`` seconds or more.
 
     Needs a database connection. Raises StorageError if the store cannot be
     listed; a failed deletion is recorded in the result and the run goes on.
@@ -78,9 +88,9 @@ def collect_orphans(storage, prefix, older_than=DEFAULT_GRACE_SECONDS, dry_run=F
     now = now or datetime.datetime.now(datetime.timezone.utc)
     cutoff = now - datetime.timedelta(seconds=older_than)
     result = GcResult(older_than=older_than, dry_run=dry_run)
-    layouts = [(prefix, file_id_from_key)]
-    if variants_prefix is not None:
-        layouts.append((variants_prefix, variant_file_id_from_key))
+    layouts: list[tuple[str, KeyParser]] = [(storage.originals_prefix, storage.original_file_id)]
+    if variants:
+        layouts.append((storage.variants_prefix, functools.partial(_variant_file_id, storage)))
     for layout_prefix, parse_key in layouts:
         # A layout nested in another's prefix is swept on its own: the other skips its keys.
         nested = tuple(other for other, _ in layouts if other != layout_prefix and other.startswith(layout_prefix))
@@ -88,12 +98,13 @@ def collect_orphans(storage, prefix, older_than=DEFAULT_GRACE_SECONDS, dry_run=F
     return result
 
 
-def _sweep(storage, prefix, parse_key, nested, cutoff, dry_run, batch_size, result):
-    batch = []
+def _sweep(storage: ObjectStore, prefix: str, parse_key: KeyParser, nested: tuple[str, ...], cutoff: datetime.datetime,
+           dry_run: bool, batch_size: int, result: GcResult) -> None:
+    batch: list[tuple[uuid.UUID, str]] = []
     for key, last_modified in storage.iter_objects(prefix):
         if nested and key.startswith(nested):
             continue
-        file_id = parse_key(key, prefix)
+        file_id = parse_key(key)
         if file_id is None:
             result.unrecognized.append(key)
         elif last_modified > cutoff:
@@ -107,35 +118,13 @@ def _sweep(storage, prefix, parse_key, nested, cutoff, dry_run, batch_size, resu
     _collect_leftovers(storage, prefix, nested, cutoff, dry_run, result)
 
 
-def file_id_from_key(key, prefix):
-    """The file id of a key in the layout, or None for any other key."""
-    if not key.startswith(prefix):
-        return None
-    parts = key[len(prefix):].split("/")
-    if len(parts) != 2 or not all(_is_canonical_uuid(part) for part in parts):
-        return None
-    return uuid.UUID(parts[1])
+def _variant_file_id(storage: ObjectStore, key: str) -> uuid.UUID | None:
+    """The file id of a variant's key, or None for any other key (a name that is not a variant's included)."""
+    variant = storage.variant_of(key)
+    return variant[0] if variant is not None and variant[1] in variants.NAMES else None
 
 
-def variant_file_id_from_key(key, prefix):
-    """The file id of a variant's key in its layout, or None for any other key."""
-    if not key.startswith(prefix):
-        return None
-    parts = key[len(prefix):].split("/")
-    if len(parts) != 3 or parts[2] not in variants.NAMES:
-        return None
-    return file_id_from_key(prefix + "/".join(parts[:2]), prefix)
-
-
-def _is_canonical_uuid(text):
-    # Only the form the service writes: anything else was put there by another tool.
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
-
-
-def _collect_batch(storage, batch, dry_run, result):
+def _collect_batch(storage: ObjectStore, batch: list[tuple[uuid.UUID, str]], dry_run: bool, result: GcResult) -> None:
     if not batch:
         return
     with_rows = _ids_with_rows([file_id for file_id, _ in batch])
@@ -146,24 +135,22 @@ def _collect_batch(storage, batch, dry_run, result):
             result.deleted.append(key)
 
 
-def _ids_with_rows(file_ids):
+def _ids_with_rows(file_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """The subset of ``file_ids`` that have a row: one query."""
     return {row.id for row in ChatFile.select(ChatFile.id).where(ChatFile.id.in_(file_ids))}
 
 
-def _collect_leftovers(storage, prefix, nested, cutoff, dry_run, result):
-    # Only the local store writes an object as several files; an S3 put is atomic.
-    iter_leftovers = getattr(storage, "iter_leftovers", None)
-    if iter_leftovers is None:
-        return
-    for name, modified in iter_leftovers(prefix):
+def _collect_leftovers(storage: ObjectStore, prefix: str, nested: tuple[str, ...], cutoff: datetime.datetime,
+                       dry_run: bool, result: GcResult) -> None:
+    # Only the local store writes an object as several files; an S3 put is atomic, and lists none.
+    for name, modified in storage.iter_leftovers(prefix):
         if nested and name.startswith(nested):
             continue
         if modified <= cutoff and _remove(storage.remove_leftover, name, dry_run, result):
             result.leftovers.append(name)
 
 
-def _remove(remove, name, dry_run, result):
+def _remove(remove: Callable[[str], None], name: str, dry_run: bool, result: GcResult) -> bool:
     if dry_run:
         return True
     try:
@@ -174,5 +161,5 @@ def _remove(remove, name, dry_run, result):
     return True
 
 
-def _count(number, noun):
+def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"

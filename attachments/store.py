@@ -1,0 +1,76 @@
+"""Saving and deleting an attachment: the order of its objects and its rows, and undoing half a save.
+
+A save writes the objects first and the rows last, in one transaction, and
+deletes the objects again if anything fails: a crash in between leaves
+objects without a row, which gc-storage removes, never a row without its
+bytes. A delete goes the other way, row first: every instance answers 404 at
+once, and the objects it fails to delete are gc-storage's too.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from peewee import PeeweeException
+from playhouse.pool import MaxConnectionsExceeded
+
+from attachments import objects, rows
+from imaging.images import ImageInfo
+from imaging.variants import Made, Still
+from models import ChatFile, db, release_connection
+from storage import ObjectStore, StorageError, get_storage, object_metadata
+from web.bodies import SpooledBody
+from web.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def save(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], name: str | None, owner_id: uuid.UUID,
+         organization_id: uuid.UUID) -> uuid.UUID:
+    """Write the original and its variants, then the rows; undo the objects if anything fails. The new file's id.
+
+    ``info, still, made`` are the decode's (decode.verify_and_make). Width and
+    height are as displayed (EXIF orientation applied), in the row and in the
+    object metadata alike.
+    """
+    file_id = uuid.uuid4()
+    sha256 = body.sha256
+    storage = get_storage()
+    key = storage.original_key(organization_id, file_id)
+    metadata = object_metadata(owner_id, organization_id, sha256, still.width, still.height, name)
+    written: list[str] = []
+    try:
+        storage.put(key, body.rewound(), info.content_type, metadata)
+        written.append(key)
+        objects.store_variants(storage, organization_id, file_id, made, written)
+    except StorageError:
+        log.exception("storing %s or its variants failed", key)
+        _undo(storage, written)
+        raise ApiError(500, "Failed to save chat file.", "The file store is unavailable; try again.",
+                       code="storage_error") from None
+    try:
+        with db.atomic():
+            rows.insert_file(file_id, owner_id, organization_id, name, info.content_type, body.size, sha256,
+                             still.width, still.height, info.animated)
+            rows.record_variants(file_id, made)
+    except (PeeweeException, MaxConnectionsExceeded):
+        log.exception("recording %s failed; deleting its objects", key)
+        _undo(storage, written)
+        raise ApiError(500, "Failed to save chat file.", "The database is unavailable; try again.",
+                       code="storage_error") from None
+    return file_id
+
+
+def _undo(storage: ObjectStore, written: list[str]) -> None:
+    for key in written:
+        objects.delete_quietly(storage, key)
+
+
+def delete(row: ChatFile, owner_id: uuid.UUID) -> bool:
+    """Delete the owner's file ``row``: its row, then its objects. False when a concurrent delete got there first."""
+    if not rows.delete_owned(row.id, owner_id):
+        return False
+    release_connection()  # the objects' deletes need no connection
+    objects.delete_all(get_storage(), row)
+    return True

@@ -1,0 +1,1 @@
+"""Images: verifying decode, the decoder-memory estimate, thumbnails and previews, banding."""

@@ -1,0 +1,1 @@
+"""The admin jobs the CLI runs: gc-storage, generate-variants."""

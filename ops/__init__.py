@@ -1,0 +1,1 @@
+"""Running it: JSON logs, metrics, shutdown."""

@@ -1,0 +1,1 @@
+"""The request edge: bodies on the wire, origins, errors, display names, authentication."""
