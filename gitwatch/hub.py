@@ -149,9 +149,12 @@ class Hub:
             return 0
         future = asyncio.run_coroutine_threadsafe(self._close_all(reason, message), loop)
         try:
-            return future.result(timeout)
+            closed = future.result(timeout)
         except concurrent.futures.TimeoutError:
-            return len(self._sockets)
+            closed = len(self._sockets)
+        if closed:
+            log.info("closed %d watch socket(s) with %d", closed, reason)
+        return closed
 
     def open_sockets(self) -> int:
         return len(self._sockets)

@@ -77,7 +77,7 @@ class SocketRegistry:
         for ws in sockets:
             _close_quietly(ws, code, reason)
         if sockets:
-            log.info("closed %d WebSocket holder(s) for shutdown", len(sockets))
+            log.debug("asked %d socket holder(s) to close for shutdown", len(sockets))
         if first:
             self._closed.set()
         return len(sockets)
