@@ -74,6 +74,8 @@ def test_the_service_in_a_real_browser(sites, browser, instances, account):
     # <img> renders it: the browser decoded what the service stored.
     page.navigate(f"{nginx.url}{PAGE}?file={file_id}")
     assert page.evaluate("document.getElementById('picture').naturalWidth") == 40
+    # nginx logs a request once its response is done, which may be just after the page has the image.
+    wait_for(lambda: requests_reaching_service(nginx, file_path), "the image's request in nginx's log")
     assert requests_reaching_service(nginx, file_path) == [("GET", file_path, 200)]
 
     # A second navigation shows it from the browser's cache: no request reaches the service.
