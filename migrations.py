@@ -25,6 +25,7 @@ from peewee import (
     BooleanField,
     CharField,
     Column,
+    CompositeKey,
     DateTimeField,
     ForeignKeyField,
     IntegerField,
@@ -35,7 +36,7 @@ from peewee import (
 from playhouse.migrate import Operation, SchemaMigrator
 from playhouse.migrate import migrate as run_operations
 
-from models import MODELS, BaseModel, ChatFile, db, utcnow  # one way only: models never imports this module
+from models import MODELS, BaseModel, Chat, ChatFile, Organization, db, utcnow  # one way only: models never imports this module
 
 BASELINE = 1
 BASELINE_TABLES = frozenset({"organization", "user", "membership", "apikey", "chatfile", "chat"})
@@ -116,11 +117,51 @@ def _add_file_variants(migrator: SchemaMigrator) -> list[Operation]:
     ]
 
 
+def _link_files_to_chats_and_count_usage(migrator: SchemaMigrator) -> list[Operation | _RowChange]:
+    """Files in chats (issue 20): which chats carry a file, and each organization's stored bytes.
+
+    Files uploaded before links existed are linked to nothing: purge deletes unlinked files only when
+    ``UNLINKED_FILE_RETENTION`` is set, and upgrading deletes nothing. Usage starts as what is stored:
+    originals plus the variants that are not the original itself.
+    """
+
+    class ChatFileLink(BaseModel):  # as version 6 made it
+        chat = ForeignKeyField(Chat, backref="+", on_delete="CASCADE", index=False)
+        file = ForeignKeyField(ChatFile, backref="+", on_delete="CASCADE")
+        created_at = DateTimeField(default=utcnow)
+
+        class Meta:
+            table_name = "chatfilelink"
+            primary_key = CompositeKey("chat", "file")
+
+    class OrganizationUsage(BaseModel):  # as version 6 made it
+        organization = ForeignKeyField(Organization, primary_key=True, backref="+", on_delete="CASCADE")
+        bytes = BigIntegerField(default=0)
+        files = BigIntegerField(default=0)
+
+        class Meta:
+            table_name = "organizationusage"
+
+    def count_usage() -> None:
+        db.execute_sql(
+            "INSERT INTO organizationusage (organization_id, bytes, files) "
+            "SELECT f.organization_id, SUM(f.size) + COALESCE(SUM(v.stored), 0), COUNT(*) FROM chatfile f "
+            "LEFT JOIN (SELECT file_id, SUM(size) AS stored FROM chatfilevariant WHERE NOT original "
+            "GROUP BY file_id) v ON v.file_id = f.id GROUP BY f.organization_id")
+
+    return [
+        Operation(migrator, lambda _migrator: ChatFileLink.create_table(safe=False)),
+        Operation(migrator, lambda _migrator: OrganizationUsage.create_table(safe=False)),
+        _RowChange(count_usage),
+    ]
+
+
 # A version's steps: playhouse operations, or rows rewritten (both have ``run()``).
 MIGRATIONS: dict[int, Callable[[SchemaMigrator], Sequence[Operation | _RowChange]]] = {
     2: _index_chatfiles_by_owner_and_date,
     3: _chat_workspaces_relative_to_owner,
     4: _add_file_variants,
+    6: _link_files_to_chats_and_count_usage,
 }
 LATEST = max(MIGRATIONS, default=BASELINE)
 

@@ -17,6 +17,7 @@ from peewee import (
     BigIntegerField,
     BooleanField,
     CharField,
+    CompositeKey,
     Database,
     DatabaseProxy,
     DateTimeField,
@@ -141,7 +142,40 @@ class Chat(BaseModel):
         indexes = ((("owner", "created_at"), False),)
 
 
-MODELS: list[type[BaseModel]] = [Organization, User, Membership, ApiKey, ChatFile, ChatFileVariant, Chat]
+class ChatFileLink(BaseModel):
+    """A file carried by a chat's message (upstream Coder's ``chat_file_links``); a file may be in several chats.
+
+    The primary key (chat, file) serves a chat's files and its count; the index on file serves
+    the chats a file is in, the cascade when a file is deleted, and purge's "linked to nothing".
+    """
+
+    chat = ForeignKeyField(Chat, backref="file_links", on_delete="CASCADE", index=False)
+    file = ForeignKeyField(ChatFile, backref="chat_links", on_delete="CASCADE")
+    created_at = DateTimeField(default=utcnow)
+    # Declared for mypy only (bare annotations, nothing at run time): the foreign keys' raw ids.
+    chat_id: uuid.UUID
+    file_id: uuid.UUID
+
+    class Meta:
+        primary_key = CompositeKey("chat", "file")
+
+
+class OrganizationUsage(BaseModel):
+    """Bytes stored for an organization (originals plus stored variants) and its file count.
+
+    Kept as a counter, changed in the same statement that checks the quota, so an upload
+    neither scans the organization's files nor races another upload past the quota.
+    """
+
+    organization = ForeignKeyField(Organization, primary_key=True, backref="+", on_delete="CASCADE")
+    bytes = BigIntegerField(default=0)
+    files = BigIntegerField(default=0)
+    # Declared for mypy only (bare annotations, nothing at run time): the foreign key's raw id.
+    organization_id: uuid.UUID
+
+
+MODELS: list[type[BaseModel]] = [Organization, User, Membership, ApiKey, ChatFile, ChatFileVariant, Chat,
+                                 ChatFileLink, OrganizationUsage]
 
 M = TypeVar("M", bound=Model)
 Q = TypeVar("Q", bound=BaseQuery)
