@@ -7,6 +7,7 @@ handshake response unread until the next frame, so tests use this instead.
 import json
 import socket
 import struct
+import time
 
 import websocket
 
@@ -39,9 +40,16 @@ class WatchClient:
         self.pings = 0
 
     def receive(self, timeout=10):
-        """The next JSON message; None on timeout; Closed when the server closed."""
-        self._ws.settimeout(timeout)
+        """The next JSON message; None when none came within ``timeout`` seconds; Closed when the server closed.
+
+        The timeout is for the whole wait: pings keep arriving on an idle socket, and must not restart it.
+        """
+        deadline = time.monotonic() + timeout
         while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._ws.settimeout(remaining)
             try:
                 opcode, frame = self._ws.recv_data_frame(control_frame=True)
             except (websocket.WebSocketTimeoutException, socket.timeout):
