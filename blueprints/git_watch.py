@@ -47,9 +47,9 @@ SERVER_SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 def watch(chat_id: str) -> Response:
     origins.refuse_cross_origin()  # the app's hook checks too; the upgrade must never skip it
     authenticate()
-    key = _websocket_key()
     chat = owned_chat(chat_id)
     owner_dir, workspace_dir = _confined_workspace(chat)
+    key = _websocket_key()  # after the chat: an unknown or foreign one is 404 however it is asked for
     release_connection()  # the socket may stay open for hours; it needs no connection
     slot = acquire_slot(str(chat.owner_id), current_app.config["WATCH_MAX_PER_USER"])
     if slot is None:
@@ -105,18 +105,24 @@ def _hand_over(chat: Chat, key: str, owner_dir: str, workspace_dir: str, slot: W
     observed = observability.watch_socket_opened(request.environ)
     archive = _ArchiveClose()
     subscription = events.subscribe(chat.id, archive.heard)
-    # Asked before the upgrade is answered (an archive from before the subscription sends no event), so a
-    # client that has its first message finds no query of this socket's still to come.
-    if _is_archived(chat.id):
-        archive.heard()
     on_closed = (slot.release, functools.partial(events.unsubscribe, subscription),
                  functools.partial(observability.watch_socket_closed, observed))
-    archive.handed_over(hub.adopt(connection, WatchRequest(
-        owner=str(chat.owner_id), workspace=workspace, workspace_dir=workspace_dir, owner_dir=owner_dir,
-        resolve=functools.partial(resolve, owner_dir, workspace),
-        ping_interval=current_app.config["WATCH_PING_INTERVAL"],
-        handshake=_switching_protocols(key, observed), on_closed=on_closed,
-    )))
+    try:
+        # Asked before the upgrade is answered (an archive from before the subscription sends no event), so a
+        # client that has its first message finds no query of this socket's still to come.
+        if _is_archived(chat.id):
+            archive.heard()
+        handle = hub.adopt(connection, WatchRequest(
+            owner=str(chat.owner_id), workspace=workspace, workspace_dir=workspace_dir, owner_dir=owner_dir,
+            resolve=functools.partial(resolve, owner_dir, workspace),
+            ping_interval=current_app.config["WATCH_PING_INTERVAL"],
+            handshake=_switching_protocols(key, observed), on_closed=on_closed,
+        ))
+    except BaseException:  # no socket to close later: undo what its close would have (the caller frees the slot)
+        events.unsubscribe(subscription)
+        observability.watch_socket_not_opened(observed)
+        raise
+    archive.handed_over(handle)
     return HandedOver()
 
 

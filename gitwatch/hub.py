@@ -265,12 +265,12 @@ class Hub:
             self._ping_tick = self.loop.call_at(second, self._pings_due)
 
     def _pings_due(self) -> None:
-        self._ping_tick = None
         now = self.loop.time()
         for second in sorted(second for second in self._pings if second <= now):
             for ws in self._pings.pop(second):
-                ws.ping_due()
-        if self._pings and self._ping_tick is None:
+                ws.ping_due()  # books its next ping: this tick, still set, keeps that from booking one too late
+        self._ping_tick = None
+        if self._pings:
             self._ping_tick = self.loop.call_at(min(self._pings), self._pings_due)
 
     def in_background(self, work: Callable[[], None]) -> None:
@@ -417,7 +417,8 @@ class WatchSocket(asyncio.BufferedProtocol):
             self._handle(event)
 
     def eof_received(self) -> bool:
-        return False  # the client is gone: close our side too
+        self._hang_up_soon()  # the client is gone: asyncio closes our side, once what we wrote drains
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -426,10 +427,14 @@ class WatchSocket(asyncio.BufferedProtocol):
         _run_all(self.request.on_closed)
 
     def pause_writing(self) -> None:
+        # A client that does not read is not read either: its pings and bad frames would
+        # otherwise queue our answers (pongs, errors) without bound.
         self.paused = True
+        self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.transport.resume_reading()
         if self.behind and self.feed is not None and self.feed.last is not None:
             self.deliver(self.feed.last)
 
@@ -448,6 +453,7 @@ class WatchSocket(asyncio.BufferedProtocol):
             elif self.protocol.state is ConnectionState.OPEN:  # wsproto's verdict on a broken frame (1002, 1007)
                 self._send(CloseConnection(code=event.code, reason=event.reason))
             self.transport.close()
+            self._hang_up_soon()
 
     def _message_part(self, event: Message) -> None:
         data = event.data if isinstance(event, TextMessage) else bytes(event.data).decode("utf-8", "replace")
@@ -503,9 +509,13 @@ class WatchSocket(asyncio.BufferedProtocol):
         if self.protocol.state is not ConnectionState.OPEN or self.transport.is_closing():
             return
         self._send(CloseConnection(code=code, reason=reason))
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.hub.later(CLOSE_WAIT_SECONDS, self.transport.abort)
+        self._hang_up_soon()
+
+    def _hang_up_soon(self) -> None:
+        """End the connection after CLOSE_WAIT_SECONDS if it has not ended by then: a closing transport
+        waits for its buffer to drain, which a client that stopped reading never lets happen."""
+        if self.timer is None:
+            self.timer = self.hub.later(CLOSE_WAIT_SECONDS, self.transport.abort)
 
     def _send_json(self, message: dict[str, Any]) -> None:
         if self.protocol.state is ConnectionState.OPEN:

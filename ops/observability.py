@@ -127,6 +127,12 @@ def watch_socket_opened(environ: WSGIEnvironment) -> ObservedRequest:
     return observed
 
 
+def watch_socket_not_opened(observed: ObservedRequest) -> None:
+    """The handover failed before the hub held the socket: the request ends (and is logged) as an ordinary one."""
+    WATCH_SOCKETS.dec()
+    observed.handed_over = False
+
+
 def watch_socket_closed(observed: ObservedRequest) -> None:
     """The socket ended (on the hub's loop): one request line, with the socket's whole life as its duration."""
     WATCH_SOCKETS.dec()

@@ -90,6 +90,29 @@ def test_unknown_or_foreign_chat_is_404(client, chat, other_user, auth):
     assert_error(client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers=foreign), 404)
 
 
+@pytest.mark.parametrize("handshake", [{}, {**UPGRADE_HEADERS, "Sec-WebSocket-Version": "8"}],
+                         ids=["not an upgrade", "bad handshake"])
+def test_a_foreign_chat_is_404_however_it_is_asked_for(client, chat, other_user, handshake):
+    # The contract: 404 for an unknown or foreign chat; the handshake is judged only for one's own chat.
+    foreign = {**handshake, "Coder-Session-Token": other_user["token"]}
+    assert_error(client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers=foreign), 404)
+
+
+def test_a_handover_that_fails_leaves_no_subscription_or_open_socket_counted(app, server, chat, user, monkeypatch):
+    from ops import observability
+
+    def no_more_descriptors(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(hub_module.HUB, "adopt", no_more_descriptors)
+    open_before = observability.WATCH_SOCKETS._value.get()
+    with pytest.raises(Rejected) as rejected:
+        connect(server, chat, user)
+    assert rejected.value.status == 500
+    assert app.extensions["archive_events"].watched() == []
+    assert observability.WATCH_SOCKETS._value.get() == open_before
+
+
 def test_bad_chat_id_is_400(client, auth):
     assert_error(client.get("/api/v2/chats/nope/git/watch", headers={**UPGRADE_HEADERS, **auth}), 400)
 

@@ -1,4 +1,4 @@
-"""The hub's socket protocol against a fake transport: what reaches a client that stops reading, pings."""
+"""The hub's socket protocol against a fake transport: what reaches a client that stops reading, pings, closing."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class FakeTransport(asyncio.Transport):
         self.written = []
         self.aborted = False
         self.closing = False
+        self.reading = True
 
     def write(self, data):
         self.written.append(bytes(data))
@@ -33,6 +34,12 @@ class FakeTransport(asyncio.Transport):
 
     def abort(self):
         self.aborted = self.closing = True
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
 
 
 class FakeFeed:
@@ -94,3 +101,55 @@ def test_a_ping_left_unanswered_drops_the_client(ws):
     assert not ws.transport.aborted and ws.transport.written  # the ping
     ws.ping_due()  # the next one is due and no pong came
     assert ws.transport.aborted
+
+
+def test_a_client_that_stops_reading_is_not_read_either(ws):
+    # Otherwise a client sending pings or bad frames without reading queues our answers without bound.
+    ws.pause_writing()
+    assert not ws.transport.reading
+    ws.resume_writing()
+    assert ws.transport.reading
+
+
+def client_frame(event):
+    """A frame as a client sends it (masked), from a client-side wsproto connection past its handshake."""
+    from wsproto.connection import Connection, ConnectionType
+
+    return Connection(ConnectionType.CLIENT).send(event)
+
+
+@pytest.mark.parametrize("how", ["close frame", "end of file", "broken frame"])
+def test_a_closing_socket_is_hung_up_on_if_the_client_never_drains_it(ws, loop, monkeypatch, how):
+    # A closing transport waits for its buffer to drain; a client that stopped reading never lets it,
+    # and would keep its slot and subscription forever.
+    monkeypatch.setattr(hub_module, "CLOSE_WAIT_SECONDS", 0.01)
+    if how == "close frame":
+        from wsproto.events import CloseConnection
+
+        ws.received(client_frame(CloseConnection(code=1000)))
+    elif how == "end of file":
+        assert ws.eof_received() is False
+    else:
+        ws.received(b"\x81\x05hello")  # unmasked: a protocol error
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert ws.transport.aborted
+
+
+def test_a_ping_booked_for_an_earlier_second_is_not_put_off_by_a_later_one(loop):
+    # Pinging the sockets due books their next pings; that booking must not hide a ping due sooner.
+    hub = hub_module.Hub()
+    hub._loop = loop
+    pinged = {}
+
+    class Pinged:
+        def __init__(self, name, interval):
+            self.name, self.interval = name, interval
+
+        def ping_due(self):
+            pinged.setdefault(self.name, loop.time())
+            hub.ping_later(self, self.interval)
+
+    hub.ping_later(Pinged("early", 30), 0)
+    hub.ping_later(Pinged("later", 30), 2)
+    loop.run_until_complete(asyncio.sleep(3.5))
+    assert "later" in pinged  # pinged in its own second, not at the early one's next ping, 30 s on
