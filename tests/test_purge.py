@@ -564,3 +564,26 @@ def test_a_purge_killed_mid_run_finishes_when_run_again(app, client, auth, user,
     assert gc.exit_code == 0, gc.output
     assert all_keys(app) == keys_of(app, organization, kept)
     assert client.get(f"/api/v2/chats/files/{kept}", headers=auth).status_code == 200
+
+
+@pytest.mark.parametrize("storage_config", ["local"], indirect=True)
+def test_a_chat_unarchived_between_the_look_and_the_delete_is_kept_with_its_files(app, client, auth, user,
+                                                                                 monkeypatch):
+    file_id = uploaded(client, auth, user)
+    expired = chat(app, user, archived=True, updated_at=LONG_AGO)
+    link(app, expired, file_id)
+    headers = {**auth}
+    unarchived = []
+
+    def unarchive():  # another request, on its own thread and connection
+        worker = threading.Thread(target=lambda: unarchived.append(
+            client.post(f"/api/v2/chats/{expired}/unarchive", headers=headers).status_code))
+        worker.start()
+        worker.join(timeout=30)
+
+    between_look_and_delete(monkeypatch, unarchive)
+    summary = run_json(app, days=1)
+
+    assert unarchived == [204]
+    assert (summary["chats"], summary["files_of_chats"], summary["skipped"]) == ([], [], 1)
+    assert chat_ids_left(app) == [expired] and file_ids_left(app) == [file_id]
