@@ -29,7 +29,6 @@ from harness.live import BIN, ROOT
 from jobs import purge
 from storage import StorageError, get_storage
 from tests.concurrency import wait_for
-from tests.conftest import make_app
 from tests.test_files import upload
 
 HOUR = 3600
@@ -584,3 +583,18 @@ def test_a_chat_unarchived_between_the_look_and_the_delete_is_kept_with_its_file
     assert unarchived == [204]
     assert (summary["chats"], summary["files_of_chats"], summary["skipped"]) == ([], [], 1)
     assert chat_ids_left(app) == [expired] and file_ids_left(app) == [file_id]
+
+
+@pytest.mark.parametrize("storage_config", ["local"], indirect=True)
+def test_stored_bytes_are_the_original_and_the_variants_stored_apart(app, client, auth, user):
+    small = uploaded(client, auth, user)  # its own preview: that adds nothing
+    response = upload(client, auth, make_image("image/png", 1600, 1200), "image/png", user["organization_id"])
+    large = response.json["id"]  # a preview of its own
+    with app.app_context():
+        store = get_storage()
+        sizes = {key: store.head(key).size for key in all_keys(app)}
+    expected = {file_id: sum(size for key, size in sizes.items() if file_id in key) for file_id in (small, large)}
+    assert len([key for key in sizes if large in key]) == 3
+
+    assert in_db(app, lambda: usage.stored_bytes([uuid.UUID(small), uuid.UUID(large), uuid.uuid4()])) == {
+        uuid.UUID(file_id): size for file_id, size in expected.items()}
