@@ -42,6 +42,9 @@ from models import BaseModel, Chat, ChatFile, ChatFileLink, db, utcnow
 from storage import ObjectStore, StorageError
 
 BATCH_SIZE = 500
+# Object deletions failing in a row after which the run stops trying (each can take seconds of timeouts and
+# retries): a store that is down would otherwise hold the run for hours. What is not tried is gc-storage's.
+MAX_FAILURES_IN_A_ROW = 5
 
 
 @dataclass
@@ -142,6 +145,7 @@ class _Run:
         self.progress = progress
         self.counted = Progress()
         self.listed: set[uuid.UUID] = set()  # a dry run's files, each listed once however many chats hold it
+        self.failures_in_a_row = 0
 
     def expired_chats(self, before: datetime.datetime) -> None:
         for chat_ids in self._batches(_expired_chats(before), Chat.id):
@@ -190,10 +194,20 @@ class _Run:
         self.result.bytes += sum(file.stored_bytes for file in deleted)
         for file in deleted:  # after the commit: the rows are gone, whatever happens to these
             for key in objects.keys_of(self.storage, file.organization_id, file.id):
-                try:
-                    self.storage.delete(key)
-                except StorageError as error:
-                    self.result.failed.append({"key": key, "error": str(error)})
+                self._delete_object(key)
+
+    def _delete_object(self, key: str) -> None:
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            self.result.failed.append({"key": key, "error": f"Not tried: the store failed {MAX_FAILURES_IN_A_ROW} "
+                                                            "times in a row."})
+            return
+        try:
+            self.storage.delete(key)
+        except StorageError as error:
+            self.failures_in_a_row += 1
+            self.result.failed.append({"key": key, "error": str(error)})
+        else:
+            self.failures_in_a_row = 0
 
     def _checked(self, count: int) -> None:
         self.counted.done += count

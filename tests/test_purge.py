@@ -598,3 +598,24 @@ def test_stored_bytes_are_the_original_and_the_variants_stored_apart(app, client
 
     assert in_db(app, lambda: usage.stored_bytes([uuid.UUID(small), uuid.UUID(large), uuid.uuid4()])) == {
         uuid.UUID(file_id): size for file_id, size in expected.items()}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("storage_config", ["local"], indirect=True)
+def test_a_store_that_keeps_failing_is_not_tried_for_the_rest_of_the_run(app, client, auth, user, monkeypatch):
+    files = uploaded(client, auth, user, 3)  # nine keys to delete
+    backdate(app, files)
+    tried = []
+
+    def failing_delete(key):
+        tried.append(key)
+        raise StorageError("the store is down")
+
+    with app.app_context():
+        monkeypatch.setattr(get_storage(), "delete", failing_delete)
+    summary = run_json(app, unlinked=HOUR)
+
+    assert len(tried) == purge.MAX_FAILURES_IN_A_ROW == 5
+    assert [failure["error"] for failure in summary["failed"]] == (
+        ["the store is down"] * 5 + ["Not tried: the store failed 5 times in a row."] * 4)
+    assert sorted(summary["unlinked_files"]) == sorted(files) and file_ids_left(app) == []
