@@ -13,7 +13,7 @@ from peewee import IntegrityError, PeeweeException
 
 import migrations
 from gitwatch import workspaces
-from jobs import gc_storage, generate_variants
+from jobs import gc_storage, generate_variants, purge
 from models import Membership, Organization, User, db
 from storage import StorageError, get_storage
 from web import auth
@@ -155,6 +155,41 @@ def generate_variants_command(as_json: bool) -> None:
         raise click.ClickException(f"{len(result.failed)} files failed; see above.")
 
 
+@click.command("purge")
+@with_appcontext
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=10_000), default=purge.BATCH_SIZE, show_default=True,
+              help="Chats or files per transaction.")
+def purge_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
+    """Delete what the retention settings let go: archived chats past ARCHIVED_CHAT_RETENTION_DAYS with the files
+    linked only to them, and files linked to no chat past UNLINKED_FILE_RETENTION (safe to run again, and after
+    a kill)."""
+    config = current_app.config
+    progress = _purge_progress_line if stdout_is_terminal() else None
+    try:
+        with db.connection_context():
+            result = purge.purge(get_storage(), config["UNLINKED_FILE_RETENTION"],
+                                 config["ARCHIVED_CHAT_RETENTION_DAYS"], dry_run, batch_size=batch_size,
+                                 progress=progress)
+    except PeeweeException as error:
+        raise click.ClickException(f"Database error, stopped (run it again to go on): {error}") from None
+    finally:
+        if progress is not None:
+            click.echo("\r\033[K", nl=False)  # the progress line gives way to the result
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        for line in result.report_lines():
+            click.echo(line)
+
+
+def _purge_progress_line(result: purge.PurgeResult, progress: purge.Progress) -> None:
+    deleted = len(result.files_of_chats) + len(result.unlinked_files)
+    click.echo(f"\r{progress.done}/{progress.total} chats and files checked, {len(result.chats)} chats and "
+               f"{deleted} files {'to delete' if result.dry_run else 'deleted'}", nl=False)
+
+
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 
@@ -165,5 +200,5 @@ def _progress_line(result: generate_variants.BackfillResult, total: int) -> None
 
 def init_app(app: Flask) -> None:
     for command in (init_db_command, create_user_command, create_token_command, gc_storage_command,
-                    generate_variants_command):
+                    generate_variants_command, purge_command):
         app.cli.add_command(command)

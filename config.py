@@ -47,6 +47,11 @@ DEFAULTS: dict[str, Any] = {
     "TOKEN_CACHE_SECONDS": 5,
     "DATABASE_POOL_SIZE": 20,
     "LOG_LEVEL": "INFO",
+    # Retention, applied by the purge command (jobs/purge.py); unset (None): kept forever. Seconds an upload
+    # linked to no chat is kept (unset by default: a frontend that never links would lose every file).
+    "UNLINKED_FILE_RETENTION": None,
+    # Days after its last update an archived chat, and the files linked only to it, are kept.
+    "ARCHIVED_CHAT_RETENTION_DAYS": None,
 }
 
 INTEGER_SETTINGS = (
@@ -63,6 +68,13 @@ INTEGER_SETTINGS = (
     "WATCH_PING_INTERVAL",
     "WATCH_MAX_PER_USER",
 )
+
+# Integer settings where unset (None) means "off", each with its largest value: any longer and "now minus it"
+# leaves the calendar.
+OPTIONAL_INTEGER_SETTINGS = {
+    "UNLINKED_FILE_RETENTION": 100 * 365 * 24 * 3600,
+    "ARCHIVED_CHAT_RETENTION_DAYS": 100 * 365,
+}
 
 
 class ConfigError(ValueError):
@@ -92,6 +104,8 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{name} must be an integer, got {settings[name]!r}.") from None
         if settings[name] < 0:
             raise ConfigError(f"{name} must not be negative, got {settings[name]}.")
+    for name, largest in OPTIONAL_INTEGER_SETTINGS.items():
+        settings[name] = _optional_integer(name, settings[name], largest)
     if settings["MAX_FILE_SIZE"] == 0:
         raise ConfigError("MAX_FILE_SIZE must be at least 1 byte.")
     if settings["BODY_READ_TIMEOUT"] == 0:
@@ -106,6 +120,18 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
     if (settings["VARIANTS_PREFIX"] or "") == (settings["S3_PREFIX"] or ""):
         raise ConfigError("VARIANTS_PREFIX must differ from S3_PREFIX: variants live apart from originals.")
     return settings
+
+
+def _optional_integer(name: str, value: object, largest: int) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)  # type: ignore[call-overload]  # a str from the environment, or an int override
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer or unset, got {value!r}.") from None
+    if not 0 <= number <= largest:
+        raise ConfigError(f"{name} must be between 0 and {largest}, or unset; got {number}.")
+    return number
 
 
 def parse_allowed_origins(value: str | Iterable[str] | None) -> frozenset[str]:

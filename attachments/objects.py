@@ -62,10 +62,14 @@ def _open(storage: ObjectStore, key: str, file_id: uuid.UUID) -> StoredObject:
 def delete_all(storage: ObjectStore, row: ChatFile) -> None:
     """The original and every variant, stored or not (deleting an absent key is no error); what fails is logged
     and left to gc-storage."""
-    keys = [storage.original_key(row.organization_id, row.id)]
-    keys += [storage.variant_key(row.organization_id, row.id, name) for name in variants.NAMES]
-    for key in keys:
+    for key in keys_of(storage, row.organization_id, row.id):
         delete_quietly(storage, key)
+
+
+def keys_of(storage: ObjectStore, organization_id: uuid.UUID, file_id: uuid.UUID) -> list[str]:
+    """Every key a file's objects may have: its original's, then each variant's (stored or not)."""
+    return ([storage.original_key(organization_id, file_id)]
+            + [storage.variant_key(organization_id, file_id, name) for name in variants.NAMES])
 
 
 def delete_quietly(storage: ObjectStore, key: str) -> None:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Collection, Iterable, cast
 
-from models import OrganizationUsage
+from peewee import JOIN, fn
+
+from models import ChatFile, ChatFileVariant, OrganizationUsage
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,18 @@ def release(organization_id: uuid.UUID, size: int, *, files: int = 1) -> None:
 def of(organization_id: uuid.UUID) -> Usage:
     row = OrganizationUsage.get_or_none(OrganizationUsage.organization == organization_id)
     return Usage(0, 0) if row is None else Usage(row.bytes, row.files)
+
+
+def stored_bytes(file_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """What each file holds in storage, as usage counts it: its original plus its variants stored apart (a
+    variant that is the original itself adds nothing). One query; files without a row are left out."""
+    if not file_ids:
+        return {}
+    variants = fn.COALESCE(fn.SUM(ChatFileVariant.size), 0)
+    query = (ChatFile.select(ChatFile.id, ChatFile.size, variants)
+             .join(ChatFileVariant, JOIN.LEFT_OUTER,
+                   on=(ChatFileVariant.file == ChatFile.id) & (ChatFileVariant.original == False))  # noqa: E712
+             .where(ChatFile.id.in_(list(file_ids)))
+             .group_by(ChatFile.id, ChatFile.size))
+    rows = cast("Iterable[tuple[uuid.UUID, int, int]]", query.tuples())
+    return {file_id: size + int(variant_bytes) for file_id, size, variant_bytes in rows}
