@@ -52,6 +52,7 @@ RECEIVE_BUFFER = 64 * 1024  # one per hub, shared by its sockets
 SCAN_THREADS = 4  # scans wait on sandbox processes (sandbox/tasks.py), not on the GIL
 CLOSE_WAIT_SECONDS = 2.0  # after our close frame, how long the client has to answer before we hang up
 RETRY_SECONDS = 0.25  # a scan that ran out of time (or failed) goes on after this pause
+MAX_RETRY_SECONDS = 30.0  # scans that keep failing back off to this, not a traceback every quarter second
 # A client that stops reading stops getting messages (it gets the delta once it reads again):
 # what one socket may hold in memory is bounded by this plus one message.
 WRITE_HIGH_WATER = 1024 * 1024
@@ -294,6 +295,7 @@ class WorkspaceFeed:
         self.last: ScanResult | None = None
         self.running = False
         self.wanted_after: float | None = None  # a change or refresh wants a scan that starts after this
+        self.failures = 0  # scans failed in a row
         self.closed = False
 
     def join(self, ws: WatchSocket) -> None:
@@ -347,9 +349,12 @@ class WorkspaceFeed:
         if self.closed:
             self._drop_watch()
             return
-        if result is None:  # the scan failed (logged): again, after a breath
-            self.hub.later(RETRY_SECONDS, self.want, time.monotonic())
+        if result is None:  # the scan failed (logged): again, after a pause that doubles while it keeps failing
+            self.failures += 1
+            self.hub.later(min(RETRY_SECONDS * 2 ** (self.failures - 1), MAX_RETRY_SECONDS), self.want,
+                           time.monotonic())
             return
+        self.failures = 0
         self.last = result
         if self.wanted_after is not None and self.wanted_after <= result.started_at:
             self.wanted_after = None

@@ -17,8 +17,9 @@ directory's watch: its watchers then resolve it again. A missing workspace is
 watched through its nearest existing parent until it appears; one that now
 resolves outside ``boundary`` is not watched at all (polling instead, so the
 session notices and reports it). A directory moved *above* the workspace sends
-its watch no event: the session resolves the workspace again before every
-scan, and rescans now and then.
+its watch no event: the workspace is resolved again before every scan, so the
+next change or refresh notices it (there is no periodic rescan: it would cost
+CPU for every watched workspace).
 
 If no watch can be made (inotify limits, or anything else failing), the
 watcher polls: a change every ``poll_interval`` seconds, a real watch retried

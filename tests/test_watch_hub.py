@@ -153,3 +153,21 @@ def test_a_ping_booked_for_an_earlier_second_is_not_put_off_by_a_later_one(loop)
     hub.ping_later(Pinged("later", 30), 2)
     loop.run_until_complete(asyncio.sleep(3.5))
     assert "later" in pinged  # pinged in its own second, not at the early one's next ping, 30 s on
+
+
+def test_a_workspace_whose_scans_keep_failing_is_retried_less_and_less_often(monkeypatch):
+    delays = []
+
+    class Hub:
+        def later(self, delay, callback, *args):
+            delays.append(delay)
+
+    request = hub_module.WatchRequest(owner="o", workspace="w", workspace_dir="/w", owner_dir="/",
+                                      resolve=lambda: "/w", ping_interval=25, handshake=b"")
+    feed = hub_module.WorkspaceFeed(Hub(), request)
+    feed.sockets.add(object())
+    for _ in range(10):
+        feed.running = True
+        feed.scanned(None)  # the scan raised (logged by the hub)
+    assert delays[0] == hub_module.RETRY_SECONDS
+    assert delays == sorted(delays) and delays[-1] == hub_module.MAX_RETRY_SECONDS
