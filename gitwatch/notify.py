@@ -59,6 +59,9 @@ _WATCH_MASK = _CHANGES | _SELF_GONE | flags.ONLYDIR | flags.DONT_FOLLOW | flags.
 _APPEARED = flags.CREATE | flags.MOVED_TO
 # The kernel's limits, not one directory's trouble: the whole watch fails (and polls).
 _LIMIT_ERRORS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+# Directories watched per workspace at most: a larger tree polls instead. Its walk runs under the registry's
+# lock, which every other workspace's events wait for, and its watches come out of the user's inotify limit.
+MAX_WATCHED_DIRECTORIES = 4096
 
 
 def _below_git_dir(path: str) -> list[str] | None:
@@ -320,6 +323,9 @@ class _WatchRegistry:
             for shared in list(owners):
                 try:
                     self._handle(shared, event, now)
+                except OSError as error:  # a limit reached (the kernel's, or MAX_WATCHED_DIRECTORIES)
+                    log.warning("gitwatch: %s cannot be watched (%s); its watchers poll", shared.target.path, error)
+                    self._fall_back(shared, now)
                 except Exception:
                     log.exception("gitwatch: an event for %s failed; its watchers poll", shared.target.path)
                     self._fall_back(shared, now)
@@ -465,6 +471,8 @@ class _WatchRegistry:
         inotify = self._open_inotify()
         directories = _walk(top, skip=_in_object_store) if shared.target.recursive else iter([top])
         for directory in directories:
+            if len(shared.directories) >= MAX_WATCHED_DIRECTORIES:
+                raise OSError(errno.ENOSPC, f"more than {MAX_WATCHED_DIRECTORIES} directories to watch")
             self._add_directory(inotify, shared, directory, root=root and directory == top)
 
     def _add_directory(self, inotify: INotify, shared: _SharedWatch, path: str, *, root: bool) -> None:

@@ -598,6 +598,24 @@ def test_watcher_falls_back_to_polling(workspace: Path, monkeypatch) -> None:
         assert watcher.wait_for_change(GENEROUS) is True
 
 
+@pytest.mark.parametrize("grows", [False, True], ids=["at the start", "growing while watched"])
+def test_a_workspace_with_too_many_directories_polls_instead(workspace: Path, monkeypatch, grows) -> None:
+    # Its walk holds the registry's lock (every workspace's events wait) and spends the inotify limit.
+    monkeypatch.setattr(gitwatch.notify, "MAX_WATCHED_DIRECTORIES", 5)
+    if not grows:
+        for index in range(10):
+            (workspace / f"d{index}").mkdir()
+    with WorkspaceWatcher(workspace, poll_interval=0.2) as watcher:
+        if grows:
+            assert watcher.mode == "events"
+            (workspace / "deep" / "a" / "b" / "c" / "d" / "e").mkdir(parents=True)
+            deadline = time.monotonic() + GENEROUS
+            while watcher.mode != "polling" and time.monotonic() < deadline:
+                watcher.wait_for_change(0.2)
+        assert watcher.mode == "polling"
+        assert watcher.wait_for_change(GENEROUS) is True
+
+
 def test_watchers_of_one_directory_share_a_watch(workspace: Path) -> None:
     WorkspaceWatcher(workspace).close()  # the shared observer is running now
     baseline = threading.active_count()
