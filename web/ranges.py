@@ -58,9 +58,9 @@ def parse(header: str, size: int) -> ByteRange | None:
             raise not_satisfiable(size)
         return ByteRange(max(size - suffix, 0), size - 1)
     first = _position(first_text)
-    last = _position(last_text) if last_text else size - 1
+    last = _position(last_text) if last_text else _BEYOND_ANY_FILE
     if first is None or last is None or last < first:
-        return None
+        return None  # invalid: a range to ignore, not one past the end
     if first >= size:
         raise not_satisfiable(size)
     return ByteRange(first, min(last, size - 1))
