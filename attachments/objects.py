@@ -12,7 +12,7 @@ from typing import Iterable
 from attachments import rows
 from imaging import variants
 from models import ChatFile
-from storage import ObjectStore, StorageError, StoredObject, get_storage, variant_metadata
+from storage import ByteRange, ObjectStore, StorageError, StoredObject, get_storage, variant_metadata
 from web.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -33,20 +33,21 @@ def store_variants(storage: ObjectStore, organization_id: uuid.UUID, file_id: uu
     return written
 
 
-def open_original(row: ChatFile) -> StoredObject:
+def open_original(row: ChatFile, byte_range: ByteRange | None = None) -> StoredObject:
     storage = get_storage()
-    return _open(storage, storage.original_key(row.organization_id, row.id), row.id)
+    return _open(storage, storage.original_key(row.organization_id, row.id), row.id, byte_range)
 
 
-def open_variant(row: ChatFile, variant: str) -> StoredObject:
+def open_variant(row: ChatFile, variant: str, byte_range: ByteRange | None = None) -> StoredObject:
     storage = get_storage()
-    return _open(storage, storage.variant_key(row.organization_id, row.id, variant), row.id)
+    return _open(storage, storage.variant_key(row.organization_id, row.id, variant), row.id, byte_range)
 
 
-def _open(storage: ObjectStore, key: str, file_id: uuid.UUID) -> StoredObject:
-    """The StoredObject under ``key``; 404 if its file was deleted meanwhile, 500 if its bytes are lost."""
+def _open(storage: ObjectStore, key: str, file_id: uuid.UUID, byte_range: ByteRange | None) -> StoredObject:
+    """The StoredObject under ``key`` (only ``byte_range`` of it, if given); 404 if its file was deleted
+    meanwhile, 500 if its bytes are lost."""
     try:
-        return storage.open(key)
+        return storage.open(key, byte_range)
     except FileNotFoundError:
         if not rows.exists(file_id):  # its row went first: a delete raced this download
             raise ApiError(404, "File not found.") from None

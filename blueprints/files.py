@@ -18,8 +18,8 @@ from playhouse.pool import MaxConnectionsExceeded
 from attachments import budget, decode, objects, rows, store
 from imaging import images, variants
 from models import ChatFile, ChatFileVariant, PreparedSelect, release_connection, rfc3339
-from storage import StoredObject
-from web import bodies
+from storage import ByteRange, StoredObject
+from web import bodies, ranges
 from web.auth import login_required
 from web.errors import ApiError, error_response
 from web.filenames import inline_content_disposition, name_from_content_disposition
@@ -53,7 +53,8 @@ def upload() -> tuple[Response, int]:
 @login_required
 def download(file_id: str) -> Response:
     row = _readable_file(file_id, rows.FILE_TO_SEND)
-    return _send(row.content_type, row.name, row.sha256, row.size, lambda: objects.open_original(row))
+    return _send(row.content_type, row.name, row.sha256, row.size,
+                 lambda byte_range: objects.open_original(row, byte_range))
 
 
 def _download_variant(file_id: str, variant: str) -> Response:
@@ -63,9 +64,10 @@ def _download_variant(file_id: str, variant: str) -> Response:
         raise ApiError(404, f"The file has no {variant} yet.",
                        "Files uploaded before variants existed get them from the generate-variants command.")
     if stored.original:
-        return _send(row.content_type, row.name, row.sha256, row.size, lambda: objects.open_original(row))
+        return _send(row.content_type, row.name, row.sha256, row.size,
+                     lambda byte_range: objects.open_original(row, byte_range))
     return _send(stored.content_type, variants.renamed(row.name, stored.content_type), stored.sha256, stored.size,
-                 lambda: objects.open_variant(row, variant))
+                 lambda byte_range: objects.open_variant(row, variant, byte_range))
 
 
 # One route per variant (variants.VARIANTS): /thumbnail, /preview.
@@ -115,10 +117,11 @@ def delete_file(file_id: str) -> Response:
 
 
 def _send(content_type: str, name: str | None, sha256: str, size: int,
-          open_object: Callable[[], StoredObject]) -> Response:
-    """200 with the object's bytes streamed from storage, 304 for a matching If-None-Match, headers only for HEAD.
+          open_object: Callable[[ByteRange | None], StoredObject]) -> Response:
+    """200 with the object's bytes streamed from storage (206 with one range of them), 304 for a matching
+    If-None-Match, headers only for HEAD.
 
-    ``open_object()`` opens the bytes: only a 200 with a body needs them.
+    ``open_object(byte_range)`` opens the bytes: only a 200 or 206 with a body needs them.
     """
     headers = {
         "Content-Type": content_type,
@@ -128,12 +131,22 @@ def _send(content_type: str, name: str | None, sha256: str, size: int,
         "X-Content-Type-Options": "nosniff",
     }
     release_connection()
-    if request.if_none_match.contains_weak(sha256):
+    if request.if_none_match.contains_weak(sha256):  # before Range (RFC 9110 §13.2.2): a 304 wins over a 206
         return Response(status=304, headers=headers)
-    headers["Content-Length"] = str(size)
+    byte_range, status = _range_to_send(sha256, size, headers)
     if request.method == "HEAD":
-        return Response(status=200, headers=headers)
-    return Response(_stream(open_object()), status=200, headers=headers, direct_passthrough=True)
+        return Response(status=status, headers=headers)
+    return Response(_stream(open_object(byte_range)), status=status, headers=headers, direct_passthrough=True)
+
+
+def _range_to_send(sha256: str, size: int, headers: dict[str, str]) -> tuple[ByteRange | None, int]:
+    """The range the request asks for (None: the whole file) and the status to send, with its length and range
+    headers added to ``headers``; 416 for a range past the end."""
+    byte_range = ranges.requested_range(request.method, request.headers.get("Range"),
+                                        request.headers.get("If-Range"), f'"{sha256}"', size)
+    status, range_headers = ranges.range_headers(byte_range, size)
+    headers.update(range_headers)
+    return byte_range, status
 
 
 @bp.record_once

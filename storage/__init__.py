@@ -19,6 +19,7 @@ from flask import Flask, current_app
 
 from storage.interface import (
     CHUNK_SIZE,
+    ByteRange,
     ObjectInfo,
     ObjectStore,
     StorageError,
@@ -29,7 +30,7 @@ from storage.interface import (
     variant_metadata,
 )
 
-__all__ = ["CHUNK_SIZE", "ObjectInfo", "ObjectStore", "StorageError", "StoredObject", "from_config", "get_storage",
+__all__ = ["CHUNK_SIZE", "ByteRange", "ObjectInfo", "ObjectStore", "StorageError", "StoredObject", "from_config", "get_storage",
            "init_app", "object_key", "object_metadata", "variant_key", "variant_metadata"]
 
 

@@ -31,8 +31,21 @@ class ObjectInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ByteRange:
+    """Bytes ``first`` to ``last`` of an object, both included (HTTP's convention), within the object."""
+
+    first: int
+    last: int
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+
 class StoredObject:
-    """An open object: iterate it for its bytes in chunks; close it when done."""
+    """An open object: iterate it for its bytes in chunks (only the range asked for, if one was); close it when
+    done. ``info.size`` is the whole object's size either way."""
 
     def __init__(self, info: ObjectInfo, chunks: Iterator[bytes], close: Callable[[], object]) -> None:
         self.info = info
@@ -81,8 +94,9 @@ class ObjectStore(abc.ABC):
         at all."""
 
     @abc.abstractmethod
-    def open(self, key: str) -> StoredObject:
-        """Return a StoredObject to stream ``key``; FileNotFoundError if absent."""
+    def open(self, key: str, byte_range: ByteRange | None = None) -> StoredObject:
+        """Return a StoredObject to stream ``key``, whole or only ``byte_range`` of it (which the caller keeps
+        within the object: the store reads no byte outside it); FileNotFoundError if absent."""
 
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo:

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from typing import BinaryIO, Iterator
 
-from storage.interface import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
+from storage.interface import CHUNK_SIZE, ByteRange, ObjectInfo, ObjectStore, StorageError, StoredObject
 
 META_SUFFIX = ".meta.json"
 TEMP_PREFIX = ".tmp-"
@@ -61,7 +61,7 @@ class LocalStore(ObjectStore):
             raise StorageError(f"Could not read {key}: {error}") from error
         return ObjectInfo(key, stat.st_size, sidecar["content_type"], _mtime(stat), sidecar["metadata"])
 
-    def open(self, key: str) -> StoredObject:
+    def open(self, key: str, byte_range: ByteRange | None = None) -> StoredObject:
         info = self.head(key)
         try:
             handle = open(self._path(key), "rb")
@@ -69,7 +69,10 @@ class LocalStore(ObjectStore):
             raise FileNotFoundError(key) from None
         except OSError as error:
             raise StorageError(f"Could not open {key}: {error}") from error
-        return StoredObject(info, iter(lambda: handle.read(CHUNK_SIZE), b""), handle.close)
+        if byte_range is None:
+            return StoredObject(info, iter(lambda: handle.read(CHUNK_SIZE), b""), handle.close)
+        handle.seek(byte_range.first)
+        return StoredObject(info, _read_at_most(handle, byte_range.length), handle.close)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -137,6 +140,16 @@ def _is_leftover(name: str, names_in_directory: set[str]) -> bool:
     if name.startswith(TEMP_PREFIX):
         return True
     return name.endswith(META_SUFFIX) and name[: -len(META_SUFFIX)] not in names_in_directory
+
+
+def _read_at_most(handle: BinaryIO, length: int) -> Iterator[bytes]:
+    """The next ``length`` bytes of ``handle`` in chunks (fewer if the file ends first)."""
+    while length > 0:
+        chunk = handle.read(min(CHUNK_SIZE, length))
+        if not chunk:
+            return
+        length -= len(chunk)
+        yield chunk
 
 
 def _remove_if_present(path: str, what: str) -> None:

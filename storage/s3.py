@@ -19,7 +19,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage.interface import CHUNK_SIZE, ObjectInfo, ObjectStore, StorageError, StoredObject
+from storage.interface import CHUNK_SIZE, ByteRange, ObjectInfo, ObjectStore, StorageError, StoredObject
 
 # read_timeout bounds each wait for a response or for the next chunk of a
 # body, not a whole transfer, so large objects stream fine. Non-throttling
@@ -79,9 +79,12 @@ class S3Store(ObjectStore):
             response = self.client.head_object(Bucket=self.bucket, Key=key)
         return _object_info(key, response)
 
-    def open(self, key: str) -> StoredObject:
+    def open(self, key: str, byte_range: ByteRange | None = None) -> StoredObject:
+        request = {"Bucket": self.bucket, "Key": key}
+        if byte_range is not None:  # a ranged GetObject: S3 sends only these bytes
+            request["Range"] = f"bytes={byte_range.first}-{byte_range.last}"
         with _translated_errors(key):
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            response = self.client.get_object(**request)
         body = response["Body"]
         return StoredObject(_object_info(key, response), _chunks(key, body), body.close)
 
@@ -107,11 +110,20 @@ class S3Store(ObjectStore):
 def _object_info(key: str, response: dict[str, Any]) -> ObjectInfo:
     return ObjectInfo(
         key=key,
-        size=response["ContentLength"],
+        size=_object_size(response),
         content_type=response.get("ContentType", ""),
         last_modified=response["LastModified"],
         metadata=response.get("Metadata", {}),
     )
+
+
+def _object_size(response: dict[str, Any]) -> int:
+    """The whole object's size: a ranged GetObject's ContentLength is the range's, its total is in ContentRange
+    (``bytes 0-9/1234``)."""
+    content_range = response.get("ContentRange")
+    if content_range:
+        return int(content_range.rpartition("/")[2])
+    return int(response["ContentLength"])
 
 
 def _chunks(key: str, body: Any) -> Iterator[bytes]:  # body: botocore's StreamingBody, untyped here

@@ -420,9 +420,9 @@ def test_a_delete_racing_a_download_answers_404_not_500(app, client, auth, uploa
     storage = app.extensions["storage"]
     real_open = storage.open
 
-    def deleted_meanwhile(key):
+    def deleted_meanwhile(key, byte_range=None):
         assert client.delete(f"/api/v2/chats/files/{uploaded[0]}", headers=auth).status_code == 204
-        return real_open(key)
+        return real_open(key, byte_range)
 
     monkeypatch.setattr(storage, "open", deleted_meanwhile)
     assert_error(client.get(f"/api/v2/chats/files/{uploaded[0]}{path}", headers=auth), 404, "File not found.")

@@ -70,6 +70,40 @@ def test_upload_download_and_304_through_nginx_on_both_instances(nginx, instance
     assert upstream_failures(nginx) == []
 
 
+def test_ranges_pass_through_nginx_untouched(nginx, account):
+    """nginx passes Range and If-Range on and the service's 206 and 416 back, never a 200 of its own making."""
+    data = make_image("image/png", 300, 200)
+    file_id = upload(nginx.url, account, data).json()["id"]
+    whole = download(nginx.url, account, file_id)
+    assert (whole.status_code, whole.headers["Accept-Ranges"], whole.content) == (200, "bytes", data)
+    etag, size = whole.headers["ETag"], len(data)
+
+    partial = download(nginx.url, account, file_id, Range="bytes=10-29", **{"If-Range": etag})
+    assert partial.status_code == 206
+    assert partial.content == data[10:30]
+    assert partial.headers["Content-Range"] == f"bytes 10-29/{size}"
+    assert partial.headers["Content-Length"] == "20"
+    assert partial.headers["Accept-Ranges"] == "bytes"
+
+    suffix = download(nginx.url, account, file_id, Range="bytes=-7")
+    assert (suffix.status_code, suffix.content) == (206, data[-7:])
+
+    past_the_end = download(nginx.url, account, file_id, Range=f"bytes={size}-")
+    assert past_the_end.status_code == 416
+    assert past_the_end.json() == {"message": "Range not satisfiable.", "detail": f"The file is {size} bytes long."}
+    assert past_the_end.headers["Content-Range"] == f"bytes */{size}"
+
+    stale = download(nginx.url, account, file_id, Range="bytes=10-29", **{"If-Range": '"0000"'})
+    assert (stale.status_code, stale.content) == (200, data)
+    several = download(nginx.url, account, file_id, Range="bytes=0-1,5-6")
+    assert (several.status_code, several.content) == (200, data)
+    cached = download(nginx.url, account, file_id, Range="bytes=10-29", **{"If-None-Match": etag})
+    assert (cached.status_code, cached.content) == (304, b"")
+    head = requests.head(f"{nginx.url}/api/v2/chats/files/{file_id}", timeout=30,
+                         headers={"Coder-Session-Token": account["token"], "Range": "bytes=10-29"})
+    assert (head.status_code, head.headers["Content-Length"], head.headers["Accept-Ranges"]) == (200, str(size), "bytes")
+
+
 def test_chunked_upload_through_nginx(nginx, account):
     data = make_image("image/jpeg", 300, 200)
     chunks = (data[i : i + 1000] for i in range(0, len(data), 1000))  # a generator: sent chunked

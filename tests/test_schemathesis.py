@@ -123,6 +123,9 @@ def test_upload_and_download_conform(live, account):
         headers = {**token, **({"If-None-Match": if_none_match} if if_none_match else {})}
         response = call(live, download[method], path_parameters=file, headers=headers)
         assert response.status_code == status, (method, if_none_match)
+    for range_value, status in (("bytes=0-9", 206), ("bytes=-0", 416), ("bytes=0-1,3-4", 200)):
+        response = call(live, download["GET"], path_parameters=file, headers={**token, "Range": range_value})
+        assert response.status_code == status, range_value
 
 
 def test_variants_info_and_delete_conform(live, account):
