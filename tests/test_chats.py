@@ -24,7 +24,8 @@ def test_create_chat_returns_the_chat(client, auth, user):
     response = create_chat(client, auth, title="Hello", workspace="proj/one")
     assert response.status_code == 201
     chat = response.json
-    assert set(chat) == {"id", "owner_id", "title", "archived", "workspace", "created_at", "updated_at"}
+    assert set(chat) == {"id", "owner_id", "title", "archived", "workspace", "created_at", "updated_at", "files"}
+    assert chat["files"] == []
     assert chat["owner_id"] == user["user_id"]
     assert (chat["title"], chat["archived"], chat["workspace"]) == ("Hello", False, "proj/one")
     assert chat["created_at"].endswith("Z")
