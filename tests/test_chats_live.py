@@ -1,10 +1,14 @@
-"""The per-chat cap under real concurrency: gunicorn's workers and threads, real HTTP, both databases."""
+"""Chats under gunicorn, over real HTTP, on both databases: the per-chat cap under racing requests, and an
+archive by upstream's PATCH closing a socket opened at upstream's watch path."""
+
+import os
 
 import pytest
 import requests
 
 from harness.imaging import make_image
 from harness.live import GunicornServer, sqlite_settings
+from harness.wsclient import WatchClient
 from tests.concurrency import run_at_once
 
 CAP = 3
@@ -56,3 +60,23 @@ def test_racing_links_for_the_last_slot_let_exactly_one_in(live):
         assert sorted(results) == [(204, "")] + [(400, "Too many files in this chat.")] * (RACERS - 1)
         linked = requests.get(f"{live.url}/api/v2/chats/{chat['id']}", headers=headers, timeout=10).json()["files"]
         assert len(linked) == CAP
+
+
+def test_patch_archive_closes_a_socket_opened_at_the_experimental_stream_path(live):
+    """On PostgreSQL the socket hears of the archive only through the NOTIFY sent in PATCH's transaction."""
+    account = live.flask("create-user", "alice", "--org", "acme")
+    headers = {"Coder-Session-Token": account["token"]}
+    os.makedirs(os.path.join(account["workspaces_dir"], "proj"))
+    chat = requests.post(f"{live.url}/api/experimental/chats", json={"title": "w", "workspace": "proj"},
+                         headers=headers, timeout=10).json()
+    ws = WatchClient(live.url.replace("http://", "ws://") + f"/api/experimental/chats/{chat['id']}/stream/git",
+                     account["token"])
+    try:
+        assert ws.receive(timeout=10)["type"] == "changes"
+        response = requests.patch(f"{live.url}/api/experimental/chats/{chat['id']}", json={"archived": True},
+                                  headers=headers, timeout=10)
+        assert response.status_code == 204, response.text
+        closed = ws.wait_until_closed()
+        assert (closed.code, closed.reason) == (1000, "Chat was archived.")
+    finally:
+        ws.close()
