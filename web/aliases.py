@@ -12,6 +12,9 @@ watch's two rules (upgrade and plain request) stay two.
 
 from __future__ import annotations
 
+import copy as copy_module
+from typing import Any
+
 from flask import Flask
 from werkzeug.routing import Rule
 
@@ -42,3 +45,27 @@ def init_app(app: Flask) -> None:
             # Flask answers OPTIONS itself for rules it made so; the alias does as its rule does.
             alias.provide_automatic_options = getattr(rule, "provide_automatic_options", False)  # type: ignore[attr-defined]
             app.url_map.add(alias)
+
+
+def documented(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with each chats path's aliases listed as copies of it, in place of any listed before.
+
+    ``scripts/openapi-aliases`` writes this back to docs/openapi.json after a chats path is added or changed;
+    tests/test_openapi.py checks that nothing is left to write.
+    """
+    paths = {path: item for path, item in document["paths"].items() if "x-alias-of" not in item}
+    listed: dict[str, Any] = {}
+    for path, item in paths.items():
+        listed[path] = item
+        for alias in alias_paths(path):
+            copy = {"x-alias-of": path, **copy_module.deepcopy(item)}
+            suffix = ("Experimental" if alias.startswith(UPSTREAM_PREFIXES[1]) else "") + (
+                "Stream" if alias.endswith(STREAM_SUFFIX) else "")
+            for operation in copy.values():
+                if isinstance(operation, dict) and "operationId" in operation:
+                    operation["operationId"] += suffix
+                    operation["summary"] = f"{operation['summary']} (upstream path)"
+                    operation["description"] = (f"The same as `{path}` (upstream Coder's spelling). "
+                                                + operation.get("description", "")).rstrip()
+            listed[alias] = copy
+    return {**document, "paths": listed}
