@@ -167,3 +167,14 @@ def test_the_list_reads_every_chats_files_in_one_query(app, client, auth, user, 
 def test_the_link_routes_need_a_token(client, chat):
     assert_error(client.post(f"/api/v2/chats/{chat['id']}/files", json={"file_ids": []}), 401)
     assert_error(client.delete(f"/api/v2/chats/{chat['id']}/files/{uuid.uuid4()}"), 401)
+
+
+@pytest.mark.parametrize("value, message", [("many", "must be an integer"), ("-1", "must not be negative")])
+def test_max_files_per_chat_is_checked_at_start_up(monkeypatch, value, message):
+    import config
+
+    monkeypatch.setenv("MAX_FILES_PER_CHAT", value)
+    with pytest.raises(config.ConfigError, match=f"MAX_FILES_PER_CHAT {message}"):
+        config.load()
+    monkeypatch.setenv("MAX_FILES_PER_CHAT", "7")
+    assert config.load()["MAX_FILES_PER_CHAT"] == 7
