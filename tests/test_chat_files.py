@@ -170,7 +170,7 @@ def test_the_link_routes_need_a_token(client, chat):
 
 
 @pytest.mark.parametrize("value, message", [("many", "must be an integer"), ("-1", "must not be negative")])
-def test_max_files_per_chat_is_checked_at_start_up(monkeypatch, value, message):
+def test_max_files_per_chat_is_checked_at_start_up(monkeypatch, storage_config, value, message):
     import config
 
     monkeypatch.setenv("MAX_FILES_PER_CHAT", value)
