@@ -46,7 +46,7 @@ def list_chats() -> Response:
         query = query.where(Chat.archived == ARCHIVED_FILTERS[archived])
     chats = list(query.order_by(Chat.created_at.desc(), Chat.id.desc()))
     # One query for every listed chat's files: the listing's own filter as a subquery.
-    files = links.files_of(query.select(Chat.id)) if chats else {}
+    files = links.files_of_chats(query.select(Chat.id)) if chats else {}
     return jsonify([chat_json(chat, files.get(chat.id, [])) for chat in chats])
 
 
@@ -54,7 +54,7 @@ def list_chats() -> Response:
 @login_required
 def get_chat(chat_id: str) -> Response:
     chat = owned_chat(chat_id)
-    return jsonify(chat_json(chat, links.files_of([chat.id]).get(chat.id, [])))
+    return jsonify(chat_json(chat, links.files_of_chat(chat.id)))
 
 
 @bp.patch("/api/v2/chats/<chat_id>")
