@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from peewee import Expression, Field, ModelSelect
+from peewee import Expression, Field, IntegrityError, ModelSelect
 
 from models import Chat, ChatFile, ChatFileLink, Cursor, PreparedQuery, db, rfc3339
 from web.errors import ApiError
@@ -77,12 +77,16 @@ def link(chat_id: uuid.UUID, owner_id: uuid.UUID, file_ids: list[uuid.UUID], lim
             raise ApiError(404, "File not found.", f"No file {missing[0]} of yours.")
         linked = {row.file_id for row in ChatFileLink.select(ChatFileLink.file).where(ChatFileLink.chat == chat_id)}
         new = [file_id for file_id in file_ids if file_id not in linked]
+        if not new:
+            return  # all linked already: nothing to count, even in a chat over a since lowered cap
         if len(linked) + len(new) > limit:
             raise ApiError(400, "Too many files in this chat.",
                            f"A chat holds at most {limit} files; it has {len(linked)}, and {len(new)} more "
                            "were asked for.")
-        if new:
+        try:
             ChatFileLink.insert_many([{"chat": chat_id, "file": file_id} for file_id in new]).execute()
+        except IntegrityError:  # a file deleted since it was looked up: its foreign key refuses the link
+            raise ApiError(404, "File not found.") from None
 
 
 def unlink(chat_id: uuid.UUID, file_id: uuid.UUID) -> bool:

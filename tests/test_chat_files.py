@@ -128,6 +128,9 @@ def test_a_link_past_the_cap_is_400_with_the_limit_and_links_nothing(app, client
     assert link(client, auth, chat["id"], [ids[2]]).status_code == 204
     assert link(client, auth, chat["id"], ids[:3]).status_code == 204
     assert_error(link(client, auth, chat["id"], [ids[4]]), 400, "Too many files in this chat.")
+    app.config["MAX_FILES_PER_CHAT"] = 1  # lowered below what the chat holds: relinking is still no error
+    assert link(client, auth, chat["id"], ids[:3]).status_code == 204
+    assert_error(link(client, auth, chat["id"], ids[2:]), 400, "Too many files in this chat.")
 
 
 def test_a_deleted_file_disappears_from_every_chat(app, client, auth, user, chat):
@@ -178,3 +181,18 @@ def test_max_files_per_chat_is_checked_at_start_up(monkeypatch, storage_config, 
         config.load()
     monkeypatch.setenv("MAX_FILES_PER_CHAT", "7")
     assert config.load()["MAX_FILES_PER_CHAT"] == 7
+
+
+def test_a_file_deleted_between_lookup_and_link_is_404_not_500(app, client, auth, user, chat, monkeypatch):
+    """The link's foreign key refuses a file that went away after it was looked up (a concurrent delete; here
+    the delete runs in the link's own transaction, just before the insert)."""
+    file_id = upload_file(client, auth, user)
+    real_insert = models.ChatFileLink.insert_many.__func__
+
+    def delete_first(cls, rows, *args, **kwargs):
+        models.ChatFile.delete().where(models.ChatFile.id == uuid.UUID(file_id)).execute()
+        return real_insert(cls, rows, *args, **kwargs)
+
+    monkeypatch.setattr(models.ChatFileLink, "insert_many", classmethod(delete_first))
+    assert_error(link(client, auth, chat["id"], [file_id]), 404, "File not found.")
+    assert link_count(app) == 0
