@@ -30,8 +30,8 @@ def live(request, tmp_path):
 
 def test_racing_links_for_the_last_slot_let_exactly_one_in(live):
     """RACERS requests, each linking its own file to a chat one short of the cap, sent at once: one 204, the
-    rest 400, and the chat holds CAP files. Without the chat-row lock, PostgreSQL lets several in (each
-    counted CAP - 1) and SQLite fails some with 500 (a read transaction cannot become a writer)."""
+    rest 400, and the chat holds CAP files. Without the chat-row lock (chats/links.py) this fails on both
+    databases: several links each count CAP - 1 and get in."""
     account = live.flask("create-user", "alice", "--org", "acme")
     headers = {"Coder-Session-Token": account["token"]}
     png = make_image("image/png", 8, 8)
