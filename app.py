@@ -14,7 +14,7 @@ import models
 import storage
 from blueprints import chats, files, git_watch, health, openapi
 from ops import observability
-from web import bodies, errors, origins
+from web import aliases, bodies, errors, origins
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -40,6 +40,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     for blueprint in (files.bp, chats.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     git_watch.init_app(app)
+    aliases.init_app(app)  # after every route: each /api/v2/chats… rule also under upstream's spellings
 
     hops = app.config["PROXY_HOPS"]
     if hops:

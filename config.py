@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "WATCH_PING_INTERVAL": 25,
     # Open watch sockets per user per instance; one more is refused with 429.
     "WATCH_MAX_PER_USER": 16,
+    # Files linked to one chat at most (upstream Coder's 50); a link past it is refused.
+    "MAX_FILES_PER_CHAT": 50,
     "TOKEN_LIFETIME_DAYS": 90,
     # Seconds a worker trusts a key row it looked up (auth.TokenCache): a
     # deleted key is refused at most this long after, on every instance. 0: off.
@@ -67,6 +69,7 @@ INTEGER_SETTINGS = (
     "DATABASE_POOL_SIZE",
     "WATCH_PING_INTERVAL",
     "WATCH_MAX_PER_USER",
+    "MAX_FILES_PER_CHAT",
 )
 
 # Integer settings where unset (None) means "off", each with its largest value: any longer and "now minus it"

@@ -1,1 +1,1 @@
-"""Chats as the service knows them: who may reach one (access.py); their lifecycle lands here next."""
+"""Chats as the service knows them: who may reach one (access.py), the files linked to them (links.py)."""

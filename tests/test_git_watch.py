@@ -477,3 +477,28 @@ def test_a_refresh_is_answered_even_while_another_socket_keeps_the_workspace_bus
         assert first.receive(timeout=1) is None  # the refresh was the other socket's: nothing new here
     finally:
         first.close(), second.close()
+
+
+def test_archiving_by_patch_closes_the_socket(watching, chat, auth, client):
+    """Upstream's PATCH {"archived": true} announces the archive as the POST route does."""
+    assert client.patch(f"/api/v2/chats/{chat['id']}", json={"archived": True}, headers=auth).status_code == 204
+    with pytest.raises(Closed) as closed:
+        while watching.receive(timeout=WAIT) is not None:
+            pass
+    assert (closed.value.code, closed.value.reason) == (1000, "Chat was archived.")
+
+
+@pytest.mark.parametrize("path", ["/api/experimental/chats/{}/stream/git", "/api/experimental/chats/{}/git/watch",
+                                  "/api/v2/chats/{}/stream/git"])
+def test_upstreams_watch_paths_upgrade_and_answer_the_same(server, chat, user, workspace, client, auth, path):
+    make_repo(workspace)
+    ws = WatchClient(server + path.format(chat["id"]), user["token"])
+    try:
+        assert [repo["repo_root"] for repo in receive(ws)["repositories"]] == ["."]
+        ws.send_json({"type": "bogus"})
+        assert receive(ws)["type"] == "error"
+    finally:
+        ws.close()
+    # Before an upgrade, the same JSON errors as the v2 path.
+    assert_error(client.get(path.format(chat["id"]), headers=auth), 400, "Expected a WebSocket upgrade.")
+    assert_error(client.get(path.format(uuid.uuid4()), headers={**auth, **UPGRADE_HEADERS}), 404)

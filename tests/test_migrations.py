@@ -365,3 +365,65 @@ def test_chat_workspaces_become_relative_to_their_owners_directory(legacy):
     with legacy.app.app_context(), models.db.connection_context():
         after = {chat.id: chat.workspace for chat in models.Chat.select().where(models.Chat.id.in_(list(rows)))}
     assert after == dict(zip(rows, ["proj/one", None, "shared/proj"]))
+
+
+def test_from_version_4_old_files_stay_unlinked_usage_is_counted_and_nothing_is_deleted(legacy, monkeypatch):
+    """Migration 6 from the previous release's schema: usage per organization is originals plus the variants
+    that are not the original itself; no file is linked, none deleted, whatever the retention settings."""
+    with monkeypatch.context() as at_version_4:
+        at_version_4.setattr(migrations, "MIGRATIONS", {v: m for v, m in migrations.MIGRATIONS.items() if v <= 4})
+        at_version_4.setattr(migrations, "LATEST", 4)
+        init_db(legacy.app)
+    globex, bob = uuid.uuid4(), uuid.uuid4()
+    acme_file, globex_file = uuid.uuid4(), uuid.uuid4()
+    created = "2024-06-01 12:00:00"
+    file_columns = ("id", "owner_id", "organization_id", "name", "content_type", "size", "sha256", "width",
+                    "height", "created_at", "animated")
+    rows = [
+        ("organization", ("id", "name", "created_at"), (globex.hex, "globex", created)),
+        ("user", ("id", "name", "created_at"), (bob.hex, "bob", created)),
+        ("chatfile", file_columns, (acme_file.hex, legacy.user_id.hex, legacy.organization_id.hex, "b.png",
+                                    "image/png", 1000, "0" * 64, 10, 10, created, False)),
+        ("chatfile", file_columns, (globex_file.hex, bob.hex, globex.hex, "c.png", "image/png", 5000, "1" * 64, 10,
+                                    10, created, False)),
+    ]
+    variant_columns = ("file_id", "variant", "original", "content_type", "width", "height", "size", "sha256")
+    for file_id, variant, original, size in [(acme_file, "thumbnail", False, 111), (acme_file, "preview", True, 1000),
+                                             (globex_file, "thumbnail", False, 50),
+                                             (globex_file, "preview", False, 70)]:
+        rows.append(("chatfilevariant", variant_columns,
+                     (file_id.hex, variant, original, "image/webp", 10, 10, size, "2" * 64)))
+    database = models.db.obj
+    with legacy.app.app_context(), models.db.connection_context():
+        for table, columns, values in rows:
+            names = ", ".join(f'"{column}"' for column in columns)
+            database.execute_sql(f'INSERT INTO "{table}" ({names}) VALUES ({", ".join([database.param] * len(values))})',
+                                 values)
+    legacy.app.config.update(UNLINKED_FILE_RETENTION=1, ARCHIVED_CHAT_RETENTION_DAYS=1)  # settings change nothing
+    tables = [*TABLES, "chatfilevariant"]
+
+    def counts():
+        with legacy.app.app_context(), models.db.connection_context():
+            return {table: database.execute_sql(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in tables}
+
+    before = counts()
+    assert recorded_versions_of(legacy.app)[-1] == 4
+
+    init_db(legacy.app)
+
+    assert counts() == before
+    assert recorded_versions_of(legacy.app)[-1] == migrations.LATEST
+    with legacy.app.app_context(), models.db.connection_context():
+        assert models.ChatFileLink.select().count() == 0
+        usage = {row.organization_id: (row.bytes, row.files) for row in models.OrganizationUsage.select()}
+    assert usage == {legacy.organization_id: (len(legacy.image) + 1000 + 111, 2), globex: (5000 + 50 + 70, 1)}
+    with legacy.app.app_context():
+        assert get_storage().head(object_key(legacy.app.config["S3_PREFIX"], legacy.organization_id, legacy.file_id))
+    old_chat = legacy.app.test_client().get(f"/api/v2/chats/{legacy.chat_id}",
+                                            headers={"Coder-Session-Token": legacy.token})
+    assert old_chat.status_code == 200 and old_chat.json["files"] == []
+
+
+def recorded_versions_of(app):
+    with app.app_context():
+        return recorded_versions()

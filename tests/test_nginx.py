@@ -307,3 +307,31 @@ def test_killing_one_instance_loses_no_acknowledged_upload(nginx, instances, acc
         response = download(nginx.url, account, file_id)
         assert response.status_code == 200
         assert response.content == data
+
+
+def test_upstreams_paths_through_nginx_the_watch_upgrades_and_an_oversized_upload_gets_the_json_413(
+        nginx, instances, account):
+    """/api/experimental/chats… reaches the instances, and its watch (also at /stream/git) gets the upgrade
+    headers the v2 watch gets: without them the service would answer 400 Expected a WebSocket upgrade."""
+    headers = {"Coder-Session-Token": account["token"]}
+    make_workspace(account, instances, "proj")
+    chat = requests.post(f"{nginx.url}/api/experimental/chats", json={"title": "w", "workspace": "proj"},
+                         headers=headers, timeout=10).json()
+    base = nginx.url.replace("http://", "ws://")
+    for path in ("/api/experimental/chats/{}/stream/git", "/api/experimental/chats/{}/git/watch",
+                 "/api/v2/chats/{}/stream/git"):
+        ws = WatchClient(base + path.format(chat["id"]), account["token"])
+        try:
+            assert ws.receive(timeout=10)["type"] == "changes", path
+        finally:
+            ws.close()
+    response = requests.patch(f"{nginx.url}/api/experimental/chats/{chat['id']}", json={"archived": True},
+                              headers=headers, timeout=10)
+    assert response.status_code == 204, response.text
+    assert requests.get(f"{nginx.url}/api/experimental/chats/{chat['id']}", headers=headers,
+                        timeout=10).json()["archived"] is True
+    oversized = requests.post(f"{nginx.url}/api/experimental/chats/files",
+                              params={"organization": account["organization_id"]},
+                              data=b"\x89PNG\r\n\x1a\n" + bytes(40 * 1024 * 1024), timeout=60,
+                              headers={**headers, "Content-Type": "image/png"})
+    assert (oversized.status_code, oversized.json()) == (413, FILE_TOO_LARGE)

@@ -172,6 +172,21 @@ def test_route_is_the_url_rule_and_nothing_secret_is_logged(client, user, capsys
     assert "coder_session_token" not in out
 
 
+def test_an_upstream_alias_is_logged_by_its_own_rule_and_counted_by_the_same_endpoint(client, user, capsys):
+    """web/aliases.py: the route label is the alias's rule (a template, never an id); what observability
+    keys on the endpoint (a download's bytes out) holds for the alias as for its /api/v2 rule."""
+    data = make_image()
+    file_id = uploaded_file(client, user, data)
+    capsys.readouterr()
+    served_before = sample("chatfiles_download_bytes_total")
+    response = client.get(f"/api/experimental/chats/files/{file_id}", headers={
+        "Coder-Session-Token": user["token"], "X-Request-ID": "alias-check"}, buffered=True)
+    assert response.status_code == 200
+    line = request_lines(capsys.readouterr().out, "alias-check")[0]
+    assert (line["route"], line["bytes_out"]) == ("/api/experimental/chats/files/<file_id>", len(data))
+    assert sample("chatfiles_download_bytes_total") - served_before == len(data)
+
+
 def test_unmatched_path_is_logged_with_no_route(client, capsys):
     response = client.get("/no/such/thing", headers={"X-Request-ID": "lost"}, buffered=True)
     assert response.status_code == 404

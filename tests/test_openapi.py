@@ -7,6 +7,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from blueprints.openapi import DOCUMENT_PATH
+from web import aliases
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -71,8 +72,17 @@ def test_document_and_url_map_name_the_same_routes(sqlite_app, document):
 
 def test_head_is_documented_for_file_downloads_only(document):
     heads = {path for path, method, _ in operations(document) if method == "head"}
-    assert heads == {"/api/v2/chats/files/{file}", "/api/v2/chats/files/{file}/thumbnail",
-                     "/api/v2/chats/files/{file}/preview"}
+    downloads = ["/api/v2/chats/files/{file}", "/api/v2/chats/files/{file}/thumbnail",
+                 "/api/v2/chats/files/{file}/preview"]
+    assert heads == {spelling for path in downloads for spelling in [path, *aliases.alias_paths(path)]}
+
+
+def test_every_upstream_alias_is_listed_as_a_copy_of_its_path(document):
+    """The URL-map test above sees that each alias is listed; this, that it says what its /api/v2 path says."""
+    assert document == aliases.documented(document), "run scripts/openapi-aliases"
+    listed = {path for path in document["paths"] if "x-alias-of" in document["paths"][path]}
+    assert {"/api/experimental/chats", "/api/experimental/chats/{chat}/stream/git",
+            "/api/v2/chats/{chat}/stream/git"} <= listed
 
 
 def test_path_parameters_are_declared(document):
@@ -90,7 +100,7 @@ def test_every_api_operation_needs_a_token_except_the_document(document):
         ("query", "coder_session_token"),
     }
     for path, method, operation in operations(document):
-        public = not path.startswith("/api/v2/") or path == "/api/v2/openapi.json"
+        public = not path.startswith(("/api/v2/", "/api/experimental/")) or path == "/api/v2/openapi.json"
         security = operation.get("security", document["security"])
         assert (security == []) == public, (method, path)
         if not public:
