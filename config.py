@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "TOKEN_CACHE_SECONDS": 5,
     "DATABASE_POOL_SIZE": 20,
     "LOG_LEVEL": "INFO",
+    # Bytes stored per organization (originals plus stored variants); None: no quota.
+    "ORG_STORAGE_QUOTA": None,
 }
 
 INTEGER_SETTINGS = (
@@ -92,6 +94,7 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{name} must be an integer, got {settings[name]!r}.") from None
         if settings[name] < 0:
             raise ConfigError(f"{name} must not be negative, got {settings[name]}.")
+    settings["ORG_STORAGE_QUOTA"] = _optional_positive_integer("ORG_STORAGE_QUOTA", settings["ORG_STORAGE_QUOTA"])
     if settings["MAX_FILE_SIZE"] == 0:
         raise ConfigError("MAX_FILE_SIZE must be at least 1 byte.")
     if settings["BODY_READ_TIMEOUT"] == 0:
@@ -106,6 +109,19 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
     if (settings["VARIANTS_PREFIX"] or "") == (settings["S3_PREFIX"] or ""):
         raise ConfigError("VARIANTS_PREFIX must differ from S3_PREFIX: variants live apart from originals.")
     return settings
+
+
+def _optional_positive_integer(name: str, value: object) -> int | None:
+    """An optional setting's value: None when unset, else an integer of at least 1; ConfigError otherwise."""
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer, got {value!r}.") from None
+    if number < 1:
+        raise ConfigError(f"{name} must be at least 1 when set, got {number}.")
+    return number
 
 
 def parse_allowed_origins(value: str | Iterable[str] | None) -> frozenset[str]:
