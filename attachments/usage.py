@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
-from peewee import JOIN, PeeweeException, fn
+from peewee import JOIN, Field, ModelUpdate, PeeweeException, fn
 from playhouse.pool import MaxConnectionsExceeded
 
 from imaging.variants import Made
-from models import ChatFile, ChatFileVariant, OrganizationUsage
+from models import ChatFile, ChatFileVariant, OrganizationUsage, PreparedQuery
 from web.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -69,17 +69,51 @@ def stored_bytes_of_owner(owner_id: uuid.UUID, organization_id: uuid.UUID) -> in
     return int(originals) + int(variants)
 
 
+def _add_query(quota_checked: bool) -> PreparedQuery[ModelUpdate]:
+    """``UPDATE … SET bytes = bytes + size, files = files + n WHERE organization = …`` [``AND bytes + size <= quota``],
+    its SQL built once (it runs on every upload and delete)."""
+    counter = OrganizationUsage
+
+    def build(size: int, files: int, organization_id: uuid.UUID, *quota: int) -> ModelUpdate:
+        where = counter.organization == organization_id
+        if quota_checked:
+            where &= counter.bytes + size <= quota[0]
+        return counter.update(bytes=counter.bytes + size, files=counter.files + files).where(where)
+
+    fields: list[Field[Any]] = [counter.bytes, counter.files, counter.organization]
+    samples: list[object] = [3, 4, uuid.UUID(int=5)]
+    if quota_checked:  # the size again, and the quota
+        fields += [counter.bytes, counter.bytes]
+        samples += [3, 7]
+    return PreparedQuery(lambda *values: build(*values[:3], *values[4:]), fields, samples)
+
+
+_ADD = _add_query(quota_checked=False)
+_ADD_IF_FITS = _add_query(quota_checked=True)
+
+
 def reserve(organization_id: uuid.UUID, size: int, quota: int | None, *, files: int = 1) -> bool:
     """Count ``size`` bytes and ``files`` files for the organization, unless that takes it past ``quota``.
 
-    True when counted; False (nothing changed) when the quota would be exceeded.
+    True when counted; False (nothing changed) when the quota would be exceeded. One statement when the
+    organization's row exists (every upload but its first).
     """
+    if _added(organization_id, size, quota, files):
+        return True
+    # No row yet (the organization's first upload), or no room: make sure the row is there and ask again.
     OrganizationUsage.insert(organization=organization_id, bytes=0, files=0).on_conflict_ignore().execute()
-    query = OrganizationUsage.update(bytes=OrganizationUsage.bytes + size, files=OrganizationUsage.files + files)
-    query = query.where(OrganizationUsage.organization == organization_id)
-    if quota is not None:
-        query = query.where(OrganizationUsage.bytes + size <= quota)
-    return bool(query.execute())
+    return _added(organization_id, size, quota, files)
+
+
+def _added(organization_id: uuid.UUID, size: int, quota: int | None, files: int) -> bool:
+    if quota is None:
+        cursor = _ADD.execute(size, files, organization_id)
+    else:
+        cursor = _ADD_IF_FITS.execute(size, files, organization_id, size, quota)
+    try:
+        return bool(cursor.rowcount)
+    finally:
+        cursor.close()
 
 
 def add(organization_id: uuid.UUID, size: int, *, files: int = 0) -> None:
