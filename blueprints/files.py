@@ -40,8 +40,7 @@ def upload() -> tuple[Response, int]:
     if not rows.is_member(g.user.id, organization_id):
         raise ApiError(403, "You are not a member of this organization.")
     _check_declared_type()
-    # Before the body is read: a file whose declared size alone is past the quota is refused at once.
-    usage.refuse_early(organization_id, request.content_length, current_app.config["ORG_STORAGE_QUOTA"])
+    _refuse_past_quota_early(organization_id)
     release_connection()  # reading the body and storing it can be slow
 
     # The body is spooled to disk as it arrives: a slow client holds no memory budget.
@@ -203,6 +202,14 @@ def _after_param() -> listing.Position | None:
     except ValueError:
         detail = "after must be the next cursor of a page this service returned."
         raise ApiError(400, "Invalid cursor.", detail, validations=[{"field": "after", "detail": detail}]) from None
+
+
+def _refuse_past_quota_early(organization_id: uuid.UUID) -> None:
+    """Before the body is read: a file whose declared size alone takes the organization past its quota is refused
+    at once (a size over MAX_FILE_SIZE is left to the body's own 413, which comes first)."""
+    declared = request.content_length
+    if declared is not None and declared <= current_app.config["MAX_FILE_SIZE"]:
+        usage.refuse_early(organization_id, declared, current_app.config["ORG_STORAGE_QUOTA"])
 
 
 def _check_declared_type() -> None:

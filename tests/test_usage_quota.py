@@ -100,6 +100,10 @@ def test_an_upload_whose_declared_size_cannot_fit_is_refused_before_its_body_is_
         fits = upload(client, auth, b"\0" * 1000, organization=account["organization_id"])
         assert_error(fits, 400)
         assert fits.json["message"] != QUOTA_MESSAGE  # read, and refused for what it is
+        # Over the size limit too: the limit's own 413 comes first, as the contract's order says.
+        app.config["MAX_FILE_SIZE"] = 1000
+        assert_error(upload(client, auth, b"\0" * 1001, organization=account["organization_id"]), 413,
+                     "File too large.")
     finally:
         models.close_all_connections()
 
