@@ -27,7 +27,7 @@ from peewee import JOIN, Field, ModelUpdate, PeeweeException, fn
 from playhouse.pool import MaxConnectionsExceeded
 
 from imaging.variants import Made
-from models import ChatFile, ChatFileVariant, OrganizationUsage, PreparedQuery
+from models import ChatFile, ChatFileVariant, OrganizationUsage, PreparedQuery, PreparedSelect
 from web.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,15 @@ def release_quietly(organization_id: uuid.UUID, size: int) -> None:
         log.exception("could not give back %d bytes of a failed upload to organization %s", size, organization_id)
 
 
+_COUNTER = PreparedSelect(
+    lambda organization_id: OrganizationUsage.select(OrganizationUsage.bytes, OrganizationUsage.files)
+    .where(OrganizationUsage.organization == organization_id),
+    (OrganizationUsage.organization,), (uuid.UUID(int=1),))
+
+
 def of(organization_id: uuid.UUID) -> Usage:
-    row = OrganizationUsage.get_or_none(OrganizationUsage.organization == organization_id)
+    """The organization's counted bytes and files (a prepared primary-key read: the early check runs it per upload)."""
+    row = _COUNTER.first(organization_id)
     return Usage(0, 0) if row is None else Usage(row.bytes, row.files)
 
 
