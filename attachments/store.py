@@ -35,20 +35,28 @@ def save(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], nam
     ``info, still, made`` are the decode's (decode.verify_and_make). Width and
     height are as displayed (EXIF orientation applied), in the row and in the
     object metadata alike.
+
+    Under a quota the file is counted before anything is stored, by the statement that checks the quota, and
+    given back if the save fails. Without one nothing can be refused, so it is counted in the rows' own
+    transaction: exact even when the process dies in between, and no write comes before the objects.
     """
     stored_bytes = usage.bytes_to_store(body.size, made)
-    # Counted before anything is stored, in the statement that checks the quota; given back if the save fails.
-    usage.reserve_or_refuse(organization_id, stored_bytes, current_app.config["ORG_STORAGE_QUOTA"])
+    quota = current_app.config["ORG_STORAGE_QUOTA"]
+    if quota is None:
+        return _store(body, info, still, made, name, owner_id, organization_id, count_with_rows=stored_bytes)
+    usage.reserve_or_refuse(organization_id, stored_bytes, quota)
     release_connection()  # storing can be slow, and needs no connection
     try:
-        return _store(body, info, still, made, name, owner_id, organization_id)
+        return _store(body, info, still, made, name, owner_id, organization_id, count_with_rows=0)
     except BaseException:
         usage.release_quietly(organization_id, stored_bytes)
         raise
 
 
 def _store(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], name: str | None,
-           owner_id: uuid.UUID, organization_id: uuid.UUID) -> uuid.UUID:
+           owner_id: uuid.UUID, organization_id: uuid.UUID, *, count_with_rows: int) -> uuid.UUID:
+    """The objects, then the rows (with ``count_with_rows`` bytes and the file counted in the same transaction
+    when not 0); the objects undone when either fails."""
     file_id = uuid.uuid4()
     sha256 = body.sha256
     storage = get_storage()
@@ -69,6 +77,8 @@ def _store(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], n
             rows.insert_file(file_id, owner_id, organization_id, name, info.content_type, body.size, sha256,
                              still.width, still.height, info.animated)
             rows.record_variants(file_id, made)
+            if count_with_rows:
+                usage.add(organization_id, count_with_rows, files=1)
     except (PeeweeException, MaxConnectionsExceeded):
         log.exception("recording %s failed; deleting its objects", key)
         _undo(storage, written)

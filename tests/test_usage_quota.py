@@ -118,10 +118,12 @@ def test_a_delete_gives_the_files_bytes_back(app, client, auth, user):
     assert files == 1 and client.get(f"/api/v2/chats/files/{kept}", headers=auth).status_code == 200
 
 
-def test_a_failed_save_gives_the_reservation_back(app, client, auth, user, monkeypatch):
+@pytest.mark.parametrize("quota", [None, 10**9], ids=["counted with the rows", "reserved before storing"])
+def test_a_failed_save_leaves_nothing_counted(app, client, auth, user, monkeypatch, quota):
     def broken_put(*args, **kwargs):
         raise StorageError("unreachable")
 
+    app.config["ORG_STORAGE_QUOTA"] = quota
     monkeypatch.setattr(app.extensions["storage"], "put", broken_put)
     assert_error(upload(client, auth, PHOTO, organization=user["organization_id"]), 500, "Failed to save chat file.")
     assert usage_of(client, auth, user["organization_id"])["bytes"] == 0
