@@ -11,9 +11,10 @@ What a file counts is its stored bytes: the original plus each variant that is s
 ``bytes_to_store`` says it for an upload about to be stored, ``stored_bytes`` for a file's rows;
 every path that adds or removes a file (upload, delete, generate-variants, purge) counts with them.
 
-The counter can only err upwards: an upload reserves before it stores and gives the bytes back
-when the save fails, but a process killed in between (or a give-back the database refuses)
-leaves them counted. An organization is then refused early, never let past its quota.
+Without a quota an upload is counted in the transaction that inserts its rows (attachments/store.py),
+so the counter is exact. Under a quota it can only err upwards: an upload reserves before it stores
+and gives the bytes back when the save fails, but a process killed in between (or a give-back the
+database refuses) leaves them counted. An organization is then refused early, never let past.
 """
 
 from __future__ import annotations
