@@ -5,6 +5,7 @@ import datetime
 import json
 import uuid
 
+import peewee
 import pytest
 
 import models
@@ -161,3 +162,30 @@ def test_total_bytes_is_the_callers_own_in_that_organization(app, client, auth, 
     with app.app_context(), models.db.connection_context():
         mine = usage.stored_bytes_of_owner(uuid.UUID(user["user_id"]), uuid.UUID(user["organization_id"]))
     assert listed(client, auth, user["organization_id"])["total_bytes"] == mine == 100
+
+
+def test_a_page_costs_the_same_queries_however_many_files_and_links_it_holds(app, client, auth, user, monkeypatch):
+    """chat_ids come from one query for the whole page, not one per file."""
+    with app.app_context(), models.db.connection_context():
+        chat = models.Chat.create(owner=uuid.UUID(user["user_id"]), title="all")
+
+    def queries_for_a_page(count):
+        ids = insert_files(app, user, [datetime.datetime(2027, 1, 1)] * count)
+        with app.app_context(), models.db.connection_context():
+            for file_id in ids:
+                models.ChatFileLink.create(chat=chat.id, file=uuid.UUID(file_id))
+        listed(client, auth, user["organization_id"], limit=200)  # the token's lookup cached, as in steady state
+        statements = []
+        real_execute_sql = peewee.Database.execute_sql
+        monkeypatch.setattr(peewee.Database, "execute_sql",
+                            lambda self, sql, *args, **kwargs: statements.append(sql)
+                            or real_execute_sql(self, sql, *args, **kwargs))
+        page = listed(client, auth, user["organization_id"], limit=200)
+        monkeypatch.setattr(peewee.Database, "execute_sql", real_execute_sql)
+        assert all(file["chat_ids"] == [str(chat.id)] for file in page["files"])
+        return len([sql for sql in statements if "chatfilelink" in sql.lower()]), len(statements)
+
+    links_for_two, statements_for_two = queries_for_a_page(2)
+    links_for_twenty, statements_for_twenty = queries_for_a_page(18)
+    assert links_for_two == links_for_twenty == 1
+    assert statements_for_two == statements_for_twenty
