@@ -12,7 +12,7 @@ import cli
 import config
 import models
 import storage
-from blueprints import chats, files, git_watch, health, openapi
+from blueprints import chats, files, git_watch, health, openapi, organizations
 from ops import observability
 from web import aliases, bodies, errors, origins
 
@@ -37,7 +37,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     origins.init_app(app)  # before every blueprint's own hooks (the watch route authenticates in one)
     cli.init_app(app)
-    for blueprint in (files.bp, chats.bp, health.bp, openapi.bp):
+    for blueprint in (files.bp, chats.bp, organizations.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     git_watch.init_app(app)
     aliases.init_app(app)  # after every route: each /api/v2/chats… rule also under upstream's spellings

@@ -54,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "UNLINKED_FILE_RETENTION": None,
     # Days after its last update an archived chat, and the files linked only to it, are kept.
     "ARCHIVED_CHAT_RETENTION_DAYS": None,
+    # Bytes stored per organization (originals plus stored variants); None: no quota.
+    "ORG_STORAGE_QUOTA": None,
 }
 
 INTEGER_SETTINGS = (
@@ -72,11 +74,12 @@ INTEGER_SETTINGS = (
     "MAX_FILES_PER_CHAT",
 )
 
-# Integer settings where unset (None) means "off", each with its largest value: any longer and "now minus it"
-# leaves the calendar.
+# Integer settings where unset (None) means "off", each with the smallest and largest value it may take when
+# set (the retentions' largest: any longer and "now minus it" leaves the calendar).
 OPTIONAL_INTEGER_SETTINGS = {
-    "UNLINKED_FILE_RETENTION": 100 * 365 * 24 * 3600,
-    "ARCHIVED_CHAT_RETENTION_DAYS": 100 * 365,
+    "UNLINKED_FILE_RETENTION": (0, 100 * 365 * 24 * 3600),
+    "ARCHIVED_CHAT_RETENTION_DAYS": (0, 100 * 365),
+    "ORG_STORAGE_QUOTA": (1, 2**63 - 1),  # a BIGINT column counts against it
 }
 
 
@@ -107,8 +110,8 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{name} must be an integer, got {settings[name]!r}.") from None
         if settings[name] < 0:
             raise ConfigError(f"{name} must not be negative, got {settings[name]}.")
-    for name, largest in OPTIONAL_INTEGER_SETTINGS.items():
-        settings[name] = _optional_integer(name, settings[name], largest)
+    for name, (smallest, largest) in OPTIONAL_INTEGER_SETTINGS.items():
+        settings[name] = _optional_integer(name, settings[name], smallest, largest)
     if settings["MAX_FILE_SIZE"] == 0:
         raise ConfigError("MAX_FILE_SIZE must be at least 1 byte.")
     if settings["BODY_READ_TIMEOUT"] == 0:
@@ -125,15 +128,16 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _optional_integer(name: str, value: object, largest: int) -> int | None:
+def _optional_integer(name: str, value: object, smallest: int, largest: int) -> int | None:
+    """An optional setting's value: None when unset (or empty), else an integer in [smallest, largest]."""
     if value is None or value == "":
         return None
     try:
         number = int(value)  # type: ignore[call-overload]  # a str from the environment, or an int override
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be an integer or unset, got {value!r}.") from None
-    if not 0 <= number <= largest:
-        raise ConfigError(f"{name} must be between 0 and {largest}, or unset; got {number}.")
+    if not smallest <= number <= largest:
+        raise ConfigError(f"{name} must be between {smallest} and {largest}, or unset; got {number}.")
     return number
 
 

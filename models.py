@@ -184,6 +184,8 @@ Q = TypeVar("Q", bound=BaseQuery)
 class Cursor(Protocol):
     """The DB-API cursor (sqlite3's or psycopg2's) a prepared query ran on."""
 
+    rowcount: int  # rows an UPDATE or DELETE changed
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...

@@ -7,9 +7,10 @@ of a small upload's.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from peewee import Field
 
@@ -71,6 +72,20 @@ def record_variants(file_id: uuid.UUID, made: Iterable[Made]) -> None:
     for variant in made:
         UPSERT_VARIANT.execute(file_id, variant.name, variant.original, variant.content_type, variant.width,
                                variant.height, variant.size, variant.sha256).close()
+
+
+@contextlib.contextmanager
+def file_locked(file_id: uuid.UUID) -> Iterator[None]:
+    """A transaction in which no one else changes the file's rows until it ends (what it deletes and what it
+    gives back then agree): PostgreSQL locks the file's row (a variant recorded meanwhile needs it); SQLite
+    takes its one write lock at BEGIN, so nothing is written between this transaction's reads and its writes."""
+    if db.obj.for_update:  # PostgreSQL
+        with db.atomic():
+            ChatFile.select(ChatFile.id).where(ChatFile.id == file_id).for_update().execute()
+            yield
+    else:
+        with db.atomic("IMMEDIATE"):
+            yield
 
 
 def delete_owned(file_id: uuid.UUID, owner_id: uuid.UUID) -> bool:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import uuid
 
+from flask import current_app
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
-from attachments import objects, rows
+from attachments import objects, rows, usage
 from imaging.images import ImageInfo
 from imaging.variants import Made, Still
 from models import ChatFile, db, release_connection
@@ -28,12 +29,34 @@ log = logging.getLogger(__name__)
 
 def save(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], name: str | None, owner_id: uuid.UUID,
          organization_id: uuid.UUID) -> uuid.UUID:
-    """Write the original and its variants, then the rows; undo the objects if anything fails. The new file's id.
+    """Count the file in its organization's usage (400 past the quota), write the original and its variants, then
+    the rows; undo the objects and the count if anything fails. The new file's id.
 
     ``info, still, made`` are the decode's (decode.verify_and_make). Width and
     height are as displayed (EXIF orientation applied), in the row and in the
     object metadata alike.
+
+    Under a quota the file is counted before anything is stored, by the statement that checks the quota, and
+    given back if the save fails. Without one nothing can be refused, so it is counted in the rows' own
+    transaction: exact even when the process dies in between, and no write comes before the objects.
     """
+    stored_bytes = usage.bytes_to_store(body.size, made)
+    quota = current_app.config["ORG_STORAGE_QUOTA"]
+    if quota is None:
+        return _store(body, info, still, made, name, owner_id, organization_id, count_with_rows=stored_bytes)
+    usage.reserve_or_refuse(organization_id, stored_bytes, quota)
+    release_connection()  # storing can be slow, and needs no connection
+    try:
+        return _store(body, info, still, made, name, owner_id, organization_id, count_with_rows=0)
+    except BaseException:
+        usage.release_quietly(organization_id, stored_bytes)
+        raise
+
+
+def _store(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], name: str | None,
+           owner_id: uuid.UUID, organization_id: uuid.UUID, *, count_with_rows: int) -> uuid.UUID:
+    """The objects, then the rows (with ``count_with_rows`` bytes and the file counted in the same transaction
+    when not 0); the objects undone when either fails."""
     file_id = uuid.uuid4()
     sha256 = body.sha256
     storage = get_storage()
@@ -54,6 +77,8 @@ def save(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], nam
             rows.insert_file(file_id, owner_id, organization_id, name, info.content_type, body.size, sha256,
                              still.width, still.height, info.animated)
             rows.record_variants(file_id, made)
+            if count_with_rows:
+                usage.add(organization_id, count_with_rows, files=1)
     except (PeeweeException, MaxConnectionsExceeded):
         log.exception("recording %s failed; deleting its objects", key)
         _undo(storage, written)
@@ -68,9 +93,13 @@ def _undo(storage: ObjectStore, written: list[str]) -> None:
 
 
 def delete(row: ChatFile, owner_id: uuid.UUID) -> bool:
-    """Delete the owner's file ``row``: its row, then its objects. False when a concurrent delete got there first."""
-    if not rows.delete_owned(row.id, owner_id):
-        return False
+    """Delete the owner's file ``row``: its row (its stored bytes given back to its organization's usage in the
+    same transaction), then its objects. False when a concurrent delete got there first."""
+    with rows.file_locked(row.id):
+        stored_bytes = usage.stored_bytes(row.id)
+        if not rows.delete_owned(row.id, owner_id):
+            return False
+        usage.release(row.organization_id, stored_bytes)
     release_connection()  # the objects' deletes need no connection
     objects.delete_all(get_storage(), row)
     return True

@@ -8,7 +8,9 @@ complete run then runs ``scripts/bench variants`` (bench/variants.py, which
 also runs alone) and ``scripts/bench sandbox`` (bench/sandbox.py: parsing in
 sandbox processes, before and after). ``scripts/bench chat-files`` runs
 alone: a chat's GET with 50 linked files and with none, on SQLite and
-PostgreSQL (bench/chat_files.py). ``scripts/bench watch-scale`` runs
+PostgreSQL (bench/chat_files.py). ``scripts/bench quota`` runs alone: what
+the usage counter and ORG_STORAGE_QUOTA add to an upload, on SQLite and
+PostgreSQL (bench/quota.py). ``scripts/bench watch-scale`` runs
 alone: git-watch sockets held by one instance and what they cost. ``--database postgres`` runs grid, conditional and
 overhead against PostgreSQL and rewrites only the PostgreSQL section of the
 page. With a subset of sections, or --quick, results go to var/bench/ only
@@ -333,6 +335,10 @@ def main(argv=None):
         from bench import chat_files
 
         return chat_files.main(argv[1:])
+    if argv[:1] == ["quota"]:  # `scripts/bench quota`: the usage counter and the quota's cost per upload
+        from bench import quota
+
+        return quota.main(argv[1:])
     if argv[:1] == ["targets"]:  # `scripts/bench targets [--runs N]`: the targets' figures, medians of N runs
         return run_targets(argv[1:])
     args = parse_args(argv)

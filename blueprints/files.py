@@ -1,4 +1,5 @@
-"""Chat file attachments over HTTP: upload an image, download it, its thumbnail, preview and info; delete it.
+"""Chat file attachments over HTTP: upload an image, list a user's files, download one, its thumbnail, preview and
+info; delete it.
 
 The routes parse the request and shape the response; what happens to an
 attachment in between (its decode, its objects and rows) is attachments/'s.
@@ -15,7 +16,7 @@ from flask.blueprints import BlueprintSetupState
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
-from attachments import budget, decode, objects, rows, store
+from attachments import budget, decode, listing, objects, rows, store, usage
 from imaging import images, variants
 from models import ChatFile, ChatFileVariant, PreparedSelect, release_connection, rfc3339
 from storage import ByteRange, StoredObject
@@ -28,6 +29,8 @@ bp = Blueprint("files", __name__)
 log = logging.getLogger(__name__)
 
 CACHE_FOREVER = "private, max-age=31536000, immutable"
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
 
 
 @bp.post("/api/v2/chats/files")
@@ -37,6 +40,7 @@ def upload() -> tuple[Response, int]:
     if not rows.is_member(g.user.id, organization_id):
         raise ApiError(403, "You are not a member of this organization.")
     _check_declared_type()
+    _refuse_past_quota_early(organization_id)
     release_connection()  # reading the body and storing it can be slow
 
     # The body is spooled to disk as it arrives: a slow client holds no memory budget.
@@ -47,6 +51,25 @@ def upload() -> tuple[Response, int]:
         name = name_from_content_disposition(request.headers.get("Content-Disposition"))
         file_id = store.save(body, info, still, made, name, g.user.id, organization_id)
     return jsonify(id=str(file_id)), 201
+
+
+@bp.get("/api/v2/chats/files")
+@login_required
+def list_files() -> Response:
+    """The caller's files in the organization, newest first, a page at a time (attachments/listing.py)."""
+    organization_id = _organization_param()
+    if not rows.is_member(g.user.id, organization_id):
+        raise ApiError(403, "You are not a member of this organization.")
+    limit = _limit_param()
+    after = _after_param()
+    page = listing.page(g.user.id, organization_id, after, limit)
+    return jsonify(
+        files=[{"id": str(file.id), "name": file.name, "mime_type": file.content_type, "size_bytes": file.size,
+                "created_at": rfc3339(file.created_at), "chat_ids": [str(chat) for chat in page.chat_ids[file.id]]}
+               for file in page.files],
+        next=None if page.next is None else listing.encode_cursor(page.next),
+        total_bytes=usage.stored_bytes_of_owner(g.user.id, organization_id),
+    )
 
 
 @bp.route("/api/v2/chats/files/<file_id>", methods=["GET", "HEAD"])
@@ -173,6 +196,33 @@ def _organization_param() -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise ApiError(400, "Invalid organization ID.", f"{value!r} is not a UUID.") from None
+
+
+def _limit_param() -> int:
+    value = request.args.get("limit", str(DEFAULT_PAGE_SIZE))
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_PAGE_SIZE):
+        detail = f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}, got {value!r}."
+        raise ApiError(400, "Invalid limit.", detail, validations=[{"field": "limit", "detail": detail}])
+    return int(value)
+
+
+def _after_param() -> listing.Position | None:
+    value = request.args.get("after")
+    if value is None:
+        return None
+    try:
+        return listing.decode_cursor(value)
+    except ValueError:
+        detail = "after must be the next cursor of a page this service returned."
+        raise ApiError(400, "Invalid cursor.", detail, validations=[{"field": "after", "detail": detail}]) from None
+
+
+def _refuse_past_quota_early(organization_id: uuid.UUID) -> None:
+    """Before the body is read: a file whose declared size alone takes the organization past its quota is refused
+    at once (a size over MAX_FILE_SIZE is left to the body's own 413, which comes first)."""
+    declared = request.content_length
+    if declared is not None and declared <= current_app.config["MAX_FILE_SIZE"]:
+        usage.refuse_early(organization_id, declared, current_app.config["ORG_STORAGE_QUOTA"])
 
 
 def _check_declared_type() -> None:

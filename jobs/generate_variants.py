@@ -5,7 +5,9 @@ is stored while its object is absent from storage (whatever the database
 says). Such a file is read, verified and decoded once, by the same code an
 upload runs, in a decode sandbox as an upload's is; its missing variants are put, then their rows and the file's
 displayed width and height (EXIF orientation applied) and ``animated`` are
-written in one transaction: objects first, rows last, as an upload does. A run
+written in one transaction, with the bytes of the variants stored added to the
+organization's usage (no quota check: the file is already stored and had no
+variants to count): objects first, rows last, as an upload does. A run
 killed anywhere leaves at worst objects without rows, which the next run makes
 and records again, so running it again is always safe and finishes the job.
 A file deleted while the run goes on (its row gone, its objects gone or
@@ -23,6 +25,7 @@ from typing import IO, Any, Callable
 from flask import current_app
 from peewee import IntegrityError
 
+from attachments import usage
 from attachments.objects import store_variants
 from attachments.rows import record_variants
 from imaging import images, variants
@@ -106,9 +109,15 @@ def _complete(storage: ObjectStore, row: ChatFile, result: BackfillResult) -> No
     result.variants_stored += len(store_variants(storage, row.organization_id, row.id, made))
     try:
         with db.atomic():
+            # The file's row first: it locks the row, so a delete giving the file's bytes back waits for this
+            # transaction and counts the variants recorded here (or this one finds the file gone).
+            if not ChatFile.update(width=still.width, height=still.height,
+                                   animated=info.animated).where(ChatFile.id == row.id).execute():
+                raise _Deleted()
+            before = usage.stored_bytes(row.id)
             record_variants(row.id, made)
-            ChatFile.update(width=still.width, height=still.height,
-                            animated=info.animated).where(ChatFile.id == row.id).execute()
+            # Counted without a quota check: the file is stored already, and its organization had it.
+            usage.add(row.organization_id, usage.stored_bytes(row.id) - before)
     except IntegrityError:
         if _deleted(row):  # meanwhile: gc-storage removes the objects just stored
             raise _Deleted() from None

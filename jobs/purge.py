@@ -187,7 +187,7 @@ class _Run:
         new = [file_id for file_id in file_ids if file_id not in self.listed]
         self.listed.update(new)
         into += map(str, new)
-        self.result.bytes += sum(usage.stored_bytes(new).values())
+        self.result.bytes += sum(usage.stored_bytes_of(new).values())
 
     def _deleted(self, deleted: list[_DeletedFile], into: list[str]) -> None:
         into += (str(file.id) for file in deleted)
@@ -274,7 +274,7 @@ def _delete_unlinked(file_ids: list[uuid.UUID], condition: Expression | None = N
     if not file_ids:
         return []
     _lock(ChatFile, file_ids)
-    sizes = usage.stored_bytes(file_ids)
+    sizes = usage.stored_bytes_of(file_ids)
     where = ChatFile.id.in_(file_ids) & _linked_to_no_chat()  # the re-check: linked meanwhile, kept
     if condition is not None:
         where &= condition

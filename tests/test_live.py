@@ -1,5 +1,6 @@
 """The service as an operator runs it: gunicorn, the Procfile's config, real HTTP."""
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -15,7 +16,7 @@ from harness.imaging import make_image
 from harness.live import GunicornServer, archive_and_wait_for_close, backend_settings, sqlite_settings
 from harness.servers import raw_exchange
 from harness.wsclient import WatchClient
-from tests.concurrency import run_at_once
+from tests.concurrency import run_at_once, wait_for
 
 
 @pytest.fixture(params=["sqlite-local", "postgres-s3"])
@@ -241,3 +242,67 @@ def statements_logged_since(log_path, offset):
         log.seek(offset)
         return [line for line in log.read().decode(errors="replace").splitlines() if "statement:" in line]
 
+
+
+def test_concurrent_uploads_near_the_quota_never_take_the_organization_past_it(request, tmp_path):
+    """PostgreSQL, three workers, 24 uploads of one image with room for a few. The test holds the organization's
+    usage row locked until every upload waits on it, then lets them all go at once: the conditional UPDATE lets
+    in exactly as many as fit (a check read before the write would let them all in), and the counter ends equal
+    to what the rows say is stored."""
+    postgres_url = request.getfixturevalue("postgres_url")
+    image = make_image("image/png", 300, 200)
+    quota = 4 * len(image)  # room for three or so: each needs the original and its stored variants
+    count = 24
+    server = GunicornServer({"DATABASE_URL": postgres_url, "LOCAL_STORAGE_ROOT": str(tmp_path / "objects"),
+                             "WORKSPACES_ROOT": str(tmp_path / "workspaces"), "ORG_STORAGE_QUOTA": str(quota),
+                             # Threads enough for every upload in any one worker: all of them can wait at once.
+                             "WEB_CONCURRENCY": 3, "WEB_THREADS": count}, work_dir=str(tmp_path))
+    server.start()
+    lock = psycopg2.connect(postgres_url)
+    try:
+        account = server.flask("create-user", "alice", "--org", "acme")
+        headers = {"Coder-Session-Token": account["token"], "Content-Type": "image/png"}
+        with lock.cursor() as cursor:
+            cursor.execute("INSERT INTO organizationusage VALUES (%s, 0, 0)", (account["organization_id"],))
+            lock.commit()
+            cursor.execute("SELECT bytes FROM organizationusage FOR UPDATE")  # held until every upload waits
+
+        def upload():
+            with requests.Session() as session:  # a connection each, spread over the workers
+                response = session.post(f"{server.url}/api/v2/chats/files", data=image, headers=headers,
+                                        params={"organization": account["organization_id"]}, timeout=120)
+                return response.status_code, response.json()["message"] if response.status_code != 201 else None
+
+        uploads = concurrent.futures.ThreadPoolExecutor(count)
+        results = [uploads.submit(upload) for _ in range(count)]
+        with contextlib.closing(psycopg2.connect(postgres_url)) as watcher:
+            watcher.autocommit = True  # a fresh look each time (a transaction sees one snapshot of the statistics)
+            wait_for(lambda: waiting_on_locks(watcher) == count, "every upload waiting on the usage row", seconds=60)
+        lock.rollback()
+        results = [result.result() for result in results]
+        uploads.shutdown()
+    finally:
+        lock.close()
+        server.stop()
+
+    stored = [result for result in results if result[0] == 201]
+    assert sorted(set(results) - set(stored)) == [(400, "Upload would exceed the organization's storage quota.")]
+    with contextlib.closing(psycopg2.connect(postgres_url)) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT bytes, files FROM organizationusage")
+        counted_bytes, counted_files = cursor.fetchone()
+        cursor.execute("SELECT COALESCE(SUM(size), 0) FROM chatfile")
+        originals = cursor.fetchone()[0]
+        cursor.execute("SELECT COALESCE(SUM(size), 0) FROM chatfilevariant WHERE NOT original")
+        variants = cursor.fetchone()[0]
+    assert counted_bytes <= quota
+    assert (counted_bytes, counted_files) == (originals + variants, len(stored))
+    per_file = counted_bytes // len(stored)  # every upload is the same image: the same stored bytes
+    assert len(stored) == quota // per_file  # exactly as many as fit: none refused that had room
+
+
+def waiting_on_locks(connection):
+    """How many other sessions of the database wait for a lock (here: the usage row the test holds)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND wait_event_type = 'Lock'")
+        return cursor.fetchone()[0]

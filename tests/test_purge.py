@@ -88,7 +88,7 @@ def keys_of(app, organization_id, file_id):
 
 
 def stored_bytes(app, file_ids):
-    return in_db(app, lambda: sum(usage.stored_bytes([uuid.UUID(file_id) for file_id in file_ids]).values()))
+    return in_db(app, lambda: sum(usage.stored_bytes_of([uuid.UUID(file_id) for file_id in file_ids]).values()))
 
 
 def usage_of(app, organization_id):
@@ -596,7 +596,7 @@ def test_stored_bytes_are_the_original_and_the_variants_stored_apart(app, client
     expected = {file_id: sum(size for key, size in sizes.items() if file_id in key) for file_id in (small, large)}
     assert len([key for key in sizes if large in key]) == 3
 
-    assert in_db(app, lambda: usage.stored_bytes([uuid.UUID(small), uuid.UUID(large), uuid.uuid4()])) == {
+    assert in_db(app, lambda: usage.stored_bytes_of([uuid.UUID(small), uuid.UUID(large), uuid.uuid4()])) == {
         uuid.UUID(file_id): size for file_id, size in expected.items()}
 
 

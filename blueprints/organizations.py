@@ -1,0 +1,27 @@
+"""An organization as its members see it: its storage usage against its quota."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, Response, current_app, g, jsonify
+
+from attachments import rows, usage
+from web.auth import login_required
+from web.errors import ApiError
+
+bp = Blueprint("organizations", __name__)
+
+
+@bp.get("/api/v2/organizations/<organization_id>/usage")
+@login_required
+def organization_usage(organization_id: str) -> Response:
+    """What the organization stores (originals plus stored variants, the counter uploads move) and its quota."""
+    try:
+        organization = uuid.UUID(organization_id)
+    except ValueError:
+        raise ApiError(400, "Invalid organization ID.", f"{organization_id!r} is not a UUID.") from None
+    if not rows.is_member(g.user.id, organization):
+        raise ApiError(403, "You are not a member of this organization.")
+    counted = usage.of(organization)
+    return jsonify(bytes=counted.bytes, files=counted.files, quota_bytes=current_app.config["ORG_STORAGE_QUOTA"])
