@@ -4,7 +4,11 @@ import io
 
 from PIL import Image
 
-FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
+from imaging import images
+
+FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP",
+           "image/heic": "HEIF", "image/heif": "HEIF", "image/avif": "AVIF"}
+images.register_camera_decoders()  # pillow-heif's opener brings its HEIF encoder (x265)
 
 
 def make_image(content_type="image/png", width=32, height=24, **save_options):

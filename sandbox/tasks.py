@@ -54,6 +54,10 @@ Answer = tuple[dict[str, Any], list[bytes]]
 ImageResults = tuple[images.ImageInfo, variants.Still, list[variants.Made]]
 
 
+# Loaded now: in a sandbox, before its memory ceiling is fixed (its idle size holds libheif).
+images.register_camera_decoders()
+
+
 def decode_pool(max_decode_memory: int, max_file_size: int) -> Pool:
     return pool("decode", DECODE_PROCESSES,
                 Limits(max_decode_memory + max_file_size, DECODE_CPU_SECONDS, DECODE_WALL_SECONDS))
@@ -109,7 +113,8 @@ def _image_results(answer: dict[str, Any], blobs: list[bytes], size: int, sha256
     made: list[variants.Made] = []
     for fields, index in answer["made"]:
         name, width, height = _one_of(fields["name"], variants.NAMES), _pixels(fields["width"]), _pixels(fields["height"])
-        if index is None:  # the original itself serves as this variant
+        if index is None:  # the original itself serves as this variant (a web image's only)
+            _one_of(info.content_type, images.WEB_TYPES)
             made.append(variants.Made(name, info.content_type, width, height, size, sha256))
         else:
             data = blobs[index]
