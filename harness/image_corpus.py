@@ -11,14 +11,15 @@ import struct
 
 from PIL import Image
 
-from harness.imaging import make_animated_gif, make_image
+from harness.imaging import make_animated_gif, make_image, save_options
 
 
 def make_animation(pillow_format, count=3, width=20, height=16):
     # Distinct colours: Pillow merges identical consecutive frames.
     frames = [Image.new("RGB", (width, height), (index * 60, 90, 255 - index * 50)) for index in range(count)]
     buffer = io.BytesIO()
-    frames[0].save(buffer, pillow_format, save_all=True, append_images=frames[1:], duration=40)
+    frames[0].save(buffer, pillow_format, **save_options(pillow_format, {}), save_all=True, append_images=frames[1:],
+                   duration=40)
     return buffer.getvalue()
 
 

@@ -54,10 +54,6 @@ Answer = tuple[dict[str, Any], list[bytes]]
 ImageResults = tuple[images.ImageInfo, variants.Still, list[variants.Made]]
 
 
-# Loaded now: in a sandbox, before its memory ceiling is fixed (its idle size holds libheif).
-images.register_camera_decoders()
-
-
 def decode_pool(max_decode_memory: int, max_file_size: int) -> Pool:
     return pool("decode", DECODE_PROCESSES,
                 Limits(max_decode_memory + max_file_size, DECODE_CPU_SECONDS, DECODE_WALL_SECONDS))
@@ -71,6 +67,13 @@ def warm(config: Mapping[str, Any]) -> None:
     """Start the decode and scan sandboxes now, in the background, not on the first upload or watch."""
     for each in (decode_pool(config["MAX_DECODE_MEMORY"], config["MAX_FILE_SIZE"]), scan_pool()):
         threading.Thread(target=each.warm, name=f"sandbox-{each.name}-warm", daemon=True).start()
+
+
+def prepare() -> None:
+    """Inside the sandbox, before its memory ceiling: load what decoding loads lazily elsewhere (libheif:
+    pillow-heif's opener), so it counts in the idle size and never in a task's memory. The serving
+    process imports this module too, and never calls this."""
+    images.register_camera_decoders()
 
 
 def run(header: dict[str, Any], fds: list[int]) -> Answer:

@@ -46,6 +46,8 @@ def main(argv: list[str]) -> int:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     return_large_blocks_to_the_os()
     tasks = importlib.import_module(argv[3])  # Pillow, pygit2: loaded before the ceiling, in the idle size
+    if hasattr(tasks, "prepare"):
+        tasks.prepare()  # and what the tasks load lazily in other processes (libheif)
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     idle = address_space()
