@@ -174,6 +174,11 @@ CAMERA_CORPUS = (
     # x265 will not encode a picture one row high: a grid of 512 x 512 tiles (as iPhones write) holds it.
     ("heic-16384x1", "image/heic", lambda: _camera(_still("RGB", side=1).resize((16384, 1)), "HEIF", tile_size=512)),
     ("avif-16384x1", "image/avif", lambda: _camera(_still("RGB", side=1).resize((16384, 1)), "AVIF")),
+    # The largest each accepts under the default MAX_DECODE_MEMORY: an iPhone's 24 MP HEIC (5712 x 4284 in
+    # 512 x 512 tiles), and an AVIF of 18.75 M pixels (its estimate passes 256 MiB at about 21 M).
+    ("heic-24mp-grid-512", "image/heic",
+     lambda: _camera(Image.new("RGB", (5712, 4284), _COLORS["RGB"]), "HEIF", tile_size=512)),
+    ("avif-5000x3750", "image/avif", lambda: _camera(Image.new("RGB", (5000, 3750), _COLORS["RGB"]), "AVIF")),
 )
 _CAMERA_OPTIONS = {"HEIF": {"quality": 30}, "AVIF": {"quality": 30, "speed": 10}}
 
@@ -183,10 +188,10 @@ def _camera(image, fmt, **options):
     return _save(image, fmt, **_CAMERA_OPTIONS[fmt], **options)
 
 
-def _camera_collection(frames, fmt):
-    """HEIF: two top-level images (a collection); AVIF: a two-frame sequence (avis)."""
+def _camera_collection(frames, fmt, **options):
+    """HEIF: several top-level images (a collection); AVIF: a sequence (avis)."""
     _register_camera_encoders()
-    return _save_animation(frames, fmt, **_CAMERA_OPTIONS[fmt])
+    return _save_animation(frames, fmt, **_CAMERA_OPTIONS[fmt], **options)
 
 
 def _register_camera_encoders():

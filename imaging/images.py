@@ -230,7 +230,7 @@ def _decode_all_frames(
         _refuse_webp_before_opening(data, max_memory)
     if max_memory is not None and content_type in CAMERA_TYPES and canvas is not None:
         # Opening already parses every box in libheif or libavif: refused on the walk's sizes first.
-        _refuse_over(decode_memory_estimate(_HeaderOnly(canvas), content_type, data, canvas), max_memory)
+        _refuse_over(decode_memory_estimate(_HeaderOnly(canvas, "RGB"), content_type, data, canvas), max_memory)
     with _open(data, content_type) as image:
         width, height = image.size
         if width * height == 0:
@@ -323,11 +323,7 @@ def decode_memory_estimate(
         # (flat buffers) and the image, all RGBA; lossless adds its own ARGB buffer.
         cost, held = pixels * 4 * (5 if _webp_is_lossless(data) else 4), 1
     elif content_type in CAMERA_TYPES:
-        # libheif / libavif copy the whole file, then hold the decoded planes (YCbCr) and the RGB(A)
-        # interleaved image they convert them to; pillow-heif and Pillow's AVIF plugin hand that over as
-        # bytes, which Pillow copies into its image (bench/decode_memory.py). Frames and images decode one
-        # after another.
-        cost, held = len(data) + pixels * CAMERA_BYTES_PER_PIXEL, 1
+        cost, held = len(data) + _camera_decoder_memory(image, content_type, pixels), 1
     elif animated and content_type == "image/gif":
         # The canvas, the previous one, the disposal fill, the frame and its
         # RGBA conversion (a GIF's frames after the first are RGB(A)).
@@ -342,9 +338,43 @@ def decode_memory_estimate(
     return DECODE_BASE_MEMORY + cost + held * height * ROW_POINTER_BYTES + _variant_memory(image)
 
 
-# Bytes of decoder memory per pixel of a camera image's largest canvas (its ispe or grid), all copies
-# together: measured 11.7 (HEIC) and 13.5 (AVIF) at 40 M pixels (docs/PERFORMANCE.md, "Decoder memory").
-CAMERA_BYTES_PER_PIXEL = 16
+# Camera images' decoder memory, per pixel, fitted to bench/decode_memory.py's peaks (docs/PERFORMANCE.md,
+# "Decoder memory"; the decoders also copy the whole file first). Pillow's image is 4 bytes a pixel; the
+# decoder hands over its RGB(A) as bytes, 3 or 4 a pixel (its "channels").
+# HEIF: pillow-heif keeps each image's decoded bytes once decoded (every image of a collection), with
+# libheif's YCbCr planes and conversion beside the one decoding: channels + 3 a pixel of every image,
+# and Pillow's image of the largest, 3 more (its frames reuse one).
+HEIF_KEPT_EXTRA_BYTES = 3
+HEIF_IMAGE_BYTES = 3
+# AVIF: Pillow's image, the frame's bytes, libavif's YUV planes (1.5 bytes a pixel at 4:2:0, alpha 1
+# more; 4:4:4 counts as alpha would) and 1 of slack; a sequence also holds the previous frame's bytes
+# and dav1d's reference frames (AV1 keeps up to 7 besides the one decoding).
+AVIF_IMAGE_BYTES = 4 + 1
+AVIF_YUV_BYTES = 2.5
+AVIF_REFERENCE_FRAMES = 7
+
+
+def _camera_decoder_memory(image: ImageFile.ImageFile | _HeaderOnly, content_type: str, pixels: int) -> int:
+    """A camera image's decoder memory at ``pixels`` (its largest image or canvas); before opening, the
+    header's sizes (_HeaderOnly, RGB) give the lower figure of one image without alpha."""
+    channels = 4 if "A" in image.mode else 3
+    frames = getattr(image, "n_frames", 1)
+    if content_type == "image/avif":
+        cost = pixels * (AVIF_IMAGE_BYTES + channels + AVIF_YUV_BYTES)
+        if frames > 1:
+            cost += pixels * (channels + AVIF_YUV_BYTES * min(frames - 1, AVIF_REFERENCE_FRAMES))
+        return math.ceil(cost)
+    every_image = max(sum(width * height for width, height in _heif_image_sizes(image)), pixels)
+    return every_image * (channels + HEIF_KEPT_EXTRA_BYTES) + pixels * HEIF_IMAGE_BYTES
+
+
+def _heif_image_sizes(image: ImageFile.ImageFile | _HeaderOnly) -> list[tuple[int, int]]:
+    """Each top-level image's size, from pillow-heif's parse (seeking would allocate each image);
+    an image not opened yet: none known."""
+    heif_file = getattr(image, "_heif_file", None)  # pillow-heif's container, not part of its public API
+    if heif_file is None:
+        return []
+    return [(each.size[0], each.size[1]) for each in heif_file]
 
 
 def _refuse_over(estimate: int, max_memory: int) -> None:
