@@ -43,7 +43,7 @@ def _camera_frames(count, size=(1600, 1200)):
     return [Image.new("RGB", size, (40 * index, 200 - 40 * index, 90)) for index in range(count)]
 
 
-# Camera images at a few megapixels: at 40 M pixels (bench/decode_memory.py's CAMERA_CORPUS, in
+# Camera images of a few megapixels: at 40 M pixels (bench/decode_memory.py's CAMERA_CORPUS, in
 # docs/PERFORMANCE.md) x265 and aom take most of a minute to write each.
 FAST_HEIF = {"enc_params": {"preset": "ultrafast"}}
 CAMERA_SAMPLES = (
@@ -51,9 +51,11 @@ CAMERA_SAMPLES = (
                                                     **FAST_HEIF)),
     ("test-heic-3mp-rgba-grid", "image/heic",
      lambda: _camera(Image.new("RGBA", (2000, 1500), (200, 30, 90, 128)), "HEIF", tile_size=256, **FAST_HEIF)),
-    ("test-heic-3-images", "image/heic", lambda: _camera_collection(_camera_frames(3), "HEIF", **FAST_HEIF)),
+    # Several images, large enough that what is kept of each (and an AVIF's reference frames) shows.
+    ("test-heic-4-images", "image/heic",
+     lambda: _camera_collection(_camera_frames(4, (3000, 2000)), "HEIF", **FAST_HEIF)),
     ("test-avif-3mp-rgba", "image/avif", lambda: _camera(Image.new("RGBA", (2000, 1500), (200, 30, 90, 128)), "AVIF")),
-    ("test-avif-3-frames", "image/avif", lambda: _camera_collection(_camera_frames(3), "AVIF")),
+    ("test-avif-4-frames", "image/avif", lambda: _camera_collection(_camera_frames(4, (3000, 2000)), "AVIF")),
 )
 
 
