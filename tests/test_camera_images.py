@@ -325,3 +325,21 @@ def test_the_serving_process_does_not_load_libheif_and_the_decode_sandbox_does()
                          "AvifImagePlugin.DEFAULT_MAX_THREADS, pillow_heif.options.DISABLE_SECURITY_LIMITS, "
                          "pillow_heif.options.THUMBNAILS)")
     assert sandbox == ["True", "1", "1", "False", "False"]
+
+
+@pytest.mark.parametrize("content_type, believed", [("image/png", True), ("image/heic", False),
+                                                     ("image/avif", False)])
+def test_a_sandbox_claiming_a_camera_original_as_its_own_preview_is_not_believed(content_type, believed):
+    """A preview that is the original is a web image's only: a taken-over decoder cannot make the service
+    serve a HEIC or AVIF where a WebP is promised."""
+    from sandbox import tasks as sandboxed
+
+    answer = {"info": {"content_type": content_type, "width": 300, "height": 200, "animated": False},
+              "still": {"width": 300, "height": 200},
+              "made": [[{"name": "preview", "content_type": content_type, "width": 300, "height": 200}, None]]}
+    if believed:
+        _, _, made = sandboxed._image_results(answer, [], 1000, "0" * 64)
+        assert made[0].original
+    else:
+        with pytest.raises(ValueError):
+            sandboxed._image_results(answer, [], 1000, "0" * 64)
