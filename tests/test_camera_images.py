@@ -158,6 +158,21 @@ def test_orientation_is_applied_once(client, auth, user, content_type):
         assert_upright(image)
 
 
+XMP_TURNED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF>'
+              b'</x:xmpmeta>')
+
+
+def test_an_avif_xmp_orientation_turns_nothing(client, auth, user):
+    """Only the container's irot/imir turn an AVIF (browsers ignore XMP there); Pillow's getexif() would
+    take its XMP tiff:Orientation for an EXIF one. (pillow-heif writes a HEIC's as irot: it turns it.)"""
+    data = encode(quadrants(2000, 1000), "image/avif", xmp=XMP_TURNED, quality=90)
+    assert b"irot" not in data
+    file_id, _ = stored(client, auth, user, data, "image/avif")
+    assert (info(client, auth, file_id)["width"], info(client, auth, file_id)["height"]) == (2000, 1000)
+    assert_upright(opened(fetch(client, auth, file_id, "thumbnail")))
+
+
 @pytest.mark.parametrize("content_type", CAMERA)
 def test_an_embedded_colour_profile_is_converted_to_srgb(client, auth, user, content_type):
     swapped = rgb_profile(SRGB_BLUE, SRGB_GREEN, SRGB_RED)  # its red is sRGB's blue
