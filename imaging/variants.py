@@ -109,10 +109,21 @@ class FirstFrame:
 def orientation(frame: Image.Image) -> int:
     """The EXIF orientation, 1 (as stored) when absent or unreadable: a broken EXIF block is ignored, as browsers do."""
     try:
-        value = int(frame.getexif().get(ORIENTATION_TAG, 1))
+        value = int(_exif_of(frame).get(ORIENTATION_TAG, 1))
     except Exception:  # Pillow's EXIF parser raises many types for a malformed block
         return 1
     return value if value in UPRIGHT else 1
+
+
+def _exif_of(frame: Image.Image) -> Image.Exif:
+    """The frame's EXIF. An AVIF's orientation is its irot/imir only (MIAF), which Pillow reports as EXIF
+    orientation: not the XMP tiff:Orientation getexif() falls back on, which browsers ignore there. (A
+    HEIC's irot/imir libheif applies itself, and pillow-heif removes its EXIF and XMP orientation.)"""
+    if frame.format != "AVIF":
+        return frame.getexif()
+    exif = Image.Exif()
+    exif.load(frame.info.get("exif") or b"")
+    return exif
 
 
 def displayed_size(size: tuple[int, int], turn: int) -> tuple[int, int]:
