@@ -575,6 +575,7 @@ def _check_container(data: ImageBytes, content_type: str) -> tuple[int, int] | N
     elif content_type in CAMERA_TYPES:
         try:
             sizes = isobmff.walk(data)
+            isobmff.refuse_foreign_items(sizes, content_type)
         except isobmff.ContainerError as error:
             raise InvalidImage(str(error)) from None
         return sizes.canvas  # the walk found the boxes to end exactly at the end of the file

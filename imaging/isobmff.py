@@ -42,6 +42,16 @@ MAX_ITEMS = 1000  # libheif's own default security limit (heif_security_limits.m
 MAX_EXTENTS = 32  # per item, libheif's max_iloc_extents_per_item
 
 
+# Items coded otherwise than the brand says are never handed to a decoder: libheif would try its other
+# codecs (its own uncompressed one, a mask) on a HEIF, and an AV1 item in a HEIC is not what was declared.
+# Metadata (Exif, mime), derived images (grid, iden, iovl) and new kinds (a gain map's tmap) pass.
+FOREIGN_ITEMS = {
+    "image/heic": (b"av01", b"avc1", b"vvc1", b"evc1", b"jpeg", b"j2k1", b"unci", b"mski"),
+    "image/avif": (b"hvc1", b"avc1", b"vvc1", b"evc1", b"jpeg", b"j2k1", b"unci", b"mski"),
+}
+FOREIGN_ITEMS["image/heif"] = FOREIGN_ITEMS["image/heic"]  # a generic HEIF: libde265 is the decoder we have
+
+
 class ContainerError(ValueError):
     """The boxes are not a well-formed camera image (truncated, overlapping, too many)."""
 
@@ -52,6 +62,15 @@ class Sizes:
 
     canvas: tuple[int, int]
     grid: bool  # the largest is a grid's canvas
+    item_types: frozenset[bytes] = frozenset()
+
+
+def refuse_foreign_items(sizes: Sizes, content_type: str) -> None:
+    """Raise ContainerError when an item is coded otherwise than ``content_type`` (its brand) says."""
+    foreign = sorted(sizes.item_types & set(FOREIGN_ITEMS[content_type]))
+    if foreign:
+        raise ContainerError(f"The file holds items of type {_name(foreign[0])}, which its brand does not "
+                             f"announce and this service does not decode.")
 
 
 def sniff(data: bytes) -> str | None:
@@ -163,7 +182,7 @@ def _sizes(data: Buffer, meta: tuple[int, int], counter: _Counter) -> Sizes:
     canvases = [(size, False) for size in ispes]
     canvases += [(_grid_canvas(data, item, idat), True) for item in items.values() if item.kind == b"grid"]
     (width, height), grid = max(canvases, key=lambda entry: (entry[0][0] * entry[0][1], entry[1]))
-    return Sizes((width, height), grid)
+    return Sizes((width, height), grid, frozenset(item.kind for item in items.values()))
 
 
 def _read_iinf(data: Buffer, start: int, end: int, items: dict[int, _Item],

@@ -471,6 +471,27 @@ def test_a_camera_image_claiming_a_huge_canvas_is_refused_by_the_estimate_before
     assert uploader.last.json["detail"].startswith("The image is too large to decode"), uploader.last.json
 
 
+def with_item_type(data, old, new):
+    """``data`` with its infe entries of type ``old`` given type ``new``."""
+    _, payload, end = iso_box(data, b"iinf")
+    return data[:payload] + data[payload:end].replace(b"\0" + old, b"\0" + new) + data[end:]
+
+
+@pytest.mark.parametrize("content_type, base, item", [
+    ("image/heic", "heic", b"unci"),  # libheif's own uncompressed codec
+    ("image/heic", "heic", b"av01"),  # AV1 in a HEIC
+    ("image/heif", "heic", b"j2k1"),  # JPEG 2000 in a generic HEIF (major brand mif1)
+    ("image/avif", "avif", b"hvc1"),  # HEVC in an AVIF
+])
+def test_an_item_coded_otherwise_than_its_brand_says_is_refused_before_any_decoder(uploader, content_type, base,
+                                                                                   item):
+    data = with_item_type(BASES[base][1], b"av01" if base == "avif" else b"hvc1", item)
+    if content_type == "image/heif":
+        data = with_brands(data, b"mif1", b"mif1", b"miaf")
+    assert uploader.outcome(data, content_type) == REFUSED
+    assert "which its brand does not announce" in uploader.last.json["detail"], uploader.last.json
+
+
 @pytest.mark.parametrize("major", [b"mp42", b"isom", b"crx ", b"jp2 "])
 def test_an_iso_media_file_of_another_brand_is_not_a_camera_image(uploader, major):
     """An MP4 video, a raw photo, a JPEG 2000: ftyp alone does not make a HEIC."""
