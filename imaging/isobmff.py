@@ -14,7 +14,8 @@ and Pillow's AVIF plugin read it:
   ``image/heif`` (pillow-heif; libheif decodes what it has a decoder for).
 
 Anything else (an MP4's ``isom``, a raw file's ``crx ``) is no camera image.
-The walk then checks that the boxes tile the file exactly (a truncated file,
+An item coded otherwise than the brand says (FOREIGN_ITEMS) is refused
+before a decoder sees it. The walk then checks that the boxes tile the file exactly (a truncated file,
 or bytes after the last box, such as a ZIP or HTML appended to make a
 polyglot, are refused) and reads, from ``meta``, the image sizes the decoder
 will allocate: every ``ispe`` property and every grid's output size. A grid
