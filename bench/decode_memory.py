@@ -160,6 +160,47 @@ CORPUS = (
      lambda: _save_animation(_frames("RGBA"), "WEBP", lossless=True, method=0)),
 )
 
+# Camera images (HEIC via pillow-heif, AVIF via Pillow's own plugin), encoded by the same libraries.
+# Encoding 40 M pixels takes x265 and aom a while: the files are cached like the others.
+CAMERA_CORPUS = (
+    ("heic-rgb", "image/heic", lambda: _camera(_still("RGB"), "HEIF")),
+    ("heic-rgba", "image/heic", lambda: _camera(_still("RGBA"), "HEIF")),
+    # 512 x 512 tiles assembled into one canvas, as iPhones write them.
+    ("heic-grid-512", "image/heic", lambda: _camera(_still("RGB"), "HEIF", tile_size=512)),
+    ("heic-2-images", "image/heic", lambda: _camera_collection(_frames("RGB"), "HEIF")),
+    ("avif-rgb", "image/avif", lambda: _camera(_still("RGB"), "AVIF")),
+    ("avif-rgba", "image/avif", lambda: _camera(_still("RGBA"), "AVIF")),
+    ("avif-2-frames", "image/avif", lambda: _camera_collection(_frames("RGB"), "AVIF")),
+    # x265 will not encode a picture one row high: a grid of 512 x 512 tiles (as iPhones write) holds it.
+    ("heic-16384x1", "image/heic", lambda: _camera(_still("RGB", side=1).resize((16384, 1)), "HEIF", tile_size=512)),
+    ("avif-16384x1", "image/avif", lambda: _camera(_still("RGB", side=1).resize((16384, 1)), "AVIF")),
+    # The largest each accepts under the default MAX_DECODE_MEMORY: an iPhone's 24 MP HEIC (5712 x 4284 in
+    # 512 x 512 tiles), and an AVIF of 18.75 M pixels (its estimate passes 256 MiB at about 21 M).
+    ("heic-24mp-grid-512", "image/heic",
+     lambda: _camera(Image.new("RGB", (5712, 4284), _COLORS["RGB"]), "HEIF", tile_size=512)),
+    ("avif-5000x3750", "image/avif", lambda: _camera(Image.new("RGB", (5000, 3750), _COLORS["RGB"]), "AVIF")),
+)
+_CAMERA_OPTIONS = {"HEIF": {"quality": 30}, "AVIF": {"quality": 30, "speed": 10}}
+
+
+def _camera(image, fmt, **options):
+    _register_camera_encoders()
+    return _save(image, fmt, **_CAMERA_OPTIONS[fmt], **options)
+
+
+def _camera_collection(frames, fmt, **options):
+    """HEIF: several top-level images (a collection); AVIF: a sequence (avis)."""
+    _register_camera_encoders()
+    return _save_animation(frames, fmt, **_CAMERA_OPTIONS[fmt], **options)
+
+
+def _register_camera_encoders():
+    sys.path.insert(0, str(ROOT))
+    from imaging import images
+
+    images.register_camera_decoders()  # pillow-heif's opener registers its encoder too
+
+
 # Extreme aspect ratios, at the pixel limit: one pixel wide, Pillow holds a
 # row pointer (8 bytes) per row of each image; one row high, the PNG decoder
 # holds two rows and resize() weighs a 16-bit row's every pixel. The estimate
@@ -179,7 +220,8 @@ ASPECT_CORPUS = (
      lambda: _png_by_hand(LONG // 2, 1, 6, frames=2, dispose=2, blend=1)),
 )
 
-WARM_UP = {"image/png": "PNG", "image/gif": "GIF", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+WARM_UP = {"image/png": "PNG", "image/gif": "GIF", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/heic": "HEIF",
+           "image/avif": "AVIF"}
 
 CHILD = r"""
 import io, json, resource, sys
@@ -195,6 +237,7 @@ def status_kib(field):
                 return int(line.split()[1])
 
 def warm_up(fmt):
+    images.register_camera_decoders()  # libheif loaded before the measure, as in a decode sandbox
     buffer = io.BytesIO()
     Image.new("RGBA" if fmt != "JPEG" else "RGB", (64, 64)).save(buffer, fmt)
     images.verify_image(buffer.getvalue(), 10**12)
@@ -277,7 +320,8 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = parser.parse_args(argv)
     wanted = {name for name in args.only.split(",") if name}
-    rows = [measure(*entry, in_sandbox=True) for entry in CORPUS + ASPECT_CORPUS if not wanted or entry[0] in wanted]
+    rows = [measure(*entry, in_sandbox=True) for entry in CORPUS + CAMERA_CORPUS + ASPECT_CORPUS
+            if not wanted or entry[0] in wanted]
     print(json.dumps(rows, indent=1) if args.json else table(rows))
 
 

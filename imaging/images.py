@@ -4,6 +4,7 @@
 structure, estimate the decoder's memory from the header (refused over a
 budget), then make Pillow decode every pixel of every frame under a pixel
 budget. Anything that is not a complete, well-formed PNG, JPEG, GIF or WebP
+(web images) or HEIC/HEIF or AVIF (camera images, imaging/isobmff.py)
 raises :class:`InvalidImage`.
 
 The walk comes first because some of Pillow's work is a Python call per
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from PIL import GifImagePlugin, Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
-from imaging import banded
+from imaging import banded, isobmff
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -35,9 +36,16 @@ ImageBytes = bytes | bytearray | mmap.mmap
 # verify_image's ``on_first_frame(image, (width, height))``.
 FrameCallback = Callable[[Image.Image, tuple[int, int]], None]
 
-ALLOWED_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+# What browsers show: such an original may serve as its own preview (imaging/variants.py).
+WEB_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+# What phones and tools write and browsers and models may not read: its variants are always WebP.
+# image/heic: HEVC-coded HEIF (a heic/heix/hevc/... brand); image/heif: the generic container (mif1/msf1 alone).
+CAMERA_TYPES = ("image/heic", "image/heif", "image/avif")
+ALLOWED_TYPES = WEB_TYPES + CAMERA_TYPES  # one family for detection: the bytes decide among all of them
 
-PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
+PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP",
+                  "image/heic": "HEIF", "image/heif": "HEIF", "image/avif": "AVIF"}
+NOT_AN_IMAGE = "The file content is not a PNG, JPEG, GIF, WebP, HEIC/HEIF or AVIF image."
 
 # Pillow's own bomb check is ours to make, per request, from config.
 Image.MAX_IMAGE_PIXELS = None
@@ -68,6 +76,43 @@ def pillow_warnings_as_errors() -> None:
 
 
 pillow_warnings_as_errors()
+
+
+def register_camera_decoders() -> None:
+    """pillow-heif's HEIF opener, and both camera decoders' options; idempotent.
+
+    Called where decoding happens (the decode sandbox at start, before its
+    memory ceiling; any process on its first camera image), never at import:
+    the serving process reads ALLOWED_TYPES but parses no image, and keeps
+    libheif out of its memory. Pillow opens a file only with the one plugin
+    its sniffed type names (_open), so registering adds no format an upload
+    can reach otherwise.
+
+    One decoding thread each: a sandbox decodes one image at a time on a
+    2-core machine beside another sandbox, and every thread reserves its
+    stack (and glibc a malloc arena, 64 MiB of address space) inside the
+    RLIMIT_AS ceiling. CPU time is counted per process, all threads together,
+    so RLIMIT_CPU bounds them either way. libheif's own security limits stay
+    on; embedded thumbnails, depth and auxiliary images are never read (not
+    shown, and the variants come from the full decode).
+    """
+    global _camera_decoders_registered
+    if _camera_decoders_registered:
+        return
+    import pillow_heif  # libheif is loaded here, not at import
+    from PIL import AvifImagePlugin
+
+    pillow_heif.options.DISABLE_SECURITY_LIMITS = False
+    pillow_heif.register_heif_opener(decode_threads=CAMERA_DECODE_THREADS, thumbnails=False, depth_images=False,
+                                     aux_images=False)
+    AvifImagePlugin.DEFAULT_MAX_THREADS = CAMERA_DECODE_THREADS
+    AvifImagePlugin.DECODE_CODEC_CHOICE = "auto"  # dav1d in Pillow's wheels
+    _camera_decoders_registered = True
+
+
+CAMERA_DECODE_THREADS = 1
+HEIF_TYPES = ("image/heic", "image/heif")
+_camera_decoders_registered = False
 
 MAX_FRAMES = 10_000  # Pillow spends ~50 us on each, however small
 MAX_JPEG_SCANS = 100  # each is a pass over the whole image; encoders write about 10
@@ -109,7 +154,7 @@ def sniff(data: ImageBytes) -> str | None:
         return "image/gif"
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "image/webp"
-    return None
+    return isobmff.sniff(bytes(data[: isobmff.MAX_FTYP_SIZE]))
 
 
 def verify_image(
@@ -127,7 +172,7 @@ def verify_image(
     """
     content_type = sniff(data)
     if content_type is None:
-        raise UnsupportedType("The file content is not a PNG, JPEG, GIF or WebP image.")
+        raise UnsupportedType(NOT_AN_IMAGE)
     canvas = _check_container(data, content_type)
     forget_pages(data, len(data))  # the walk read every page of the file; the decode reads them again in turn
     try:
@@ -140,7 +185,8 @@ def verify_image(
         raise  # the decoding process's limit, not the file's fault: its sandbox says so
     except Exception as error:  # Pillow raises many types for corrupt input
         raise InvalidImage(f"The image could not be decoded: {error}.") from None
-    return ImageInfo(content_type, width, height, animated=frames > 1)
+    # A HEIF's several images are a collection (a burst, stills side by side), shown by its primary one.
+    return ImageInfo(content_type, width, height, animated=frames > 1 and content_type not in HEIF_TYPES)
 
 
 def jpeg_draft_scale(width: int, height: int, bound: int = DRAFT_BOUND) -> int:
@@ -182,6 +228,9 @@ def _decode_all_frames(
 ) -> tuple[int, int, int]:
     if max_memory is not None and content_type == "image/webp":
         _refuse_webp_before_opening(data, max_memory)
+    if max_memory is not None and content_type in CAMERA_TYPES and canvas is not None:
+        # Opening already parses every box in libheif or libavif: refused on the walk's sizes first.
+        _refuse_over(decode_memory_estimate(_HeaderOnly(canvas, "RGB"), content_type, data, canvas), max_memory)
     with _open(data, content_type) as image:
         width, height = image.size
         if width * height == 0:
@@ -191,10 +240,11 @@ def _decode_all_frames(
         if max_memory is not None:
             _refuse_over(decode_memory_estimate(image, content_type, data, canvas), max_memory)
         decoded = frames = 0
-        for frame in _seek_each_frame(image, content_type):
+        for frame, _ in enumerate(_seek_each_frame(image, content_type)):  # the first: what is shown
             # Counted at the frame's own size, before decoding: a GIF frame may
             # grow the canvas. The first at the header's size: a JPEG's draft shrank image.size.
-            decoded += width * height if frame == 0 else image.size[0] * image.size[1]
+            decoded += _first_frame_pixels(image.size if content_type in CAMERA_TYPES else (width, height),
+                                           content_type, canvas) if frame == 0 else image.size[0] * image.size[1]
             if decoded > max_pixels:
                 raise InvalidImage(f"The image has more than {max_pixels} pixels.")
             image.load()
@@ -220,6 +270,8 @@ ROW_POINTER_BYTES = struct.calcsize("P")
 
 def _open(data: ImageBytes, content_type: str) -> ImageFile.ImageFile:
     """Pillow's image of ``data``, opened (not decoded) as ``content_type`` only."""
+    if content_type in CAMERA_TYPES:
+        register_camera_decoders()
     # Pillow reads only read(), seek() and tell() of a file object (its documentation says so),
     # though it types the argument as a whole IO[bytes].
     return Image.open(_BufferReader(data), formats=[PILLOW_FORMATS[content_type]])  # type: ignore[arg-type]
@@ -229,7 +281,7 @@ def estimate_decode_memory(data: ImageBytes) -> int:
     """decode_memory_estimate for the bytes of an image (for benchmarks and tests)."""
     content_type = sniff(data)
     if content_type is None:
-        raise UnsupportedType("The file content is not a PNG, JPEG, GIF or WebP image.")
+        raise UnsupportedType(NOT_AN_IMAGE)
     canvas = _check_container(data, content_type)
     with _open(data, content_type) as image:
         if content_type == "image/jpeg":
@@ -250,7 +302,11 @@ def decode_memory_estimate(
     canvas to hold them); None: the header's.
     """
     width, height = image.size
-    if canvas is not None:
+    if canvas is not None and content_type in CAMERA_TYPES:
+        # The largest image or grid canvas of the file (the primary image may be it, turned by its irot).
+        if canvas[0] * canvas[1] > width * height:
+            width, height = canvas
+    elif canvas is not None:
         width, height = max(width, canvas[0]), max(height, canvas[1])
     pixels = width * height
     pixel_bytes = _MODE_BYTES.get(image.mode, 4)
@@ -266,6 +322,8 @@ def decode_memory_estimate(
         # libwebp's canvas and its disposed copy, Pillow's copy of the frame
         # (flat buffers) and the image, all RGBA; lossless adds its own ARGB buffer.
         cost, held = pixels * 4 * (5 if _webp_is_lossless(data) else 4), 1
+    elif content_type in CAMERA_TYPES:
+        cost, held = len(data) + _camera_decoder_memory(image, content_type, pixels), 1
     elif animated and content_type == "image/gif":
         # The canvas, the previous one, the disposal fill, the frame and its
         # RGBA conversion (a GIF's frames after the first are RGB(A)).
@@ -278,6 +336,45 @@ def decode_memory_estimate(
     if content_type == "image/png":
         cost += _png_line_buffers(data)
     return DECODE_BASE_MEMORY + cost + held * height * ROW_POINTER_BYTES + _variant_memory(image)
+
+
+# Camera images' decoder memory, per pixel, fitted to bench/decode_memory.py's peaks (docs/PERFORMANCE.md,
+# "Decoder memory"; the decoders also copy the whole file first). Pillow's image is 4 bytes a pixel; the
+# decoder hands over its RGB(A) as bytes, 3 or 4 a pixel (its "channels").
+# HEIF: pillow-heif keeps each image's decoded bytes once decoded (every image of a collection), with
+# libheif's YCbCr planes and conversion beside the one decoding: channels + 3 a pixel of every image,
+# and Pillow's image of the largest, 3 more (its frames reuse one).
+HEIF_KEPT_EXTRA_BYTES = 3
+HEIF_IMAGE_BYTES = 3
+# AVIF: Pillow's image, the frame's bytes, libavif's YUV planes (1.5 bytes a pixel at 4:2:0, alpha 1
+# more; 4:4:4 counts as alpha would) and 1 of slack; a sequence also holds the previous frame's bytes
+# and dav1d's reference frames (AV1 keeps up to 7 besides the one decoding).
+AVIF_IMAGE_BYTES = 4 + 1
+AVIF_YUV_BYTES = 2.5
+AVIF_REFERENCE_FRAMES = 7
+
+
+def _camera_decoder_memory(image: ImageFile.ImageFile | _HeaderOnly, content_type: str, pixels: int) -> int:
+    """A camera image's decoder memory at ``pixels`` (its largest image or canvas); before opening, the
+    header's sizes (_HeaderOnly, RGB) give the lower figure of one image without alpha."""
+    channels = 4 if "A" in image.mode else 3
+    frames = getattr(image, "n_frames", 1)
+    if content_type == "image/avif":
+        cost = pixels * (AVIF_IMAGE_BYTES + channels + AVIF_YUV_BYTES)
+        if frames > 1:
+            cost += pixels * (channels + AVIF_YUV_BYTES * min(frames - 1, AVIF_REFERENCE_FRAMES))
+        return math.ceil(cost)
+    every_image = max(sum(width * height for width, height in _heif_image_sizes(image)), pixels)
+    return every_image * (channels + HEIF_KEPT_EXTRA_BYTES) + pixels * HEIF_IMAGE_BYTES
+
+
+def _heif_image_sizes(image: ImageFile.ImageFile | _HeaderOnly) -> list[tuple[int, int]]:
+    """Each top-level image's size, from pillow-heif's parse (seeking would allocate each image);
+    an image not opened yet: none known."""
+    heif_file = getattr(image, "_heif_file", None)  # pillow-heif's container, not part of its public API
+    if heif_file is None:
+        return []
+    return [(each.size[0], each.size[1]) for each in heif_file]
 
 
 def _refuse_over(estimate: int, max_memory: int) -> None:
@@ -420,10 +517,22 @@ def _webp_is_lossless(data: ImageBytes) -> bool:
     return False
 
 
+def _first_frame_pixels(size: tuple[int, int], content_type: str, canvas: tuple[int, int] | None) -> int:
+    """A camera image's first frame counts at the largest image its header gives (its ispe before a crop,
+    a grid's canvas): what the decoder decodes, whatever the size it hands over."""
+    pixels = size[0] * size[1]
+    if content_type in CAMERA_TYPES and canvas is not None:
+        return max(pixels, canvas[0] * canvas[1])
+    return pixels
+
+
 def _seek_each_frame(image: Image.Image, content_type: str) -> Iterator[int]:
     """Seek to each frame in turn, up to MAX_FRAMES; counting a GIF's frames first would read them all."""
     if content_type == "image/jpeg":
         yield 0  # further images in a JPEG (MPF: gain or depth maps) are for cameras, not shown
+        return
+    if content_type in HEIF_TYPES:
+        yield from _seek_each_heif_image(image)
         return
     frame = 0
     while True:
@@ -440,6 +549,18 @@ def _seek_each_frame(image: Image.Image, content_type: str) -> Iterator[int]:
         raise InvalidImage(f"The image declares {declared} frames but has {frame}.")
 
 
+def _seek_each_heif_image(image: Image.Image) -> Iterator[int]:
+    """pillow-heif opens a HEIF at its primary image (its first frame here: what is shown), then the others."""
+    primary, count = image.tell(), getattr(image, "n_frames", 1)
+    if count > MAX_FRAMES:
+        raise InvalidImage(f"The image has more than {MAX_FRAMES} frames.")
+    yield primary
+    for index in range(count):
+        if index != primary:
+            image.seek(index)
+            yield index
+
+
 def _check_container(data: ImageBytes, content_type: str) -> tuple[int, int] | None:
     """Walk the structure: refuse a truncated container, too many pieces, and bytes after the end.
 
@@ -451,6 +572,13 @@ def _check_container(data: ImageBytes, content_type: str) -> tuple[int, int] | N
     """
     if content_type == "image/gif":
         end, canvas = _gif_walk(data)
+    elif content_type in CAMERA_TYPES:
+        try:
+            sizes = isobmff.walk(data)
+            isobmff.refuse_foreign_items(sizes, content_type)
+        except isobmff.ContainerError as error:
+            raise InvalidImage(str(error)) from None
+        return sizes.canvas  # the walk found the boxes to end exactly at the end of the file
     else:
         end, canvas = _CONTAINER_ENDS[content_type](data), None
     if end < len(data) and content_type != "image/jpeg":

@@ -6,7 +6,9 @@ is one line. Every variant is the first frame as it displays — EXIF
 orientation applied, its colour profile converted to sRGB — scaled to fit its
 box (never up) and encoded afresh, so no metadata (EXIF, GPS, XMP, text
 chunks) is carried over. A variant marked ``original_if_fits`` is the original
-itself when that is animated or already fits: it is not stored twice.
+itself when that is animated or already fits: it is not stored twice. Only
+for web images: a camera image (HEIC/HEIF, AVIF) always gets a WebP, since
+browsers and models may not read the original.
 
 Memory: ``images.verify_image`` hands over its decoded first frame (a JPEG's
 already decoded near the preview's scale, ``images.DRAFT_BOUND``), which is
@@ -107,10 +109,21 @@ class FirstFrame:
 def orientation(frame: Image.Image) -> int:
     """The EXIF orientation, 1 (as stored) when absent or unreadable: a broken EXIF block is ignored, as browsers do."""
     try:
-        value = int(frame.getexif().get(ORIENTATION_TAG, 1))
+        value = int(_exif_of(frame).get(ORIENTATION_TAG, 1))
     except Exception:  # Pillow's EXIF parser raises many types for a malformed block
         return 1
     return value if value in UPRIGHT else 1
+
+
+def _exif_of(frame: Image.Image) -> Image.Exif:
+    """The frame's EXIF. An AVIF's orientation is its irot/imir only (MIAF), which Pillow reports as EXIF
+    orientation: not the XMP tiff:Orientation getexif() falls back on, which browsers ignore there. (A
+    HEIC's irot/imir libheif applies itself, and pillow-heif removes its EXIF and XMP orientation.)"""
+    if frame.format != "AVIF":
+        return frame.getexif()
+    exif = Image.Exif()
+    exif.load(frame.info.get("exif") or b"")
+    return exif
 
 
 def displayed_size(size: tuple[int, int], turn: int) -> tuple[int, int]:
@@ -152,7 +165,7 @@ def make(still: Still, content_type: str, animated: bool, size: int, sha256: str
     made: list[Made] = []
     for spec in VARIANTS:
         fits = still.width <= spec.max_width and still.height <= spec.max_height
-        if spec.original_if_fits and (animated or fits):
+        if spec.original_if_fits and content_type in images.WEB_TYPES and (animated or fits):
             made.append(Made(spec.name, content_type, still.width, still.height, size, sha256))
             continue
         width, height = banded.fit(still.width, still.height, spec.max_width, spec.max_height)

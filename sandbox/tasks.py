@@ -69,6 +69,13 @@ def warm(config: Mapping[str, Any]) -> None:
         threading.Thread(target=each.warm, name=f"sandbox-{each.name}-warm", daemon=True).start()
 
 
+def prepare() -> None:
+    """Inside the sandbox, before its memory ceiling: load what decoding loads lazily elsewhere (libheif:
+    pillow-heif's opener), so it counts in the idle size and never in a task's memory. The serving
+    process imports this module too, and never calls this."""
+    images.register_camera_decoders()
+
+
 def run(header: dict[str, Any], fds: list[int]) -> Answer:
     """Inside the sandbox: the task the header names."""
     return _TASKS[header["task"]](header, fds)
@@ -109,7 +116,8 @@ def _image_results(answer: dict[str, Any], blobs: list[bytes], size: int, sha256
     made: list[variants.Made] = []
     for fields, index in answer["made"]:
         name, width, height = _one_of(fields["name"], variants.NAMES), _pixels(fields["width"]), _pixels(fields["height"])
-        if index is None:  # the original itself serves as this variant
+        if index is None:  # the original itself serves as this variant (a web image's only)
+            _one_of(info.content_type, images.WEB_TYPES)
             made.append(variants.Made(name, info.content_type, width, height, size, sha256))
         else:
             data = blobs[index]

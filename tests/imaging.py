@@ -4,7 +4,7 @@ import io
 
 from PIL import Image
 
-from harness.imaging import FORMATS
+from harness.imaging import FORMATS, save_options
 
 
 def smooth_image(width, height, mode="RGB"):
@@ -15,9 +15,9 @@ def smooth_image(width, height, mode="RGB"):
     return image.convert(mode) if mode != "RGB" else image
 
 
-def encode(image, content_type, **save_options):
+def encode(image, content_type, **options):
     buffer = io.BytesIO()
-    image.save(buffer, FORMATS[content_type], **save_options)
+    image.save(buffer, FORMATS[content_type], **save_options(FORMATS[content_type], options))
     return buffer.getvalue()
 
 

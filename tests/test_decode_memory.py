@@ -13,7 +13,7 @@ import mmap
 import pytest
 from PIL import Image
 
-from bench.decode_memory import ASPECT_CORPUS, CORPUS, _gif_by_hand, corpus_file, measure
+from bench.decode_memory import ASPECT_CORPUS, CORPUS, _camera, _camera_collection, _gif_by_hand, corpus_file, measure
 from imaging import images
 from sandbox import tasks as sandboxed
 from tests.conftest import _create_user, make_app
@@ -37,6 +37,34 @@ def test_estimate_covers_the_measured_peak_of_extreme_aspect_ratios(entry):
     pixel); one row high: the PNG decoder's two rows and resize()'s weights. Over, not near: no upper bound."""
     row = measure(*entry)
     assert row["estimate"] >= row["measured"], row
+
+
+def _camera_frames(count, size=(1600, 1200)):
+    return [Image.new("RGB", size, (40 * index, 200 - 40 * index, 90)) for index in range(count)]
+
+
+# Camera images of a few megapixels: at 40 M pixels (bench/decode_memory.py's CAMERA_CORPUS, in
+# docs/PERFORMANCE.md) x265 and aom take most of a minute to write each.
+FAST_HEIF = {"enc_params": {"preset": "ultrafast"}}
+CAMERA_SAMPLES = (
+    ("test-heic-3mp", "image/heic", lambda: _camera(Image.new("RGB", (2000, 1500), (200, 30, 90)), "HEIF",
+                                                    **FAST_HEIF)),
+    ("test-heic-3mp-rgba-grid", "image/heic",
+     lambda: _camera(Image.new("RGBA", (2000, 1500), (200, 30, 90, 128)), "HEIF", tile_size=256, **FAST_HEIF)),
+    # Several images, large enough that what is kept of each (and an AVIF's reference frames) shows.
+    ("test-heic-4-images", "image/heic",
+     lambda: _camera_collection(_camera_frames(4, (3000, 2000)), "HEIF", **FAST_HEIF)),
+    ("test-avif-3mp-rgba", "image/avif", lambda: _camera(Image.new("RGBA", (2000, 1500), (200, 30, 90, 128)), "AVIF")),
+    ("test-avif-4-frames", "image/avif", lambda: _camera_collection(_camera_frames(4, (3000, 2000)), "AVIF")),
+)
+
+
+@pytest.mark.parametrize("entry", CAMERA_SAMPLES, ids=[entry[0] for entry in CAMERA_SAMPLES])
+def test_estimate_covers_the_measured_peak_of_camera_images(entry):
+    """HEIC (pillow-heif keeps every image it decoded) and AVIF (a sequence holds reference frames)."""
+    row = measure(*entry)
+    assert row["estimate"] >= row["measured"], row
+    assert row["estimate"] <= 3 * row["measured"] + images.DECODE_BASE_MEMORY, row
 
 
 # Issue 16: a GIF whose second frame grows its 10 x 10 screen to 6320 x 6320 (+495 MiB), and a

@@ -27,7 +27,7 @@ from PIL import Image
 
 import cli
 import models
-from harness.image_corpus import BASES, bit_flips, jpeg_sof_offset, patched
+from harness.image_corpus import BASES, bit_flips, iso_box, jpeg_sof_offset, patched
 from imaging import images, variants
 from tests.test_files import upload, with_png_dimensions
 from tests.test_hostile_input import without_disk_syncs
@@ -49,6 +49,7 @@ class Uploader:
     def outcome(self, data, content_type):
         """REFUSED (400, JSON), KEPT (201, same bytes back), or what went wrong."""
         response = upload(self.client, self.auth, data, content_type, self.organization)
+        self.last = response
         if response.status_code == 400 and response.is_json and response.json.get("message"):
             return REFUSED
         if response.status_code != 201:
@@ -57,15 +58,17 @@ class Uploader:
         if download.status_code != 200 or download.data != data:
             return f"accepted, but the download is {download.status_code} with {len(download.data)} other bytes"
         for spec in variants.VARIANTS:
-            wrong = self.wrong_variant(response.json["id"], spec)
+            wrong = self.wrong_variant(response.json["id"], spec, images.sniff(data) in images.CAMERA_TYPES)
             if wrong:
                 return f"accepted, but its {spec.name} {wrong}"
         return KEPT
 
-    def wrong_variant(self, file_id, spec):
+    def wrong_variant(self, file_id, spec, camera=False):
         variant = self.client.get(f"/api/v2/chats/files/{file_id}/{spec.name}", headers=self.auth)
         if variant.status_code != 200:
             return f"is {variant.status_code}"
+        if camera and variant.mimetype != "image/webp":  # browsers and models may not read the original
+            return f"is {variant.mimetype}"
         try:
             with Image.open(io.BytesIO(variant.data)) as image:
                 image.load()
@@ -405,6 +408,110 @@ def test_one_piece_past_a_structure_cap_is_refused(uploader, case):
 def test_image_up_to_a_structure_cap_is_kept_whole(uploader, case):
     content_type, data = structures(past=False)[case]
     assert uploader.outcome(data, content_type) == KEPT
+
+
+# --- camera images (HEIC/HEIF, AVIF): brands, grids, sequences, strips --------------------------
+
+MiB = 1024 * 1024
+
+
+def with_brands(data, major, *compatible):
+    """``data`` with its ftyp's major brand and its first compatible brands replaced (same length)."""
+    out = bytearray(data)
+    out[8:12] = major
+    for index, brand in enumerate(compatible):
+        out[16 + 4 * index : 20 + 4 * index] = brand
+    return bytes(out)
+
+
+def ispe_patched(data, index, width, height):
+    _, payload, _ = iso_box(data, b"ispe", index)
+    return patched(data, payload + 4, ">II", width, height)
+
+
+def grid_patched(data, width, height):
+    """heic-grid's grid descriptor (in its idat: version, flags, rows - 1, columns - 1, 16-bit width and height)."""
+    _, payload, _ = iso_box(data, b"idat")
+    return patched(data, payload + 4, ">HH", width, height)
+
+
+def camera_cases():
+    heic, grid, avif = BASES["heic"][1], BASES["heic-grid"][1], BASES["avif"][1]
+    return {
+        # The brands say one codec, the items hold another: the decoder the brand names fails on them.
+        "heic bytes branded avif": ("image/avif", with_brands(heic, b"avif", b"avif")),
+        "avif bytes branded heic": ("image/heic", with_brands(avif, b"heic", b"heic", b"heic")),
+        # The grid's ispe says 96 x 80; its descriptor says 60000 x 60000 (3.6 G pixels of canvas).
+        "grid descriptor claiming 60000x60000": ("image/heic", grid_patched(grid, 60000, 60000)),
+        # Honest grid size, but each of its tiles claims 16384 x 16384 (the decoder allocates a tile at that).
+        "grid tiles claiming 16384x16384": ("image/heic", ispe_patched(grid, 1, 16384, 16384)),
+        "heic ispe 100000x100000": ("image/heic", ispe_patched(heic, 0, 100_000, 100_000)),
+        "avif ispe 65535x65535": ("image/avif", ispe_patched(avif, 0, 65535, 65535)),
+        "heic ispe 0x0": ("image/heic", ispe_patched(heic, 0, 0, 0)),
+        "heic without a meta box": ("image/heic", heic[:28] + heic[28 + iso_box(heic, b"meta")[2] - 28 - 12 :]),
+        "heic whose box sizes are 0 (to the end)": ("image/heic", patched(heic, iso_box(heic, b"mdat")[0], ">I", 0)),
+        "heic with a 64-bit box size past the end": (
+            "image/heic", heic[: iso_box(heic, b"mdat")[0]] + struct.pack(">I4sQ", 1, b"free", 2**63)
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(camera_cases()))
+def test_a_hostile_camera_image_is_refused(uploader, case):
+    content_type, data = camera_cases()[case]
+    assert uploader.outcome(data, content_type) == REFUSED
+
+
+@pytest.mark.parametrize("case", ["grid descriptor claiming 60000x60000", "grid tiles claiming 16384x16384",
+                                  "heic ispe 100000x100000", "avif ispe 65535x65535"])
+def test_a_camera_image_claiming_a_huge_canvas_is_refused_by_the_estimate_before_decoding(uploader, case):
+    """Without the walk's sizes, libheif would be left to allocate (or refuse) the canvas itself."""
+    content_type, data = camera_cases()[case]
+    assert uploader.outcome(data, content_type) == REFUSED
+    assert uploader.last.json["detail"].startswith("The image is too large to decode"), uploader.last.json
+
+
+def with_item_type(data, old, new):
+    """``data`` with its infe entries of type ``old`` given type ``new``."""
+    _, payload, end = iso_box(data, b"iinf")
+    return data[:payload] + data[payload:end].replace(b"\0" + old, b"\0" + new) + data[end:]
+
+
+@pytest.mark.parametrize("content_type, base, item", [
+    ("image/heic", "heic", b"unci"),  # libheif's own uncompressed codec
+    ("image/heic", "heic", b"av01"),  # AV1 in a HEIC
+    ("image/heif", "heic", b"j2k1"),  # JPEG 2000 in a generic HEIF (major brand mif1)
+    ("image/avif", "avif", b"hvc1"),  # HEVC in an AVIF
+])
+def test_an_item_coded_otherwise_than_its_brand_says_is_refused_before_any_decoder(uploader, content_type, base,
+                                                                                   item):
+    data = with_item_type(BASES[base][1], b"av01" if base == "avif" else b"hvc1", item)
+    if content_type == "image/heif":
+        data = with_brands(data, b"mif1", b"mif1", b"miaf")
+    assert uploader.outcome(data, content_type) == REFUSED
+    assert "which its brand does not announce" in uploader.last.json["detail"], uploader.last.json
+
+
+@pytest.mark.parametrize("major", [b"mp42", b"isom", b"crx ", b"jp2 "])
+def test_an_iso_media_file_of_another_brand_is_not_a_camera_image(uploader, major):
+    """An MP4 video, a raw photo, a JPEG 2000: ftyp alone does not make a HEIC."""
+    data = with_brands(BASES["heic"][1], major, major, major)
+    assert uploader.message(data, "image/heic") == "Unsupported file type."
+
+
+def test_a_camera_image_over_the_pixel_limit_is_refused_before_decoding():
+    """Sizes under the memory estimate's reach (no limit given), over the pixel limit: refused by its count."""
+    data = ispe_patched(BASES["heic"][1], 0, 8000, 6000)  # 48 M pixels
+    with pytest.raises(images.InvalidImage, match="more than 40000000 pixels"):
+        images.verify_image(data, 40_000_000)
+
+
+@pytest.mark.parametrize("base", ["heic", "avif"])
+def test_a_camera_image_followed_by_a_box_that_holds_nothing_valid_is_refused(uploader, base):
+    """A ZIP or HTML appended is no box (the polyglot test above); one wrapped in a box that claims
+    more bytes than follow is a truncated file."""
+    content_type, data = BASES[base]
+    assert uploader.outcome(data + struct.pack(">I4s", 4096, b"free") + b"PK\x03\x04", content_type) == REFUSED
 
 
 def test_a_jpeg_is_counted_at_its_full_size_though_it_decodes_scaled_down():
