@@ -116,11 +116,17 @@ def _add_file_variants(migrator: SchemaMigrator) -> list[Operation]:
     ]
 
 
+def _files_without_pixels(migrator: SchemaMigrator) -> list[Operation]:
+    """Text and PDF attachments have no width or height (filetypes): the columns take NULL."""
+    return [migrator.drop_not_null("chatfile", "width"), migrator.drop_not_null("chatfile", "height")]
+
+
 # A version's steps: playhouse operations, or rows rewritten (both have ``run()``).
 MIGRATIONS: dict[int, Callable[[SchemaMigrator], Sequence[Operation | _RowChange]]] = {
     2: _index_chatfiles_by_owner_and_date,
     3: _chat_workspaces_relative_to_owner,
     4: _add_file_variants,
+    5: _files_without_pixels,
 }
 LATEST = max(MIGRATIONS, default=BASELINE)
 

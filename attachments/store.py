@@ -16,8 +16,7 @@ from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
 from attachments import objects, rows
-from imaging.images import ImageInfo
-from imaging.variants import Made, Still
+from attachments.decode import Verified
 from models import ChatFile, db, release_connection
 from storage import ObjectStore, StorageError, get_storage, object_metadata
 from web.bodies import SpooledBody
@@ -26,24 +25,24 @@ from web.errors import ApiError
 log = logging.getLogger(__name__)
 
 
-def save(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], name: str | None, owner_id: uuid.UUID,
+def save(body: SpooledBody, verified: Verified, name: str | None, owner_id: uuid.UUID,
          organization_id: uuid.UUID) -> uuid.UUID:
     """Write the original and its variants, then the rows; undo the objects if anything fails. The new file's id.
 
-    ``info, still, made`` are the decode's (decode.verify_and_make). Width and
-    height are as displayed (EXIF orientation applied), in the row and in the
-    object metadata alike.
+    ``verified`` is decode.verify's. Width and height are as displayed (EXIF
+    orientation applied), in the row and in the object metadata alike; a
+    file without pixels has neither, and no variants.
     """
     file_id = uuid.uuid4()
     sha256 = body.sha256
     storage = get_storage()
     key = storage.original_key(organization_id, file_id)
-    metadata = object_metadata(owner_id, organization_id, sha256, still.width, still.height, name)
+    metadata = object_metadata(owner_id, organization_id, sha256, verified.width, verified.height, name)
     written: list[str] = []
     try:
-        storage.put(key, body.rewound(), info.content_type, metadata)
+        storage.put(key, body.rewound(), verified.content_type, metadata)
         written.append(key)
-        objects.store_variants(storage, organization_id, file_id, made, written)
+        objects.store_variants(storage, organization_id, file_id, verified.made, written)
     except StorageError:
         log.exception("storing %s or its variants failed", key)
         _undo(storage, written)
@@ -51,9 +50,9 @@ def save(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], nam
                        code="storage_error") from None
     try:
         with db.atomic():
-            rows.insert_file(file_id, owner_id, organization_id, name, info.content_type, body.size, sha256,
-                             still.width, still.height, info.animated)
-            rows.record_variants(file_id, made)
+            rows.insert_file(file_id, owner_id, organization_id, name, verified.content_type, body.size, sha256,
+                             verified.width, verified.height, verified.animated)
+            rows.record_variants(file_id, verified.made)
     except (PeeweeException, MaxConnectionsExceeded):
         log.exception("recording %s failed; deleting its objects", key)
         _undo(storage, written)

@@ -12,11 +12,14 @@ import pytest
 
 import models
 from harness.imaging import make_animated_gif, make_image
+from imaging import images
 from storage import StorageError, get_storage, object_key
 
 # What gunicorn tells the app for a chunked body: read the stream to its end.
 CHUNKED = {"wsgi.input_terminated": True}
-ALLOWED_DETAIL = "Allowed types: image/png, image/jpeg, image/gif, image/webp."
+# Every image type the imaging package decodes, then the text types and PDF (filetypes).
+ALLOWED_DETAIL = ("Allowed types: " + ", ".join(
+    [*images.ALLOWED_TYPES, "text/plain", "text/markdown", "text/csv", "application/json", "application/pdf"]) + ".")
 
 
 def upload(client, auth, data, content_type="image/png", organization=None, headers=None, **kwargs):
