@@ -27,12 +27,16 @@ HEADER = b"%PDF-"
 # Inflated bytes one stream may give: object and cross-reference streams hold dictionaries and offsets, a few
 # megabytes in the largest documents; content streams, the ones that are big, are never inflated.
 MAX_INFLATED = 16 * 1024 * 1024
+# A corrupt zlib stream makes pypdf retry it a byte per Python loop turn (its recovery of streams some old
+# writers ended badly): a quarter MiB of that is a fraction of a second, its default 5 MB several seconds.
+MAX_RECOVERY_INPUT = 256 * 1024
 LIMITS: dict[str, Any] = {
     "zlib_maximum_output_length": MAX_INFLATED,
     "lzw_maximum_output_length": MAX_INFLATED,
     "run_length_maximum_output_length": MAX_INFLATED,
     "brotli_maximum_output_length": MAX_INFLATED,
     "array_based_stream_maximum_output_length": MAX_INFLATED,
+    "zlib_maximum_recovery_input_length": MAX_RECOVERY_INPUT,
     "jbig2dec_binary": None,  # never start a program on an upload
 }
 
