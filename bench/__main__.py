@@ -6,7 +6,9 @@ passthrough and the image work, per type and size), verify (Pillow), memory
 (one worker under 8 x 10 MiB), watch (git watch latency and idle CPU); a
 complete run then runs ``scripts/bench variants`` (bench/variants.py, which
 also runs alone) and ``scripts/bench sandbox`` (bench/sandbox.py: parsing in
-sandbox processes, before and after). ``scripts/bench watch-scale`` runs
+sandbox processes, before and after) and ``scripts/bench attachments``
+(bench/attachments.py: a 10 MiB text, JSON and PDF upload's check against
+reading it). ``scripts/bench watch-scale`` runs
 alone: git-watch sockets held by one instance and what they cost. ``--database postgres`` runs grid, conditional and
 overhead against PostgreSQL and rewrites only the PostgreSQL section of the
 page. With a subset of sections, or --quick, results go to var/bench/ only
@@ -327,6 +329,10 @@ def main(argv=None):
         from bench import sandbox
 
         return sandbox.main(argv[1:])
+    if argv[:1] == ["attachments"]:  # `scripts/bench attachments`: a 10 MiB text, JSON, PDF check vs reading it
+        from bench import attachments
+
+        return attachments.main(argv[1:])
     if argv[:1] == ["targets"]:  # `scripts/bench targets [--runs N]`: the targets' figures, medians of N runs
         return run_targets(argv[1:])
     args = parse_args(argv)
@@ -354,6 +360,9 @@ def main(argv=None):
         from bench import sandbox
 
         log(f"wrote {sandbox.write(sandbox.run(log=log), ROOT / 'docs')}")
+        from bench import attachments
+
+        log(f"wrote {attachments.write(attachments.run(log=log), ROOT / 'docs')}")
     return 0
 
 
