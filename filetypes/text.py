@@ -21,12 +21,14 @@ not converted, objects are dropped as they close).
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from filetypes import INVALID_MESSAGES, JSON_TYPE, TEXT, InvalidFile, JsonCheck, WrongFamily
 from imaging import images
 
 BOM = b"\xef\xbb\xbf"
+UTF8_CHUNK = 64 * 1024  # under glibc's trim threshold (128 KiB): the same heap pages serve every chunk
 MAX_JSON_DEPTH = 128  # serde_json's default recursion limit; real payloads nest a few dozen levels at most
 MAX_JSON_CONTAINERS = 1_000_000  # each is a Python object while parsing: bounds the parse's time and memory
 MAX_ROOT_COMMENTS = 64  # HTML comments skipped before the root; more and it is markup
@@ -52,19 +54,35 @@ def verify_text(data: Text, json_check: str) -> bool:
     nul = data.find(b"\0")
     if nul != -1:
         raise InvalidFile(INVALID_MESSAGES[TEXT], f"It holds a NUL byte (at byte {nul}): text never does.")
-    try:
-        text = str(memoryview(data), "utf-8")
-    except UnicodeDecodeError as error:
-        raise InvalidFile(INVALID_MESSAGES[TEXT], f"It is not UTF-8 (byte {error.start}: {error.reason}).") from None
+    not_utf8 = utf8_error(data)
+    if not_utf8 is not None:
+        raise InvalidFile(INVALID_MESSAGES[TEXT], f"It is not UTF-8 (byte {not_utf8[0]}: {not_utf8[1]}).")
     if json_check == JsonCheck.NONE:
         return False
     try:
-        parse_json(data, text.removeprefix("\ufeff"))
+        parse_json(data, str(data[len(BOM):] if data[:3] == BOM else data, "utf-8"))
     except InvalidFile:
         if json_check == JsonCheck.REQUIRED:
             raise
         return False
     return True
+
+
+def utf8_error(data: Text) -> tuple[int, str] | None:
+    """(byte offset, reason) of the first thing in ``data`` that is not UTF-8, or None.
+
+    Decoded a chunk at a time and thrown away: the check needs no 10 MiB string (whose fresh pages cost more
+    than the decode itself in a sandbox that returns its memory after each task).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with memoryview(data) as view:
+        for start in range(0, max(len(view), 1), UTF8_CHUNK):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(view[start:start + UTF8_CHUNK], final=start + UTF8_CHUNK >= len(view))
+            except UnicodeDecodeError as error:
+                return start - pending + error.start, error.reason
+    return None
 
 
 def check_family(data: Text) -> None:
