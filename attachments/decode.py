@@ -76,7 +76,7 @@ def _check_document(body: SpooledBody, family: str, json_check: str) -> bool:
     """sandboxed.verify_document within the worker's budget, its errors as the contract's answers."""
     config = current_app.config
     try:
-        with budget.reserved(body.size), observability.image_work():
+        with budget.reserved(body.size):
             return sandboxed.verify_document(body.fileno(), family, json_check, max_memory=config["MAX_DECODE_MEMORY"],
                                              max_file_size=config["MAX_FILE_SIZE"], wait=config["DECODE_WAIT_TIMEOUT"])
     except PoolBusy:
@@ -87,4 +87,5 @@ def _check_document(body: SpooledBody, family: str, json_check: str) -> bool:
         raise ApiError(400, error.message, error.detail, code=_CODES[error.message]) from None
 
 
-_CODES = {"Invalid text file.": "invalid_text", "Invalid JSON file.": "invalid_json", "Invalid PDF file.": "invalid_pdf"}
+_CODES = {"Invalid text file.": "invalid_text", "Invalid JSON file.": "invalid_json",
+          "Invalid PDF file.": "invalid_pdf"}

@@ -1,4 +1,5 @@
-"""Chat file attachments over HTTP: upload an image, a text or a PDF, download it, its thumbnail, preview and info; delete it.
+"""Chat file attachments over HTTP: upload an image, a text or a PDF, download it, its thumbnail, preview
+and info; delete it.
 
 The routes parse the request and shape the response; what happens to an
 attachment in between (its decode, its objects and rows) is attachments/'s.
@@ -142,7 +143,8 @@ def _type_headers(content_type: str, name: str | None) -> dict[str, str]:
     """What the stored type says about serving it (filetypes.serving): Content-Type (text with its charset),
     Content-Disposition (a PDF only ever as an attachment), and the sandbox policy for what is not an image."""
     serving = filetypes.serving(content_type)
-    headers = {"Content-Type": serving.content_type, "Content-Disposition": content_disposition(serving.disposition, name)}
+    headers = {"Content-Type": serving.content_type,
+               "Content-Disposition": content_disposition(serving.disposition, name)}
     if serving.sandboxed:
         headers["Content-Security-Policy"] = filetypes.SANDBOX_POLICY
     return headers

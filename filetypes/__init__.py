@@ -112,7 +112,8 @@ def serving(content_type: str) -> Serving:
     family = family_of(content_type)
     if family is None:
         return Serving(content_type, "attachment", sandboxed=True)
-    header = content_type + "; charset=utf-8" if family.name == TEXT and content_type.startswith("text/") else content_type
+    charset = family.name == TEXT and content_type.startswith("text/")
+    header = content_type + "; charset=utf-8" if charset else content_type
     return Serving(header, family.disposition, sandboxed=not family.pixels)
 
 

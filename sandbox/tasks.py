@@ -192,7 +192,8 @@ def verify_document(
     if "invalid" in answer:
         if answer["invalid"] not in filetypes.INVALID_MESSAGES.values():
             log.error("a decode sandbox answered an unknown message: %r", answer["invalid"])
-            raise filetypes.InvalidFile(message, f"The file is too expensive to check: {TOO_EXPENSIVE_TO_CHECK['crashed']}.")
+            raise filetypes.InvalidFile(
+                message, f"The file is too expensive to check: {TOO_EXPENSIVE_TO_CHECK['crashed']}.")
         raise filetypes.InvalidFile(str(answer["invalid"]), str(answer.get("detail", "")))
     return answer.get("json") is True
 
