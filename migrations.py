@@ -117,6 +117,9 @@ def _add_file_variants(migrator: SchemaMigrator) -> list[Operation]:
     ]
 
 
+def _files_without_pixels(migrator: SchemaMigrator) -> list[Operation]:
+    """Text and PDF attachments have no width or height (filetypes): the columns take NULL."""
+    return [migrator.drop_not_null("chatfile", "width"), migrator.drop_not_null("chatfile", "height")]
 def _link_files_to_chats_and_count_usage(migrator: SchemaMigrator) -> list[Operation | _RowChange]:
     """Files in chats (issue 20): which chats carry a file, and each organization's stored bytes.
 
@@ -161,6 +164,7 @@ MIGRATIONS: dict[int, Callable[[SchemaMigrator], Sequence[Operation | _RowChange
     2: _index_chatfiles_by_owner_and_date,
     3: _chat_workspaces_relative_to_owner,
     4: _add_file_variants,
+    5: _files_without_pixels,
     6: _link_files_to_chats_and_count_usage,
 }
 LATEST = max(MIGRATIONS, default=BASELINE)

@@ -94,8 +94,8 @@ class ChatFile(BaseModel):
     content_type = CharField(max_length=64)
     size = BigIntegerField()
     sha256 = CharField(max_length=64)
-    width = IntegerField()  # as displayed: EXIF orientation applied
-    height = IntegerField()
+    width = IntegerField(null=True)  # as displayed: EXIF orientation applied; None without pixels (text, PDF)
+    height = IntegerField(null=True)
     created_at = DateTimeField(default=utcnow)
     animated = BooleanField(default=False)
     # Declared for mypy only (bare annotations, nothing at run time): what peewee adds, each foreign key's raw

@@ -61,8 +61,9 @@ def is_member(user_id: uuid.UUID, organization_id: uuid.UUID) -> bool:
 
 
 def insert_file(file_id: uuid.UUID, owner_id: uuid.UUID, organization_id: uuid.UUID, name: str | None,
-                content_type: str, size: int, sha256: str, width: int, height: int, animated: bool) -> None:
-    """The file's row, created now."""
+                content_type: str, size: int, sha256: str, width: int | None, height: int | None,
+                animated: bool) -> None:
+    """The file's row, created now (no width and height for a file without pixels)."""
     INSERT_FILE.execute(file_id, owner_id, organization_id, name, content_type, size, sha256, width, height,
                         utcnow(), animated).close()
 

@@ -17,8 +17,7 @@ from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
 from attachments import objects, rows, usage
-from imaging.images import ImageInfo
-from imaging.variants import Made, Still
+from attachments.decode import Verified
 from models import ChatFile, db, release_connection
 from storage import ObjectStore, StorageError, get_storage, object_metadata
 from web.bodies import SpooledBody
@@ -27,46 +26,46 @@ from web.errors import ApiError
 log = logging.getLogger(__name__)
 
 
-def save(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], name: str | None, owner_id: uuid.UUID,
+def save(body: SpooledBody, verified: Verified, name: str | None, owner_id: uuid.UUID,
          organization_id: uuid.UUID) -> uuid.UUID:
     """Count the file in its organization's usage (400 past the quota), write the original and its variants, then
     the rows; undo the objects and the count if anything fails. The new file's id.
 
-    ``info, still, made`` are the decode's (decode.verify_and_make). Width and
-    height are as displayed (EXIF orientation applied), in the row and in the
-    object metadata alike.
+    ``verified`` is decode.verify's. Width and height are as displayed (EXIF
+    orientation applied), in the row and in the object metadata alike; a
+    file without pixels has neither, and no variants.
 
     Under a quota the file is counted before anything is stored, by the statement that checks the quota, and
     given back if the save fails. Without one nothing can be refused, so it is counted in the rows' own
     transaction: exact even when the process dies in between, and no write comes before the objects.
     """
-    stored_bytes = usage.bytes_to_store(body.size, made)
+    stored_bytes = usage.bytes_to_store(body.size, verified.made)
     quota = current_app.config["ORG_STORAGE_QUOTA"]
     if quota is None:
-        return _store(body, info, still, made, name, owner_id, organization_id, count_with_rows=stored_bytes)
+        return _store(body, verified, name, owner_id, organization_id, count_with_rows=stored_bytes)
     usage.reserve_or_refuse(organization_id, stored_bytes, quota)
     release_connection()  # storing can be slow, and needs no connection
     try:
-        return _store(body, info, still, made, name, owner_id, organization_id, count_with_rows=0)
+        return _store(body, verified, name, owner_id, organization_id, count_with_rows=0)
     except BaseException:
         usage.release_quietly(organization_id, stored_bytes)
         raise
 
 
-def _store(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], name: str | None,
-           owner_id: uuid.UUID, organization_id: uuid.UUID, *, count_with_rows: int) -> uuid.UUID:
+def _store(body: SpooledBody, verified: Verified, name: str | None, owner_id: uuid.UUID,
+           organization_id: uuid.UUID, *, count_with_rows: int) -> uuid.UUID:
     """The objects, then the rows (with ``count_with_rows`` bytes and the file counted in the same transaction
     when not 0); the objects undone when either fails."""
     file_id = uuid.uuid4()
     sha256 = body.sha256
     storage = get_storage()
     key = storage.original_key(organization_id, file_id)
-    metadata = object_metadata(owner_id, organization_id, sha256, still.width, still.height, name)
+    metadata = object_metadata(owner_id, organization_id, sha256, verified.width, verified.height, name)
     written: list[str] = []
     try:
-        storage.put(key, body.rewound(), info.content_type, metadata)
+        storage.put(key, body.rewound(), verified.content_type, metadata)
         written.append(key)
-        objects.store_variants(storage, organization_id, file_id, made, written)
+        objects.store_variants(storage, organization_id, file_id, verified.made, written)
     except StorageError:
         log.exception("storing %s or its variants failed", key)
         _undo(storage, written)
@@ -74,9 +73,9 @@ def _store(body: SpooledBody, info: ImageInfo, still: Still, made: list[Made], n
                        code="storage_error") from None
     try:
         with db.atomic():
-            rows.insert_file(file_id, owner_id, organization_id, name, info.content_type, body.size, sha256,
-                             still.width, still.height, info.animated)
-            rows.record_variants(file_id, made)
+            rows.insert_file(file_id, owner_id, organization_id, name, verified.content_type, body.size, sha256,
+                             verified.width, verified.height, verified.animated)
+            rows.record_variants(file_id, verified.made)
             if count_with_rows:
                 usage.add(organization_id, count_with_rows, files=1)
     except (PeeweeException, MaxConnectionsExceeded):

@@ -6,7 +6,9 @@ passthrough and the image work, per type and size), verify (Pillow), memory
 (one worker under 8 x 10 MiB), watch (git watch latency and idle CPU); a
 complete run then runs ``scripts/bench variants`` (bench/variants.py, which
 also runs alone) and ``scripts/bench sandbox`` (bench/sandbox.py: parsing in
-sandbox processes, before and after). ``scripts/bench chat-files`` runs
+sandbox processes, before and after) and ``scripts/bench attachments``
+(bench/attachments.py: a 10 MiB text, JSON and PDF upload's check against
+reading it). ``scripts/bench chat-files`` runs
 alone: a chat's GET with 50 linked files and with none, on SQLite and
 PostgreSQL (bench/chat_files.py). ``scripts/bench quota`` runs alone: what
 the usage counter and ORG_STORAGE_QUOTA add to an upload, on SQLite and
@@ -339,6 +341,10 @@ def main(argv=None):
         from bench import quota
 
         return quota.main(argv[1:])
+    if argv[:1] == ["attachments"]:  # `scripts/bench attachments`: a 10 MiB text, JSON, PDF check vs reading it
+        from bench import attachments
+
+        return attachments.main(argv[1:])
     if argv[:1] == ["targets"]:  # `scripts/bench targets [--runs N]`: the targets' figures, medians of N runs
         return run_targets(argv[1:])
     args = parse_args(argv)
@@ -366,6 +372,9 @@ def main(argv=None):
         from bench import sandbox
 
         log(f"wrote {sandbox.write(sandbox.run(log=log), ROOT / 'docs')}")
+        from bench import attachments
+
+        log(f"wrote {attachments.write(attachments.run(log=log), ROOT / 'docs')}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Chat file attachments over HTTP: upload an image, list a user's files, download one, its thumbnail, preview and
-info; delete it.
+"""Chat file attachments over HTTP: upload an image, a text or a PDF, list a user's files, download one, its
+thumbnail, preview and info; delete it.
 
 The routes parse the request and shape the response; what happens to an
 attachment in between (its decode, its objects and rows) is attachments/'s.
@@ -16,14 +16,15 @@ from flask.blueprints import BlueprintSetupState
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
+import filetypes
 from attachments import budget, decode, listing, objects, rows, store, usage
-from imaging import images, variants
+from imaging import variants
 from models import ChatFile, ChatFileVariant, PreparedSelect, release_connection, rfc3339
 from storage import ByteRange, StoredObject
 from web import bodies, ranges
 from web.auth import login_required
 from web.errors import ApiError, error_response
-from web.filenames import inline_content_disposition, name_from_content_disposition
+from web.filenames import content_disposition, name_from_content_disposition
 
 bp = Blueprint("files", __name__)
 log = logging.getLogger(__name__)
@@ -39,17 +40,17 @@ def upload() -> tuple[Response, int]:
     organization_id = _organization_param()
     if not rows.is_member(g.user.id, organization_id):
         raise ApiError(403, "You are not a member of this organization.")
-    _check_declared_type()
+    declared = _declared_type()
     _refuse_past_quota_early(organization_id)
     release_connection()  # reading the body and storing it can be slow
 
     # The body is spooled to disk as it arrives: a slow client holds no memory budget.
     with bodies.spooled_body(current_app.config["MAX_FILE_SIZE"]) as body:
         if not body.size:
-            raise ApiError(400, "The file is empty.", "Send the image's bytes as the request body.", code="empty")
-        info, still, made = decode.verify_and_make(body)
+            raise ApiError(400, "The file is empty.", "Send the file's bytes as the request body.", code="empty")
         name = name_from_content_disposition(request.headers.get("Content-Disposition"))
-        file_id = store.save(body, info, still, made, name, g.user.id, organization_id)
+        verified = decode.verify(body, declared, name)
+        file_id = store.save(body, verified, name, g.user.id, organization_id)
     return jsonify(id=str(file_id)), 201
 
 
@@ -82,6 +83,8 @@ def download(file_id: str) -> Response:
 
 def _download_variant(file_id: str, variant: str) -> Response:
     row = _readable_file(file_id, rows.FILE_TO_SEND)
+    if not filetypes.has_pixels(row.content_type):
+        raise ApiError(404, f"The file has no {variant}.", "Only images have thumbnails and previews.")
     stored = rows.VARIANT_TO_SEND.first(row.id, variant)
     if stored is None:
         raise ApiError(404, f"The file has no {variant} yet.",
@@ -147,8 +150,7 @@ def _send(content_type: str, name: str | None, sha256: str, size: int,
     ``open_object(byte_range)`` opens the bytes: only a 200 or 206 with a body needs them.
     """
     headers = {
-        "Content-Type": content_type,
-        "Content-Disposition": inline_content_disposition(name),
+        **_type_headers(content_type, name),
         "Cache-Control": CACHE_FOREVER,
         "ETag": f'"{sha256}"',
         "X-Content-Type-Options": "nosniff",
@@ -170,6 +172,17 @@ def _range_to_send(sha256: str, size: int, headers: dict[str, str]) -> tuple[Byt
     status, range_headers = ranges.range_headers(byte_range, size)
     headers.update(range_headers)
     return byte_range, status
+
+
+def _type_headers(content_type: str, name: str | None) -> dict[str, str]:
+    """What the stored type says about serving it (filetypes.serving): Content-Type (text with its charset),
+    Content-Disposition (a PDF only ever as an attachment), and the sandbox policy for what is not an image."""
+    serving = filetypes.serving(content_type)
+    headers = {"Content-Type": serving.content_type,
+               "Content-Disposition": content_disposition(serving.disposition, name)}
+    if serving.sandboxed:
+        headers["Content-Security-Policy"] = filetypes.SANDBOX_POLICY
+    return headers
 
 
 @bp.record_once
@@ -225,11 +238,14 @@ def _refuse_past_quota_early(organization_id: uuid.UUID) -> None:
         usage.refuse_early(organization_id, declared, current_app.config["ORG_STORAGE_QUOTA"])
 
 
-def _check_declared_type() -> None:
+def _declared_type() -> str:
+    """The upload's declared type, one of filetypes.allowed_types() (400 for anything else)."""
     declared = request.mimetype  # lower-cased, parameters stripped
-    if declared not in images.ALLOWED_TYPES:
-        raise ApiError(400, "Unsupported file type.", "Allowed types: " + ", ".join(images.ALLOWED_TYPES) + ".",
+    allowed = filetypes.allowed_types()
+    if declared not in allowed:
+        raise ApiError(400, "Unsupported file type.", "Allowed types: " + ", ".join(allowed) + ".",
                        code="unsupported_type")
+    return declared
 
 
 def _readable_file(file_id: str, query: PreparedSelect[ChatFile] = rows.OWN_FILE) -> ChatFile:

@@ -11,7 +11,8 @@ variants to count): objects first, rows last, as an upload does. A run
 killed anywhere leaves at worst objects without rows, which the next run makes
 and records again, so running it again is always safe and finishes the job.
 A file deleted while the run goes on (its row gone, its objects gone or
-going) is skipped: counted, not a failure.
+going) is skipped: counted, not a failure. A file without pixels (text, PDF:
+filetypes) has no variants to make: counted apart, never read.
 
 Files are visited in id order, ``BATCH_SIZE`` rows per query.
 """
@@ -28,6 +29,7 @@ from peewee import IntegrityError
 from attachments import usage
 from attachments.objects import store_variants
 from attachments.rows import record_variants
+import filetypes
 from imaging import images, variants
 from models import ChatFile, db
 from sandbox import tasks as sandboxed
@@ -43,6 +45,7 @@ class BackfillResult:
     generated: int = 0  # files given their missing variants
     variants_stored: int = 0  # objects put
     skipped: int = 0  # files deleted while the run went on
+    no_variants: int = 0  # files without pixels (text, PDF): nothing to make
     failed: list[dict[str, str]] = field(default_factory=list)  # {"id", "error"} for files that could not be done
 
     def as_dict(self) -> dict[str, Any]:
@@ -51,6 +54,8 @@ class BackfillResult:
     def summary(self) -> str:
         line = (f"Checked {self.files} files: {self.complete} already complete, {self.generated} given their "
                 f"missing variants ({self.variants_stored} objects stored).")
+        if self.no_variants:
+            line += f" {self.no_variants} have none (text, PDF)."
         if self.skipped:
             line += f" {self.skipped} skipped (deleted meanwhile)."
         if self.failed:
@@ -79,20 +84,28 @@ def generate_missing(storage: ObjectStore, progress: Callable[[BackfillResult, i
             return result
         for row in rows:
             result.files += 1
-            try:
-                _complete(storage, row, result)
-            except _Deleted:
-                result.skipped += 1
-            except (StorageError, FileNotFoundError, images.UnsupportedType, images.InvalidImage) as error:
-                # A delete removes the row before the objects: an object missing with its row gone is a
-                # deletion, with the row there a real loss.
-                if _deleted(row):
-                    result.skipped += 1
-                else:
-                    result.failed.append({"id": str(row.id), "error": _describe(error)})
+            _visit(storage, row, result)
             if progress is not None:
                 progress(result, total)
         last_id = rows[-1].id
+
+
+def _visit(storage: ObjectStore, row: ChatFile, result: BackfillResult) -> None:
+    """Count ``row`` in ``result``: without pixels, complete, generated, skipped or failed."""
+    if not filetypes.has_pixels(row.content_type):
+        result.no_variants += 1
+        return
+    try:
+        _complete(storage, row, result)
+    except _Deleted:
+        result.skipped += 1
+    except (StorageError, FileNotFoundError, images.UnsupportedType, images.InvalidImage) as error:
+        # A delete removes the row before the objects: an object missing with its row gone is a
+        # deletion, with the row there a real loss.
+        if _deleted(row):
+            result.skipped += 1
+        else:
+            result.failed.append({"id": str(row.id), "error": _describe(error)})
 
 
 def _complete(storage: ObjectStore, row: ChatFile, result: BackfillResult) -> None:

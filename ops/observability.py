@@ -90,6 +90,9 @@ REJECTION_BY_CODE = (
     "unsupported_type",
     "empty",
     "invalid_image",
+    "invalid_text",
+    "invalid_json",
+    "invalid_pdf",
     "storage_error",  # the object store or the database
     "busy",  # the worker's upload memory budget stayed full
 )

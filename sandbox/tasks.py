@@ -9,6 +9,10 @@ function's own errors:
 - ``verify_and_make``: an upload's image work (variants.verify_and_make) on
   its spooled file, passed as a file descriptor. A sandbox that ran out of
   memory or time is ``InvalidImage`` ("too expensive to decode").
+- ``verify_document``: an upload's text or PDF check (filetypes.text.verify_text,
+  filetypes.pdf.verify_pdf) on its spooled file, in the same pool and under
+  the same limits as an image's decode. A sandbox that ran out of memory or
+  time is the family's ``InvalidFile`` ("too expensive to check").
 - ``read_repository``: one repository of a watched workspace
   (gitwatch.repository.read_repository). A sandbox that failed leaves the
   repository out (``RepositoryRefused``); no free sandbox in the scan's time
@@ -26,6 +30,9 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+import filetypes
+from filetypes import pdf as pdf_check
+from filetypes import text as text_check
 from gitwatch import repository
 from imaging import images, variants
 from sandbox.pool import Limits, Pool, PoolBusy, SandboxFailed, pool
@@ -47,6 +54,13 @@ TOO_EXPENSIVE = {
     "cpu": "it needs more CPU time than the decoder's limit",
     "deadline": "it did not finish within the decoder's time limit",
     "crashed": "the decoder failed on it",
+}
+
+TOO_EXPENSIVE_TO_CHECK = {
+    "memory": "it needs more memory than the checker's ceiling",
+    "cpu": "it needs more CPU time than the checker's limit",
+    "deadline": "it did not finish within the checker's time limit",
+    "crashed": "the checker failed on it",
 }
 
 # What a task answers: a JSON header and byte strings.
@@ -163,6 +177,48 @@ def _verify_and_make(header: dict[str, Any], fds: list[int]) -> Answer:
     return answer, blobs
 
 
+# --- an upload's text or PDF check ----------------------------------------------
+
+
+def verify_document(
+    fileno: int, family: str, json_check: str, *, max_memory: int, max_file_size: int, wait: float
+) -> bool:
+    """filetypes.text.verify_text (``family`` TEXT, with ``json_check``) or filetypes.pdf.verify_pdf (PDF) on
+    the file open at ``fileno``, in a decode sandbox: whether it parsed as JSON. Raises what they raise
+    (WrongFamily, InvalidFile), and PoolBusy."""
+    header = {"family": family, "json_check": json_check}
+    message = filetypes.INVALID_MESSAGES[
+        family if family == filetypes.PDF or json_check != filetypes.JsonCheck.REQUIRED else filetypes.JSON_TYPE]
+    try:
+        answer, _ = decode_pool(max_memory, max_file_size).run("verify_document", header, fds=[fileno], wait=wait)
+    except SandboxFailed as failure:
+        raise filetypes.InvalidFile(message, f"The file is too expensive to check: "
+                                             f"{TOO_EXPENSIVE_TO_CHECK[failure.cause]}.") from None
+    # Taken as untrusted, as an image's answer: only a known message is repeated.
+    if "unsupported" in answer:
+        raise filetypes.WrongFamily(str(answer["unsupported"]))
+    if "invalid" in answer:
+        if answer["invalid"] not in filetypes.INVALID_MESSAGES.values():
+            log.error("a decode sandbox answered an unknown message: %r", answer["invalid"])
+            raise filetypes.InvalidFile(
+                message, f"The file is too expensive to check: {TOO_EXPENSIVE_TO_CHECK['crashed']}.")
+        raise filetypes.InvalidFile(str(answer["invalid"]), str(answer.get("detail", "")))
+    return answer.get("json") is True
+
+
+def _verify_document(header: dict[str, Any], fds: list[int]) -> Answer:
+    with mmap.mmap(fds[0], 0, access=mmap.ACCESS_READ) as data:
+        try:
+            if header["family"] == filetypes.PDF:
+                pdf_check.verify_pdf(data)
+                return {"json": False}, []
+            return {"json": text_check.verify_text(data, header["json_check"])}, []
+        except filetypes.WrongFamily as error:
+            return {"unsupported": str(error)}, []
+        except filetypes.InvalidFile as error:
+            return {"invalid": error.message, "detail": error.detail}, []
+
+
 # --- one repository of a watched workspace ----------------------------------------
 
 
@@ -206,5 +262,6 @@ _STATE_FIELDS = ("repo_root", "branch", "remote_origin", "unified_diff", "error"
 
 _TASKS: dict[str, Callable[[dict[str, Any], list[int]], Answer]] = {
     "verify_and_make": _verify_and_make,
+    "verify_document": _verify_document,
     "read_repository": _read_repository,
 }

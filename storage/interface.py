@@ -157,17 +157,14 @@ def _is_canonical_uuid(text: str) -> bool:
         return False
 
 
-def object_metadata(owner_id: uuid.UUID, organization_id: uuid.UUID, sha256: str, width: int, height: int,
-                    filename: str | None) -> dict[str, str]:
-    """User metadata as the storage layout defines it (all values ASCII)."""
-    return {
-        "owner-id": str(owner_id),
-        "organization-id": str(organization_id),
-        "sha256": sha256,
-        "width": str(width),
-        "height": str(height),
-        "filename": urllib.parse.quote(filename or "", safe=""),
-    }
+def object_metadata(owner_id: uuid.UUID, organization_id: uuid.UUID, sha256: str, width: int | None,
+                    height: int | None, filename: str | None) -> dict[str, str]:
+    """User metadata as the storage layout defines it (all values ASCII); ``width``/``height`` only for a
+    file with pixels (None: a text or PDF file, whose object has neither)."""
+    metadata = {"owner-id": str(owner_id), "organization-id": str(organization_id), "sha256": sha256}
+    if width is not None and height is not None:
+        metadata |= {"width": str(width), "height": str(height)}
+    return metadata | {"filename": urllib.parse.quote(filename or "", safe="")}
 
 
 def variant_metadata(file_id: uuid.UUID, variant: str, sha256: str, width: int, height: int) -> dict[str, str]:

@@ -12,11 +12,14 @@ import pytest
 
 import models
 from harness.imaging import make_animated_gif, make_image
+from imaging import images
 from storage import StorageError, get_storage, object_key
 
 # What gunicorn tells the app for a chunked body: read the stream to its end.
 CHUNKED = {"wsgi.input_terminated": True}
-ALLOWED_DETAIL = "Allowed types: image/png, image/jpeg, image/gif, image/webp, image/heic, image/heif, image/avif."
+# Every image type the imaging package decodes, then the text types and PDF (filetypes).
+ALLOWED_DETAIL = ("Allowed types: " + ", ".join(
+    [*images.ALLOWED_TYPES, "text/plain", "text/markdown", "text/csv", "application/json", "application/pdf"]) + ".")
 
 
 def upload(client, auth, data, content_type="image/png", organization=None, headers=None, **kwargs):
@@ -481,3 +484,30 @@ def test_upload_waiting_too_long_for_budget_is_json_503(app, client, auth, user,
     assert_error(response, 503, "Too many uploads in progress.")
     assert response.headers["Retry-After"] == "1"
     assert row_count(app) == 0
+
+
+# Text, JSON and PDF (tests/test_attachment_types.py has the rest of their rows): on every backend too.
+
+
+@pytest.mark.parametrize("declared, name, stored, served", [
+    ("text/plain", "notes.md", "text/markdown", "text/markdown; charset=utf-8"),
+    ("text/plain", "payload.json", "application/json", "application/json"),
+    ("application/pdf", "report.pdf", "application/pdf", "application/pdf"),
+])
+def test_text_json_and_pdf_round_trip_without_dimensions(app, client, auth, user, declared, name, stored, served):
+    from harness.documents import make_pdf
+
+    data = make_pdf() if declared == "application/pdf" else (b'{"a": [1, 2]}' if name.endswith(".json") else b"# Hi\n")
+    response = upload(client, auth, data, declared, user["organization_id"],
+                      headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    assert response.status_code == 201, response.json
+    file_id = response.json["id"]
+    download = client.get(f"/api/v2/chats/files/{file_id}", headers=auth)
+    assert (download.data, download.headers["Content-Type"]) == (data, served)
+    assert download.headers["Content-Security-Policy"] == "sandbox; default-src 'none'"
+    with app.app_context(), models.db.connection_context():
+        row = models.ChatFile.get_by_id(file_id)
+    assert (row.content_type, row.width, row.height, row.animated) == (stored, None, None, False)
+    stored_info = stored_object(app, file_id)
+    assert stored_info.content_type == stored
+    assert sorted(stored_info.metadata) == ["filename", "organization-id", "owner-id", "sha256"]

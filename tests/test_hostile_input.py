@@ -57,7 +57,7 @@ real_images = st.sampled_from(
 )
 SIGNATURES = [
     b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"RIFF\xff\xff\xff\xffWEBP", b"RIFF\0\0\0\0WEBPVP8 ",
-    b"<svg xmlns='http://www.w3.org/2000/svg'>", b"%PDF-1.7\n", b"PK\x03\x04", b"<html>",
+    b"<svg xmlns='http://www.w3.org/2000/svg'>", b"%PDF-1.7\n", b"PK\x03\x04", b"<html>", b"\xef\xbb\xbf[", b"{\"",
 ]
 
 
@@ -85,8 +85,11 @@ bodies = st.one_of(
     st.integers(UPLOAD_LIMIT - 2, UPLOAD_LIMIT + 2).map(lambda size: b"\x89PNG\r\n\x1a\n".ljust(size, b"\0")),
 )
 
+# The text and PDF types too (filetypes): random bytes declared as them are refused or stored, never a 5xx.
+DOCUMENT_TYPES = ["text/plain", "text/markdown", "text/csv", "application/json", "application/pdf"]
 content_types = st.one_of(
-    st.sampled_from(ALLOWED_TYPES + ["IMAGE/PNG; charset=binary", "image/svg+xml", "text/html", "multipart/form-data"]),
+    st.sampled_from(ALLOWED_TYPES + DOCUMENT_TYPES
+                    + ["IMAGE/PNG; charset=binary", "image/svg+xml", "text/html", "multipart/form-data"]),
     st.sampled_from(ALLOWED_TYPES).map(lambda allowed: allowed + ";" + "a=" * 50),
     header_text,
 )

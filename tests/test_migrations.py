@@ -427,3 +427,31 @@ def test_from_version_4_old_files_stay_unlinked_usage_is_counted_and_nothing_is_
 def recorded_versions_of(app):
     with app.app_context():
         return recorded_versions()
+def test_version_5_lets_files_without_pixels_have_no_width_or_height(legacy, monkeypatch):
+    """Migration 5: text and PDF files (filetypes) have no dimensions; the image rows keep theirs."""
+    with monkeypatch.context() as at_version_4:
+        for version in [version for version in migrations.MIGRATIONS if version > 4]:
+            at_version_4.delitem(migrations.MIGRATIONS, version)
+        at_version_4.setattr(migrations, "LATEST", 4)
+        assert init_db(legacy.app)["version"] == 4
+    with legacy.app.app_context(), models.db.connection_context():
+        nullable = {column.name: column.null for column in models.db.get_columns("chatfile")}
+    assert (nullable["width"], nullable["height"]) == (False, False)
+
+    change = init_db(legacy.app)
+    assert change["from_version"] == 4 and 5 in change["applied"]
+
+    with legacy.app.app_context(), models.db.connection_context():
+        nullable = {column.name: column.null for column in models.db.get_columns("chatfile")}
+        old = models.ChatFile.get_by_id(legacy.file_id)
+        assert "chatfile_owner_id_created_at" in index_names("chatfile")  # the table rebuild kept its indexes
+    assert (nullable["width"], nullable["height"]) == (True, True)
+    assert (old.width, old.height, old.name) == (40, 30, "old.png")
+    client = legacy.app.test_client()
+    headers = {"Coder-Session-Token": legacy.token}
+    response = client.post(f"/api/v2/chats/files?organization={legacy.organization_id}", data=b"# notes\n",
+                           headers={**headers, "Content-Type": "text/markdown"})
+    assert response.status_code == 201, response.json
+    info = client.get(f"/api/v2/chats/files/{response.json['id']}/info", headers=headers).json
+    assert (info["width"], info["height"]) == (None, None)
+    assert client.get(f"/api/v2/chats/files/{legacy.file_id}", headers=headers).data == legacy.image

@@ -565,7 +565,8 @@ def test_generate_variants_backfills_old_files_and_is_idempotent(app, client, au
 
     result, summary = backfill(app)
     assert result.exit_code == 0, result.output
-    assert summary == {"files": 2, "complete": 0, "generated": 2, "variants_stored": 3, "skipped": 0, "failed": []}
+    assert summary == {"files": 2, "complete": 0, "generated": 2, "variants_stored": 3, "no_variants": 0, "skipped": 0,
+                       "failed": []}
     assert "\r" not in result.output  # no progress line when stdout is not a terminal
     photo = info(client, auth, photo_id)
     assert (photo["width"], photo["height"], photo["preview"]["width"]) == (2000, 1000, 1280)
@@ -573,7 +574,8 @@ def test_generate_variants_backfills_old_files_and_is_idempotent(app, client, au
     assert info(client, auth, gif_id)["animated"] is True
 
     _, again = backfill(app)
-    assert again == {"files": 2, "complete": 2, "generated": 0, "variants_stored": 0, "skipped": 0, "failed": []}
+    assert again == {"files": 2, "complete": 2, "generated": 0, "variants_stored": 0, "no_variants": 0, "skipped": 0,
+                     "failed": []}
 
 
 def test_generate_variants_remakes_a_variant_whose_object_is_missing_whatever_the_database_says(app, client, auth,
@@ -608,7 +610,8 @@ def test_generate_variants_resumes_after_a_kill(app, client, auth, user, monkeyp
             generate_variants.generate_missing(get_storage())
 
     _, summary = backfill(app)
-    assert summary == {"files": 3, "complete": 1, "generated": 2, "variants_stored": 4, "skipped": 0, "failed": []}
+    assert summary == {"files": 3, "complete": 1, "generated": 2, "variants_stored": 4, "no_variants": 0, "skipped": 0,
+                       "failed": []}
     for file_id in file_ids:
         assert opened(fetch(client, auth, file_id, "preview")).width == 1280
     with app.app_context(), models.db.connection_context():

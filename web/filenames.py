@@ -43,12 +43,13 @@ def _truncate_utf8(text: str, limit: int) -> str:
     return encoded[:limit].decode("utf-8", errors="ignore")
 
 
-def inline_content_disposition(name: str | None) -> str:
-    """``inline; filename="…"`` with an ASCII fallback and RFC 5987 form for the rest."""
+def content_disposition(kind: str, name: str | None) -> str:
+    """``{kind}; filename="…"`` (``inline`` or ``attachment``) with an ASCII fallback and RFC 5987 form for
+    the rest; ``kind`` alone for an unnamed file."""
     if not name:
-        return "inline"
+        return kind
     fallback = "".join(char if 0x20 <= ord(char) < 0x7F and char not in '"\\' else "_" for char in name)
-    header = f'inline; filename="{fallback}"'
+    header = f'{kind}; filename="{fallback}"'
     if fallback != name:
         header += f"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
     return header
