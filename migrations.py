@@ -233,6 +233,17 @@ def _exclusive_transaction() -> Iterator[None]:
             db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
             yield
     else:
-        # SQLite: take the write lock up front so two runs cannot both read version N.
-        with db.atomic(lock_type="IMMEDIATE"):
-            yield
+        # SQLite alters a column by rebuilding its table, and dropping the old one deletes its rows: with
+        # foreign keys on, that cascades to every child (a file's variants and links). So, as SQLite's own
+        # procedure says (sqlite.org/lang_altertable.html), foreign keys are off for the run (the pragma is
+        # a no-op inside a transaction) and checked before the commit.
+        db.execute_sql("PRAGMA foreign_keys = OFF")
+        try:
+            # The write lock up front, so two runs cannot both read version N.
+            with db.atomic(lock_type="IMMEDIATE"):
+                yield
+                broken = db.execute_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise SchemaError(f"The migration would leave rows pointing at nothing: {broken[:5]}.")
+        finally:
+            db.execute_sql("PRAGMA foreign_keys = ON")
