@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import click
 from flask import Flask, current_app
@@ -113,18 +114,9 @@ def create_token_command(name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def gc_storage_command(older_than: int, dry_run: bool, as_json: bool) -> None:
     """Delete stored objects (originals and variants) that have no database row (uploads cut short, failed deletions)."""
-    try:
-        with db.connection_context():
-            result = gc_storage.collect_orphans(get_storage(), older_than, dry_run)
-    except StorageError as error:
-        raise click.ClickException(f"Storage error, stopped: {error}") from None
-    except PeeweeException as error:
-        raise click.ClickException(f"Database error, stopped: {error}") from None
-    if as_json:
-        click.echo(json.dumps(result.as_dict()))
-    else:
-        for line in result.report_lines():
-            click.echo(line)
+    with _job_failures(progress_shown=False), db.connection_context():
+        result = gc_storage.collect_orphans(get_storage(), older_than, dry_run)
+    _report(result, as_json)
     if result.failed:
         raise click.ClickException(f"{len(result.failed)} deletions failed; run gc-storage again.")
 
@@ -135,16 +127,8 @@ def gc_storage_command(older_than: int, dry_run: bool, as_json: bool) -> None:
 def generate_variants_command(as_json: bool) -> None:
     """Make the missing thumbnails and previews of stored files (safe to run again, and after a kill)."""
     progress = _progress_line if stdout_is_terminal() else None
-    try:
-        with db.connection_context():
-            result = generate_variants.generate_missing(get_storage(), progress)
-    except StorageError as error:
-        raise click.ClickException(f"Storage error, stopped: {error}") from None
-    except PeeweeException as error:
-        raise click.ClickException(f"Database error, stopped (run it again to go on): {error}") from None
-    finally:
-        if progress is not None:
-            click.echo("\r\033[K", nl=False)  # the progress line gives way to the result
+    with _job_failures(progress_shown=progress is not None), db.connection_context():
+        result = generate_variants.generate_missing(get_storage(), progress)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
     else:
@@ -167,27 +151,39 @@ def purge_command(dry_run: bool, as_json: bool, batch_size: int) -> None:
     a kill)."""
     config = current_app.config
     progress = _purge_progress_line if stdout_is_terminal() else None
-    try:
-        with db.connection_context():
-            result = purge.purge(get_storage(), config["UNLINKED_FILE_RETENTION"],
-                                 config["ARCHIVED_CHAT_RETENTION_DAYS"], dry_run, batch_size=batch_size,
-                                 progress=progress)
-    except PeeweeException as error:
-        raise click.ClickException(f"Database error, stopped (run it again to go on): {error}") from None
-    finally:
-        if progress is not None:
-            click.echo("\r\033[K", nl=False)  # the progress line gives way to the result
-    if as_json:
-        click.echo(json.dumps(result.as_dict()))
-    else:
-        for line in result.report_lines():
-            click.echo(line)
+    with _job_failures(progress_shown=progress is not None), db.connection_context():
+        result = purge.purge(get_storage(), config["UNLINKED_FILE_RETENTION"], config["ARCHIVED_CHAT_RETENTION_DAYS"],
+                             dry_run, batch_size=batch_size, progress=progress)
+    _report(result, as_json)
 
 
 def _purge_progress_line(result: purge.PurgeResult, progress: purge.Progress) -> None:
     deleted = len(result.files_of_chats) + len(result.unlinked_files)
     click.echo(f"\r{progress.done}/{progress.total} chats and files checked, {len(result.chats)} chats and "
                f"{deleted} files {'to delete' if result.dry_run else 'deleted'}", nl=False)
+
+
+@contextlib.contextmanager
+def _job_failures(*, progress_shown: bool) -> Iterator[None]:
+    """A job's storage or database failure as one clean line (every job is safe to run again, and goes on
+    where it stopped), and its progress line cleared at the end, whatever happened."""
+    try:
+        yield
+    except StorageError as error:
+        raise click.ClickException(f"Storage error, stopped (run it again to go on): {error}") from None
+    except PeeweeException as error:
+        raise click.ClickException(f"Database error, stopped (run it again to go on): {error}") from None
+    finally:
+        if progress_shown:
+            click.echo("\r\033[K", nl=False)  # the progress line gives way to the result
+
+
+def _report(result: gc_storage.GcResult | purge.PurgeResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        for line in result.report_lines():
+            click.echo(line)
 
 
 def stdout_is_terminal() -> bool:
