@@ -186,7 +186,7 @@ def render(results):
         f"Flask test client in one thread on the local store; {meta['rounds']} interleaved rounds of "
         f"{meta['per_round']} uploads per mode, medians. CPU is the serving process's (the decode sandbox's is the "
         f"same in every mode and not in it). Machine: {meta['cpus']} × {meta['cpu_model']}; load "
-        f"{meta['load_before']} before, {meta['load_after']} after (other work shared the machine). "
+        f"{meta['load_before']} before, {meta['load_after']} after. "
         "`scripts/bench quota` regenerates this section.",
         "",
     ]
@@ -209,8 +209,8 @@ def render(results):
         "row, by its primary key: no scan of its files; its SQL is built once, models.PreparedQuery). Without a "
         "quota it rides in the transaction that inserts the file's rows; with one it runs, conditional, in its "
         "own before anything is stored, after a primary-key read before the body is read (the early refusal "
-        "from `Content-Length`). The wall-time differences between the modes are within this shared machine's "
-        "noise (other runs kept it at about three times its 2 cores' load); the CPU column and the statement "
+        "from `Content-Length`). The wall-time differences between the modes are within the run's noise (a "
+        "fraction of a millisecond on a 20 ms upload); the CPU column and the statement "
         "timings are the cleaner measure of what each adds.",
     ]
     return "\n".join(lines)
