@@ -129,12 +129,7 @@ def generate_variants_command(as_json: bool) -> None:
     progress = _progress_line if stdout_is_terminal() else None
     with _job_failures(progress_shown=progress is not None), db.connection_context():
         result = generate_variants.generate_missing(get_storage(), progress)
-    if as_json:
-        click.echo(json.dumps(result.as_dict()))
-    else:
-        for failure in result.failed:
-            click.echo(f"failed {failure['id']}: {failure['error']}")
-        click.echo(result.summary())
+    _report(result, as_json)
     if result.failed:
         raise click.ClickException(f"{len(result.failed)} files failed; see above.")
 
@@ -178,7 +173,7 @@ def _job_failures(*, progress_shown: bool) -> Iterator[None]:
             click.echo("\r\033[K", nl=False)  # the progress line gives way to the result
 
 
-def _report(result: gc_storage.GcResult | purge.PurgeResult, as_json: bool) -> None:
+def _report(result: gc_storage.GcResult | generate_variants.BackfillResult | purge.PurgeResult, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.as_dict()))
     else:

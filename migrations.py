@@ -120,6 +120,8 @@ def _add_file_variants(migrator: SchemaMigrator) -> list[Operation]:
 def _files_without_pixels(migrator: SchemaMigrator) -> list[Operation]:
     """Text and PDF attachments have no width or height (filetypes): the columns take NULL."""
     return [migrator.drop_not_null("chatfile", "width"), migrator.drop_not_null("chatfile", "height")]
+
+
 def _link_files_to_chats_and_count_usage(migrator: SchemaMigrator) -> list[Operation | _RowChange]:
     """Files in chats (issue 20): which chats carry a file, and each organization's stored bytes.
 

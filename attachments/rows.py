@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from peewee import Field
 
 from imaging.variants import Made
-from models import ChatFile, ChatFileVariant, Membership, PreparedQuery, PreparedSelect, db, utcnow
+from models import BaseModel, ChatFile, ChatFileVariant, Membership, PreparedQuery, PreparedSelect, db, utcnow
 
 
 def _own_file_query(*columns: Field[Any]) -> PreparedSelect[ChatFile]:
@@ -76,17 +76,28 @@ def record_variants(file_id: uuid.UUID, made: Iterable[Made]) -> None:
 
 
 @contextlib.contextmanager
+def write_transaction() -> Iterator[None]:
+    """A transaction that may lock rows (``lock``): PostgreSQL locks them one by one; SQLite takes its one write
+    lock at BEGIN, so nothing is written between this transaction's reads and its writes."""
+    with db.atomic() if db.obj.for_update else db.atomic(lock_type="IMMEDIATE"):
+        yield
+
+
+def lock(model: type[BaseModel], ids: Sequence[uuid.UUID]) -> None:
+    """In a write_transaction, on PostgreSQL: hold these rows until the commit, in id order (two lockers never
+    wait on each other in a circle). SQLite's write lock already holds everything."""
+    if ids and db.obj.for_update:
+        key: Any = model._meta.primary_key
+        list(model.select(key).where(key.in_(list(ids))).order_by(key).for_update().tuples())
+
+
+@contextlib.contextmanager
 def file_locked(file_id: uuid.UUID) -> Iterator[None]:
     """A transaction in which no one else changes the file's rows until it ends (what it deletes and what it
-    gives back then agree): PostgreSQL locks the file's row (a variant recorded meanwhile needs it); SQLite
-    takes its one write lock at BEGIN, so nothing is written between this transaction's reads and its writes."""
-    if db.obj.for_update:  # PostgreSQL
-        with db.atomic():
-            ChatFile.select(ChatFile.id).where(ChatFile.id == file_id).for_update().execute()
-            yield
-    else:
-        with db.atomic("IMMEDIATE"):
-            yield
+    gives back then agree): a variant recorded meanwhile needs the file's row."""
+    with write_transaction():
+        lock(ChatFile, [file_id])
+        yield
 
 
 def delete_owned(file_id: uuid.UUID, owner_id: uuid.UUID) -> bool:

@@ -25,6 +25,7 @@ from web import bodies, ranges
 from web.auth import login_required
 from web.errors import ApiError, error_response
 from web.filenames import content_disposition, name_from_content_disposition
+from web.ids import parse_uuid
 
 bp = Blueprint("files", __name__)
 log = logging.getLogger(__name__)
@@ -205,10 +206,7 @@ def _organization_param() -> uuid.UUID:
     value = request.args.get("organization", "")
     if not value:
         raise ApiError(400, "Missing organization query parameter.")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise ApiError(400, "Invalid organization ID.", f"{value!r} is not a UUID.") from None
+    return parse_uuid(value, "Invalid organization ID.")
 
 
 def _limit_param() -> int:
@@ -250,11 +248,7 @@ def _declared_type() -> str:
 
 def _readable_file(file_id: str, query: PreparedSelect[ChatFile] = rows.OWN_FILE) -> ChatFile:
     """The caller's file by the id in the URL: 400 for one that is not a UUID, 404 for one not theirs."""
-    try:
-        file_uuid = uuid.UUID(file_id)
-    except ValueError:
-        raise ApiError(400, "Invalid file ID.", f"{file_id!r} is not a UUID.") from None
-    row = query.first(file_uuid, g.user.id)
+    row = query.first(parse_uuid(file_id, "Invalid file ID."), g.user.id)
     if row is None:
         raise ApiError(404, "File not found.")
     return row

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-
 from flask import Blueprint, Response, current_app, g, jsonify
 
 from attachments import rows, usage
 from web.auth import login_required
 from web.errors import ApiError
+from web.ids import parse_uuid
 
 bp = Blueprint("organizations", __name__)
 
@@ -17,10 +16,7 @@ bp = Blueprint("organizations", __name__)
 @login_required
 def organization_usage(organization_id: str) -> Response:
     """What the organization stores (originals plus stored variants, the counter uploads move) and its quota."""
-    try:
-        organization = uuid.UUID(organization_id)
-    except ValueError:
-        raise ApiError(400, "Invalid organization ID.", f"{organization_id!r} is not a UUID.") from None
+    organization = parse_uuid(organization_id, "Invalid organization ID.")
     if not rows.is_member(g.user.id, organization):
         raise ApiError(403, "You are not a member of this organization.")
     counted = usage.of(organization)

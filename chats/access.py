@@ -14,13 +14,11 @@ from flask import g
 
 from models import Chat
 from web.errors import ApiError
+from web.ids import parse_uuid
 
 
 def parse_chat_id(chat_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(chat_id)
-    except ValueError:
-        raise ApiError(400, "Invalid chat ID.", f"{chat_id!r} is not a UUID.") from None
+    return parse_uuid(chat_id, "Invalid chat ID.")
 
 
 def owned_chat(chat_id: str) -> Chat:

@@ -20,6 +20,7 @@ from peewee import Expression, Field, IntegrityError, ModelSelect
 
 from models import Chat, ChatFile, ChatFileLink, Cursor, PreparedQuery, db, rfc3339
 from web.errors import ApiError
+from web.ids import parse_uuid
 
 MAX_IDS_PER_CALL = 50
 
@@ -53,12 +54,7 @@ def parse_file_ids(body: object) -> list[uuid.UUID]:
 
 
 def parse_file_id(value: object) -> uuid.UUID:
-    try:
-        if not isinstance(value, str):
-            raise ValueError
-        return uuid.UUID(value)
-    except ValueError:
-        raise ApiError(400, "Invalid file ID.", f"{value!r} is not a UUID.") from None
+    return parse_uuid(value, "Invalid file ID.")
 
 
 def link(chat_id: uuid.UUID, owner_id: uuid.UUID, file_ids: list[uuid.UUID], limit: int) -> None:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
 from imaging import variants
+from jobs import count_of
 from models import ChatFile
 from storage import ObjectStore, StorageError
 
@@ -53,13 +54,13 @@ class GcResult:
     def summary(self) -> str:
         verb = "Would delete" if self.dry_run else "Deleted"
         line = (
-            f"{verb} {_count(len(self.deleted), 'orphaned object')} and "
-            f"{_count(len(self.leftovers), 'leftover file')}; "
-            f"kept {_count(self.kept_with_row, 'object')} with a row and {self.kept_recent} younger than "
-            f"{self.older_than} s; left {_count(len(self.unrecognized), 'key')} outside the layout alone."
+            f"{verb} {count_of(len(self.deleted), 'orphaned object')} and "
+            f"{count_of(len(self.leftovers), 'leftover file')}; "
+            f"kept {count_of(self.kept_with_row, 'object')} with a row and {self.kept_recent} younger than "
+            f"{self.older_than} s; left {count_of(len(self.unrecognized), 'key')} outside the layout alone."
         )
         if self.failed:
-            line += f" {_count(len(self.failed), 'deletion')} failed."
+            line += f" {count_of(len(self.failed), 'deletion')} failed."
         return line
 
     def report_lines(self) -> Iterator[str]:
@@ -159,7 +160,3 @@ def _remove(remove: Callable[[str], None], name: str, dry_run: bool, result: GcR
         result.failed.append({"key": name, "error": str(error)})
         return False
     return True
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from flask import current_app
 from peewee import IntegrityError
@@ -50,6 +50,12 @@ class BackfillResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def report_lines(self) -> Iterator[str]:
+        """One line per failed file, then the summary."""
+        for failure in self.failed:
+            yield f"failed {failure['id']}: {failure['error']}"
+        yield self.summary()
 
     def summary(self) -> str:
         line = (f"Checked {self.files} files: {self.complete} already complete, {self.generated} given their "

@@ -28,16 +28,17 @@ them, so a purge and a link never wait on each other in a circle.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from peewee import Expression, ModelAlias, PostgresqlDatabase, fn
+from peewee import Expression, ModelAlias, fn
 
 from attachments import objects, usage
+from attachments.rows import lock, write_transaction
+from jobs import count_of
 from models import BaseModel, Chat, ChatFile, ChatFileLink, db, utcnow
 from storage import ObjectStore, StorageError
 
@@ -88,14 +89,14 @@ class PurgeResult:
         yield self.summary()
 
     def summary(self) -> str:
-        line = (f"{'Would delete' if self.dry_run else 'Deleted'} {_count(len(self.chats), 'archived chat')} "
-                f"with {_count(len(self.files_of_chats), 'file')} linked only to them, and "
-                f"{_count(len(self.unlinked_files), 'unlinked file')}: {self.bytes} bytes "
+        line = (f"{'Would delete' if self.dry_run else 'Deleted'} {count_of(len(self.chats), 'archived chat')} "
+                f"with {count_of(len(self.files_of_chats), 'file')} linked only to them, and "
+                f"{count_of(len(self.unlinked_files), 'unlinked file')}: {self.bytes} bytes "
                 f"{'would be' if self.dry_run else 'were'} given back.")
         if self.skipped:
             line += f" Kept {self.skipped} that changed meanwhile (linked, or unarchived)."
         if self.failed:
-            line += f" {_count(len(self.failed), 'object deletion')} failed; gc-storage removes what is left."
+            line += f" {count_of(len(self.failed), 'object deletion')} failed; gc-storage removes what is left."
         return line
 
 
@@ -125,10 +126,12 @@ def purge(storage: ObjectStore, unlinked_file_retention: int | None, archived_ch
     chats_before = files_before = None
     if archived_chat_retention_days is not None:
         chats_before = now - datetime.timedelta(days=archived_chat_retention_days)
-        run.counted.total += _expired_chats(chats_before).count()
+        if progress is not None:  # the total only feeds the progress line
+            run.counted.total += _expired_chats(chats_before).count()
     if unlinked_file_retention is not None:
         files_before = now - datetime.timedelta(seconds=unlinked_file_retention)
-        run.counted.total += _unlinked_files(files_before).count()
+        if progress is not None:
+            run.counted.total += _unlinked_files(files_before).count()
     if chats_before is not None:
         run.expired_chats(chats_before)
     if files_before is not None:
@@ -252,8 +255,8 @@ def _delete_chats(chat_ids: list[uuid.UUID], before: datetime.datetime) -> tuple
                                                                                 list[_DeletedFile]]:
     """Delete the chats still archived and expired, and the files that leaves linked to no chat: one
     transaction. (The chats deleted, the files deleted.)"""
-    with _write_transaction():
-        _lock(Chat, chat_ids)
+    with write_transaction():
+        lock(Chat, chat_ids)
         links = _rows(ChatFileLink.select(ChatFileLink.chat, ChatFileLink.file).where(ChatFileLink.chat.in_(chat_ids)))
         deleted_chats = [chat_id for (chat_id,) in _rows(  # re-checked: one unarchived meanwhile stays
             Chat.delete().where(Chat.id.in_(chat_ids) & _expired(Chat, before)).returning(Chat.id))]
@@ -264,7 +267,7 @@ def _delete_chats(chat_ids: list[uuid.UUID], before: datetime.datetime) -> tuple
 
 def _delete_files(file_ids: list[uuid.UUID], condition: Expression) -> list[_DeletedFile]:
     """Delete those of the files that still meet ``condition`` and are linked to no chat: one transaction."""
-    with _write_transaction():
+    with write_transaction():
         return _delete_unlinked(file_ids, condition)
 
 
@@ -273,7 +276,7 @@ def _delete_unlinked(file_ids: list[uuid.UUID], condition: Expression | None = N
     bytes back to their organizations' usage, and say which went."""
     if not file_ids:
         return []
-    _lock(ChatFile, file_ids)
+    lock(ChatFile, file_ids)
     sizes = usage.stored_bytes_of(file_ids)
     where = ChatFile.id.in_(file_ids) & _linked_to_no_chat()  # the re-check: linked meanwhile, kept
     if condition is not None:
@@ -292,30 +295,6 @@ def _release(deleted: list[_DeletedFile]) -> None:
         usage.release(organization_id, sum(file.stored_bytes for file in files), files=len(files))
 
 
-@contextlib.contextmanager
-def _write_transaction() -> Iterator[None]:
-    """A transaction that may lock rows: PostgreSQL locks them one by one (_lock); SQLite takes its one write
-    lock at BEGIN, so nothing commits between this transaction's reads and its writes."""
-    if isinstance(db.obj, PostgresqlDatabase):
-        with db.atomic():
-            yield
-    else:
-        with db.atomic(lock_type="IMMEDIATE"):
-            yield
-
-
-def _lock(model: type[BaseModel], ids: list[uuid.UUID]) -> None:
-    """PostgreSQL: hold these rows until the commit, in id order (two purges never wait on each other in a
-    circle). A link insert in flight is waited for; one that comes later waits for us."""
-    if ids and isinstance(db.obj, PostgresqlDatabase):
-        key: Any = model._meta.primary_key
-        _rows(model.select(key).where(key.in_(ids)).order_by(key).for_update())
-
-
 def _rows(query: Any) -> list[tuple[Any, ...]]:
     """A query's rows as tuples, its values converted by their fields (ids as UUIDs)."""
     return list(query.tuples())
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"

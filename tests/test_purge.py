@@ -336,7 +336,7 @@ def waiting_on_a_lock(database_url, pid=None):
 
 def between_look_and_delete(monkeypatch, action):
     """Run ``action()`` once, after the purge chose its batch and before its transaction begins."""
-    real = purge._write_transaction
+    real = purge.write_transaction
     done = []
 
     def hooked():
@@ -345,7 +345,7 @@ def between_look_and_delete(monkeypatch, action):
             action()
         return real()
 
-    monkeypatch.setattr(purge, "_write_transaction", hooked)
+    monkeypatch.setattr(purge, "write_transaction", hooked)
     return done
 
 
