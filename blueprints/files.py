@@ -84,9 +84,10 @@ def download(file_id: str) -> Response:
 
 def _download_variant(file_id: str, variant: str) -> Response:
     row = _readable_file(file_id, rows.FILE_TO_SEND)
-    if not filetypes.has_pixels(row.content_type):
-        raise ApiError(404, f"The file has no {variant}.", "Only images have thumbnails and previews.")
     stored = rows.VARIANT_TO_SEND.first(row.id, variant)
+    if stored is None and not filetypes.has_pixels(row.content_type):
+        raise ApiError(404, f"The file has no {variant}.", "Only images have thumbnails and previews.",
+                       headers=_policy(_type_headers(row.content_type, row.name)))
     if stored is None:
         raise ApiError(404, f"The file has no {variant} yet.",
                        "Files uploaded before variants existed get them from the generate-variants command.")
@@ -168,8 +169,12 @@ def _send(content_type: str, name: str | None, sha256: str, size: int,
 def _range_to_send(sha256: str, size: int, headers: dict[str, str]) -> tuple[ByteRange | None, int]:
     """The range the request asks for (None: the whole file) and the status to send, with its length and range
     headers added to ``headers``; 416 for a range past the end."""
-    byte_range = ranges.requested_range(request.method, request.headers.get("Range"),
-                                        request.headers.get("If-Range"), f'"{sha256}"', size)
+    try:
+        byte_range = ranges.requested_range(request.method, request.headers.get("Range"),
+                                            request.headers.get("If-Range"), f'"{sha256}"', size)
+    except ApiError as unsatisfiable:  # a 416 about this file is under its sandbox policy too
+        unsatisfiable.headers.update(_policy(headers))
+        raise
     status, range_headers = ranges.range_headers(byte_range, size)
     headers.update(range_headers)
     return byte_range, status
@@ -184,6 +189,11 @@ def _type_headers(content_type: str, name: str | None) -> dict[str, str]:
     if serving.sandboxed:
         headers["Content-Security-Policy"] = filetypes.SANDBOX_POLICY
     return headers
+
+
+def _policy(headers: dict[str, str]) -> dict[str, str]:
+    """The sandbox policy of ``headers`` (a non-image file's), for an error answered about that file."""
+    return {name: value for name, value in headers.items() if name == "Content-Security-Policy"}
 
 
 @bp.record_once

@@ -270,3 +270,25 @@ def test_gc_storage_keeps_files_without_variants(app, client, auth, user, runner
     summary = json.loads(result.output)
     assert (summary["deleted"], summary["failed"], summary["kept_with_row"]) == ([], [], 2)
     assert object_count(app) == 2
+
+
+@pytest.mark.parametrize("ask", ["range past the end", "thumbnail"])
+def test_an_error_about_a_file_without_pixels_keeps_its_sandbox_policy_and_nosniff(client, auth, user, ask):
+    # The contract: every non-image response carries the policy, every response keeps nosniff, errors too.
+    file_id = send(client, auth, user, b"# notes\n", "text/markdown").json["id"]
+    if ask == "thumbnail":
+        response = client.get(f"/api/v2/chats/files/{file_id}/thumbnail", headers=auth)
+        assert_error(response, 404, "The file has no thumbnail.")
+    else:
+        response = client.get(f"/api/v2/chats/files/{file_id}", headers={**auth, "Range": "bytes=100-"})
+        assert_error(response, 416, "Range not satisfiable.")
+    assert response.headers["Content-Security-Policy"] == "sandbox; default-src 'none'"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_an_image_error_carries_nosniff_and_no_sandbox_policy(client, auth, user):
+    file_id = send(client, auth, user, make_image(), "image/png").json["id"]
+    response = client.get(f"/api/v2/chats/files/{file_id}", headers={**auth, "Range": "bytes=999999-"})
+    assert_error(response, 416, "Range not satisfiable.")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Content-Security-Policy" not in response.headers

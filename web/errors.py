@@ -55,6 +55,7 @@ def error_response(status: int, message: str, detail: str | None = None,
     response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})
+    response.headers["X-Content-Type-Options"] = "nosniff"  # every response keeps it, errors too
     g.error_code = code or status_code(status)
     return response
 
