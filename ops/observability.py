@@ -95,6 +95,7 @@ REJECTION_BY_CODE = (
     "invalid_pdf",
     "storage_error",  # the object store or the database
     "busy",  # the worker's upload memory budget stayed full
+    "quota_exceeded",  # ORG_STORAGE_QUOTA
 )
 REJECTION_REASONS = ("bad_request", "internal_error", *REJECTION_BY_STATUS.values(), *REJECTION_BY_CODE)
 for _reason in REJECTION_REASONS:

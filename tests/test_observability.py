@@ -340,6 +340,10 @@ def _fill_upload_budget(client, monkeypatch):
     monkeypatch.setattr(budget, "held_for_test", holder, raising=False)  # kept alive until the test ends
 
 
+def _one_byte_quota(client, monkeypatch):
+    monkeypatch.setitem(client.application.config, "ORG_STORAGE_QUOTA", 1)
+
+
 REJECTIONS = {
     # reason: (token?, organization, content type, body, setup)
     "unauthenticated": (False, "org", "image/png", make_image(), None),
@@ -355,6 +359,7 @@ REJECTIONS = {
     "invalid_image": (True, "org", "image/png", make_image()[:60], None),
     "storage_error": (True, "org", "image/png", make_image(), _reject_storage),
     "busy": (True, "org", "image/png", make_image(), _fill_upload_budget),
+    "quota_exceeded": (True, "org", "image/png", make_image(), _one_byte_quota),
 }
 
 
