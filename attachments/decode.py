@@ -57,7 +57,7 @@ class Verified:
 def verify(body: SpooledBody, declared: str, name: str | None) -> Verified:
     """The upload proved as the family its declared type names (filetypes), or 400; 503 as verify_and_make.
 
-    ``declared`` is one of filetypes.allowed_types() (the route checked it); ``name`` the display name, which
+    ``declared`` is one of filetypes.ALLOWED_TYPES (the route checked it); ``name`` the display name, which
     refines a text/plain upload's stored type.
     """
     family = filetypes.family_of(declared)
@@ -84,8 +84,4 @@ def _check_document(body: SpooledBody, family: str, json_check: str) -> bool:
     except filetypes.WrongFamily as error:
         raise ApiError(400, "Unsupported file type.", str(error), code="unsupported_type") from None
     except filetypes.InvalidFile as error:
-        raise ApiError(400, error.message, error.detail, code=_CODES[error.message]) from None
-
-
-_CODES = {"Invalid text file.": "invalid_text", "Invalid JSON file.": "invalid_json",
-          "Invalid PDF file.": "invalid_pdf"}
+        raise ApiError(400, error.message, error.detail, code=filetypes.INVALID_CODES[error.message]) from None

@@ -9,6 +9,7 @@ import logging
 import uuid
 from typing import Iterable
 
+import filetypes
 from attachments import rows
 from imaging import variants
 from models import ChatFile
@@ -61,16 +62,17 @@ def _open(storage: ObjectStore, key: str, file_id: uuid.UUID, byte_range: ByteRa
 
 
 def delete_all(storage: ObjectStore, row: ChatFile) -> None:
-    """The original and every variant, stored or not (deleting an absent key is no error); what fails is logged
-    and left to gc-storage."""
-    for key in keys_of(storage, row.organization_id, row.id):
+    """The original and every variant, stored or not (deleting an absent key is no error; a file without pixels
+    never had any); what fails is logged and left to gc-storage."""
+    for key in keys_of(storage, row.organization_id, row.id, with_variants=filetypes.has_pixels(row.content_type)):
         delete_quietly(storage, key)
 
 
-def keys_of(storage: ObjectStore, organization_id: uuid.UUID, file_id: uuid.UUID) -> list[str]:
+def keys_of(storage: ObjectStore, organization_id: uuid.UUID, file_id: uuid.UUID, *,
+            with_variants: bool = True) -> list[str]:
     """Every key a file's objects may have: its original's, then each variant's (stored or not)."""
     return ([storage.original_key(organization_id, file_id)]
-            + [storage.variant_key(organization_id, file_id, name) for name in variants.NAMES])
+            + [storage.variant_key(organization_id, file_id, name) for name in variants.NAMES if with_variants])
 
 
 def delete_quietly(storage: ObjectStore, key: str) -> None:

@@ -16,6 +16,7 @@ from peewee import Field
 
 from imaging.variants import Made
 from models import BaseModel, ChatFile, ChatFileVariant, Membership, PreparedQuery, PreparedSelect, db, utcnow
+from web.errors import ApiError
 
 
 def _own_file_query(*columns: Field[Any]) -> PreparedSelect[ChatFile]:
@@ -56,8 +57,10 @@ UPSERT_VARIANT = PreparedQuery(
     _VARIANT_COLUMNS, (uuid.UUID(int=1), "thumbnail", True, "image/webp", 2, 3, 4, "0" * 64))
 
 
-def is_member(user_id: uuid.UUID, organization_id: uuid.UUID) -> bool:
-    return MEMBER.exists(user_id, organization_id)
+def require_member(user_id: uuid.UUID, organization_id: uuid.UUID) -> None:
+    """403 unless the user is a member of the organization (uploads, listings and usage are members' only)."""
+    if not MEMBER.exists(user_id, organization_id):
+        raise ApiError(403, "You are not a member of this organization.")
 
 
 def insert_file(file_id: uuid.UUID, owner_id: uuid.UUID, organization_id: uuid.UUID, name: str | None,

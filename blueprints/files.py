@@ -39,8 +39,7 @@ MAX_PAGE_SIZE = 200
 @login_required
 def upload() -> tuple[Response, int]:
     organization_id = _organization_param()
-    if not rows.is_member(g.user.id, organization_id):
-        raise ApiError(403, "You are not a member of this organization.")
+    rows.require_member(g.user.id, organization_id)
     declared = _declared_type()
     _refuse_past_quota_early(organization_id)
     release_connection()  # reading the body and storing it can be slow
@@ -60,8 +59,7 @@ def upload() -> tuple[Response, int]:
 def list_files() -> Response:
     """The caller's files in the organization, newest first, a page at a time (attachments/listing.py)."""
     organization_id = _organization_param()
-    if not rows.is_member(g.user.id, organization_id):
-        raise ApiError(403, "You are not a member of this organization.")
+    rows.require_member(g.user.id, organization_id)
     limit = _limit_param()
     after = _after_param()
     page = listing.page(g.user.id, organization_id, after, limit)
@@ -247,11 +245,10 @@ def _refuse_past_quota_early(organization_id: uuid.UUID) -> None:
 
 
 def _declared_type() -> str:
-    """The upload's declared type, one of filetypes.allowed_types() (400 for anything else)."""
+    """The upload's declared type, one of filetypes.ALLOWED_TYPES (400 for anything else)."""
     declared = request.mimetype  # lower-cased, parameters stripped
-    allowed = filetypes.allowed_types()
-    if declared not in allowed:
-        raise ApiError(400, "Unsupported file type.", "Allowed types: " + ", ".join(allowed) + ".",
+    if declared not in filetypes.ALLOWED_TYPES:
+        raise ApiError(400, "Unsupported file type.", "Allowed types: " + ", ".join(filetypes.ALLOWED_TYPES) + ".",
                        code="unsupported_type")
     return declared
 

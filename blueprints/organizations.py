@@ -6,7 +6,6 @@ from flask import Blueprint, Response, current_app, g, jsonify
 
 from attachments import rows, usage
 from web.auth import login_required
-from web.errors import ApiError
 from web.ids import parse_uuid
 
 bp = Blueprint("organizations", __name__)
@@ -17,7 +16,6 @@ bp = Blueprint("organizations", __name__)
 def organization_usage(organization_id: str) -> Response:
     """What the organization stores (originals plus stored variants, the counter uploads move) and its quota."""
     organization = parse_uuid(organization_id, "Invalid organization ID.")
-    if not rows.is_member(g.user.id, organization):
-        raise ApiError(403, "You are not a member of this organization.")
+    rows.require_member(g.user.id, organization)
     counted = usage.of(organization)
     return jsonify(bytes=counted.bytes, files=counted.files, quota_bytes=current_app.config["ORG_STORAGE_QUOTA"])

@@ -9,7 +9,9 @@ decode, text.verify_text, pdf.verify_pdf, all in a sandbox process), and the
 stored type is the family's rule applied to what the bytes proved.
 
 The image types are imaging.images.ALLOWED_TYPES, so a decoder added there is
-accepted here too. Nothing in this module parses untrusted bytes.
+accepted here too. The table is built once, at import, and looked up by type:
+every upload and download asks it. Nothing in this module parses untrusted
+bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ IMAGE, TEXT, PDF = "image", "text", "pdf"
 TEXT_TYPES = ("text/plain", "text/markdown", "text/csv", "application/json")
 JSON_TYPE = "application/json"
 PDF_TYPE = "application/pdf"
+PDF_HEADER = b"%PDF-"  # a PDF's first bytes: what tells it from every other family
 
 # text/plain uploads named like these are stored as the richer type (JSON only when the bytes parse as JSON).
 REFINED_BY_EXTENSION = {".md": "text/markdown", ".markdown": "text/markdown", ".csv": "text/csv", ".json": JSON_TYPE}
@@ -39,26 +42,19 @@ class Family:
     disposition: str  # "inline" or "attachment" (downloaded, never shown by the browser from this origin)
 
 
-def families() -> tuple[Family, ...]:
-    """The table, in the order the ``Allowed types:`` detail lists them (images.ALLOWED_TYPES read each time,
-    so it is whatever the imaging package accepts)."""
-    return (
-        Family(IMAGE, images.ALLOWED_TYPES, pixels=True, disposition="inline"),
-        Family(TEXT, TEXT_TYPES, pixels=False, disposition="inline"),
-        Family(PDF, (PDF_TYPE,), pixels=False, disposition="attachment"),
-    )
-
-
-def allowed_types() -> tuple[str, ...]:
-    return tuple(declared for family in families() for declared in family.declared)
+# The table, in the order the ``Allowed types:`` detail lists them.
+FAMILIES = (
+    Family(IMAGE, images.ALLOWED_TYPES, pixels=True, disposition="inline"),
+    Family(TEXT, TEXT_TYPES, pixels=False, disposition="inline"),
+    Family(PDF, (PDF_TYPE,), pixels=False, disposition="attachment"),
+)
+ALLOWED_TYPES = tuple(declared for family in FAMILIES for declared in family.declared)
+_FAMILY_OF = {declared: family for family in FAMILIES for declared in family.declared}
 
 
 def family_of(content_type: str) -> Family | None:
     """The family a declared (or stored) type belongs to; None for a type nothing accepts."""
-    for family in families():
-        if content_type in family.declared:
-            return family
-    return None
+    return _FAMILY_OF.get(content_type)
 
 
 def has_pixels(content_type: str) -> bool:
@@ -118,6 +114,9 @@ def serving(content_type: str) -> Serving:
 
 
 INVALID_MESSAGES = {TEXT: "Invalid text file.", JSON_TYPE: "Invalid JSON file.", PDF: "Invalid PDF file."}
+# Each message's error code (web/errors.py), which the upload-rejection metric counts by.
+INVALID_CODES = {INVALID_MESSAGES[TEXT]: "invalid_text", INVALID_MESSAGES[JSON_TYPE]: "invalid_json",
+                 INVALID_MESSAGES[PDF]: "invalid_pdf"}
 
 
 class WrongFamily(ValueError):

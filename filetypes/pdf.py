@@ -18,12 +18,11 @@ import io
 import logging
 from typing import Any
 
-from pypdf import PasswordType, PdfReader
-from pypdf._configuration import apply_configuration
+from pypdf import PasswordType, PdfReader, apply_configuration
 
-from filetypes import INVALID_MESSAGES, PDF, InvalidFile, WrongFamily
+from filetypes import INVALID_MESSAGES, PDF, PDF_HEADER, InvalidFile, WrongFamily
 
-HEADER = b"%PDF-"
+HEADER = PDF_HEADER
 # Inflated bytes one stream may give: object and cross-reference streams hold dictionaries and offsets, a few
 # megabytes in the largest documents; content streams, the ones that are big, are never inflated.
 MAX_INFLATED = 16 * 1024 * 1024

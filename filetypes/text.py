@@ -24,7 +24,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from filetypes import INVALID_MESSAGES, JSON_TYPE, TEXT, InvalidFile, JsonCheck, WrongFamily
+from filetypes import INVALID_MESSAGES, JSON_TYPE, PDF_HEADER, TEXT, InvalidFile, JsonCheck, WrongFamily
 from imaging import images
 
 BOM = b"\xef\xbb\xbf"
@@ -89,7 +89,7 @@ def check_family(data: Text) -> None:
     """WrongFamily when the bytes are an image, a PDF or markup at the root, whatever the declared text type."""
     if images.sniff(data) is not None:
         raise WrongFamily("The file content is an image, not text.")
-    if data[:5] == b"%PDF-":
+    if data[:len(PDF_HEADER)] == PDF_HEADER:
         raise WrongFamily("The file content is a PDF, not text.")
     markup = markup_root(data)
     if markup is not None:
