@@ -34,19 +34,7 @@ def threads_cpu_seconds(pids):
     millisecond request that is too coarse to tell 0.3 ms from 0.5 ms.
     gunicorn's worker threads live as long as the worker, so none is missed.
     """
-    total = 0
-    for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue  # a worker that went away between listing and reading
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
-                    total += int(handle.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass  # a thread that just ended
-    return total / 1e9
+    return sum(sum(thread_cpu_seconds(pid).values()) for pid in pids)
 
 
 def own_cpu_seconds():

@@ -18,9 +18,7 @@ and is the same in every mode), medians. Then the statements alone, without an u
 them: ``reserve`` without and with a quota, and the early check's read.
 """
 
-import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import page  # noqa: E402
+from bench.inprocess import InProcessApp  # noqa: E402
 from bench.markdown import table  # noqa: E402
 
 RESULTS = ROOT / "var" / "bench" / "quota-latest.json"
@@ -50,27 +49,14 @@ def sample_image():
     return make_image("image/png", 320, 240)
 
 
-class Service:
+class Service(InProcessApp):
     """The app on ``database_url`` and a local store, with one user; uploads in a chosen mode."""
 
     def __init__(self, database_url, work_dir):
-        import cli
-        import migrations
-        import models
-        from app import create_app
-
-        self.app = create_app({"DATABASE_URL": database_url, "LOCAL_STORAGE_ROOT": f"{work_dir}/objects",
-                               "WORKSPACES_ROOT": f"{work_dir}/ws", "LOG_LEVEL": "WARNING"})
-        with self.app.app_context():
-            migrations.upgrade()
-            with models.db.connection_context():
-                self.user = cli.create_user("bench", "bench", lifetime_days=1)
-        self.client = self.app.test_client()
+        super().__init__(work_dir, database_url, LOG_LEVEL="WARNING")
 
     def upload(self, data):
-        response = self.client.post(f"/api/v2/chats/files?organization={self.user['organization_id']}", data=data,
-                                    headers={"Coder-Session-Token": self.user["token"], "Content-Type": "image/png"})
-        assert response.status_code == 201, response.get_data(as_text=True)
+        super().upload(data, "image/png")
 
     @contextlib.contextmanager
     def mode(self, name):
@@ -152,9 +138,7 @@ def run(log=print, rounds=6, per_round=15, calls=400):
         databases = {"SQLite (WAL)": lambda: f"sqlite:///{work_dir}/sqlite/db.sqlite"}
         postgres = None
         if PostgresServer.available()[0]:
-            base_dir = tempfile.mkdtemp(prefix="bench-quota-postgres-")
-            os.chmod(base_dir, 0o755)  # the postgres user must reach it
-            postgres = PostgresServer(base_dir)
+            postgres = PostgresServer(Path(work_dir) / "postgres")  # it moves where the postgres user reaches
             databases["PostgreSQL (pooled)"] = lambda: (postgres.start(), postgres.create_database("bench_quota"))[1]
         try:
             for label, url in databases.items():
@@ -169,11 +153,7 @@ def run(log=print, rounds=6, per_round=15, calls=400):
         finally:
             if postgres is not None:
                 postgres.close()
-    results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
-    results["meta"]["load_after"] = procstat.load_average()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
-    return results
+    return page.save_results(results, RESULTS, started)
 
 
 def render(results):
@@ -216,22 +196,11 @@ def render(results):
     return "\n".join(lines)
 
 
-def write(results, docs_dir):
-    return page.write_section(docs_dir, BEGIN, END, render(results))
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="scripts/bench quota", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--render", action="store_true", help=f"only rebuild the section from {RESULTS}")
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, for trying it out")
-    args = parser.parse_args(argv)
-    if args.render:
-        results = json.loads(RESULTS.read_text())
-    else:
-        results = run(rounds=2, per_round=5, calls=100) if args.quick else run()
-    print(f"wrote {write(results, ROOT / 'docs')}")
-    return 0
+    return page.section_command(
+        argv, "scripts/bench quota", __doc__, RESULTS,
+        lambda args: run(rounds=2, per_round=5, calls=100) if args.quick else run(), render, (BEGIN, END),
+        lambda parser: parser.add_argument("--quick", action="store_true", help="fewer rounds, for trying it out"))
 
 
 if __name__ == "__main__":

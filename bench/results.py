@@ -21,12 +21,6 @@ def per_request(cell, key):
     return 1000 * cell[key] / cell["requests"] if cell["requests"] else float("nan")
 
 
-def median(values):
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def conditional_speedups(results):
     """{concurrency: 304 req/s ÷ 200 req/s}, from the conditional section."""
     rows = results.get("conditional", [])

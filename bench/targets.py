@@ -7,9 +7,10 @@ judged on one run or, by ``scripts/bench targets``, on the medians of several.
 """
 
 import math
+from statistics import median
 
 from bench.markdown import fmt, table
-from bench.results import cells, conditional_speedups, median, not_modified_overhead, ratio
+from bench.results import cells, conditional_speedups, not_modified_overhead, ratio
 
 TARGETS = {"upload_ratio": 0.8, "download_ratio": 0.9, "conditional_speedup": 3.0, "upload_rss_images": 3,
            "watch_p95_ms": 1000}

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image, ImageChops, ImageDraw, ImageOps, ImageStat  # noqa: E402
 
 from bench import page  # noqa: E402
+from bench.inprocess import InProcessApp  # noqa: E402
 from bench.markdown import table  # noqa: E402
 
 CACHE_DIR = ROOT / "var" / "bench" / "images"
@@ -166,31 +167,13 @@ def before_variants():
         yield
 
 
-class UploadClient:
+class UploadClient(InProcessApp):
     """The app on SQLite and the local store in a temporary directory, with one user."""
-
-    def __init__(self, work_dir):
-        import cli
-        import migrations
-        import models
-        from app import create_app
-
-        self.app = create_app({"DATABASE_URL": f"sqlite:///{work_dir}/db.sqlite",
-                               "LOCAL_STORAGE_ROOT": f"{work_dir}/objects", "WORKSPACES_ROOT": f"{work_dir}/ws"})
-        with self.app.app_context():
-            migrations.upgrade()
-            with models.db.connection_context():
-                self.user = cli.create_user("bench", "bench", lifetime_days=1)
-        self.client = self.app.test_client()
 
     def upload(self, data):
         from imaging import images
 
-        content_type = images.sniff(data)
-        response = self.client.post(f"/api/v2/chats/files?organization={self.user['organization_id']}", data=data,
-                                    headers={"Coder-Session-Token": self.user["token"], "Content-Type": content_type})
-        assert response.status_code == 201, response.get_data(as_text=True)
-        return response.json["id"]
+        return super().upload(data, images.sniff(data)).json["id"]
 
     def get(self, file_id, variant):
         path = f"/api/v2/chats/files/{file_id}" + (f"/{variant}" if variant else "")

@@ -6,15 +6,15 @@ from PIL import Image
 
 from imaging import images
 
-FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP",
-           "image/heic": "HEIF", "image/heif": "HEIF", "image/avif": "AVIF"}
-images.register_camera_decoders()  # pillow-heif's opener brings its HEIF encoder (x265)
+FORMATS = images.PILLOW_FORMATS
 # The camera encoders' fastest settings: x265's default preset takes seconds for a 2-megapixel test image.
 FAST = {"HEIF": {"enc_params": {"preset": "ultrafast"}}, "AVIF": {"speed": 10}}
 
 
 def save_options(pillow_format, options):
     """``options`` for ``pillow_format``'s encoder, on top of its fast settings."""
+    if pillow_format == "HEIF":
+        images.register_camera_decoders()  # pillow-heif's opener brings its HEIF encoder (x265); only when asked
     return {**FAST.get(pillow_format, {}), **options}
 
 
