@@ -12,6 +12,7 @@ import cli
 import config
 import models
 import storage
+from attachments import budget
 from blueprints import chats, files, git_watch, health, openapi, organizations
 from ops import observability
 from web import aliases, bodies, errors, origins
@@ -34,6 +35,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     models.init_app(app)
     storage.init_app(app)
+    budget.init_app(app)  # this worker's uploads share it
     errors.init_app(app)
     origins.init_app(app)  # before every blueprint's own hooks (the watch route authenticates in one)
     cli.init_app(app)

@@ -11,8 +11,7 @@ import contextlib
 import threading
 from typing import Iterator
 
-from flask import current_app
-from flask.sansio.app import App
+from flask import Flask, current_app
 
 from web.errors import ApiError
 
@@ -48,7 +47,7 @@ class UploadBudget:
                 self._room.notify_all()
 
 
-def init_app(app: App) -> None:  # App: a blueprint's setup state gives the app as Flask's base class
+def init_app(app: Flask) -> None:
     app.extensions["upload_budget"] = UploadBudget(app.config["UPLOAD_MEMORY_BUDGET"])
 
 

@@ -12,12 +12,11 @@ import uuid
 from typing import Callable, Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from flask.blueprints import BlueprintSetupState
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded
 
 import filetypes
-from attachments import budget, decode, listing, objects, rows, store, usage
+from attachments import decode, listing, objects, rows, store, usage
 from imaging import variants
 from models import ChatFile, ChatFileVariant, PreparedSelect, release_connection, rfc3339
 from storage import ByteRange, StoredObject
@@ -192,11 +191,6 @@ def _type_headers(content_type: str, name: str | None) -> dict[str, str]:
 def _policy(headers: dict[str, str]) -> dict[str, str]:
     """The sandbox policy of ``headers`` (a non-image file's), for an error answered about that file."""
     return {name: value for name, value in headers.items() if name == "Content-Security-Policy"}
-
-
-@bp.record_once
-def _create_upload_budget(state: BlueprintSetupState) -> None:
-    budget.init_app(state.app)  # shared by this worker's uploads
 
 
 @bp.errorhandler(PeeweeException)
