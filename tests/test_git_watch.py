@@ -144,6 +144,27 @@ def test_broken_handshake_is_json_400(server, chat, user):
     assert json.loads(body)["message"] == "Invalid WebSocket handshake."
 
 
+@pytest.mark.parametrize("broken", [
+    {"Connection": "keep-alive"}, {"Connection": ""}, {"Sec-WebSocket-Version": "8"}, {"Sec-WebSocket-Version": ""},
+    {"Sec-WebSocket-Key": "not base64!"}, {"Sec-WebSocket-Key": "AAAAAAAAAAAAAAAAAAAA"},  # 15 bytes
+    {"Sec-WebSocket-Key": "dGhlIHNhbXBs!ZSBub25jZQ=="},  # 16 bytes only to a decoder that skips the "!"
+    {"Sec-WebSocket-Key": ""},
+], ids=["connection keep-alive", "no connection", "version 8", "no version", "key not base64", "key of 15 bytes",
+        "key with a stray character", "no key"])
+def test_each_broken_handshake_header_is_400_for_ones_own_chat(client, auth, chat, broken):
+    """Each RFC 6455 requirement on its own: the rest of the handshake is well formed."""
+    response = client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers={**UPGRADE_HEADERS, **auth, **broken})
+    assert_error(response, 400, "Invalid WebSocket handshake.")
+
+
+def test_a_well_formed_handshake_passes_the_header_checks(client, auth, chat):
+    """The control for the test above: the same request intact gets past them (the test client cannot hand
+    its connection over, which is the next 400)."""
+    response = client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers={**UPGRADE_HEADERS, **auth})
+    assert_error(response, 400, "Expected a WebSocket upgrade.")
+    assert response.json["detail"] == "This server cannot hand over connections."
+
+
 def _read_response(sock):
     """Head and body of one HTTP response; the two may arrive in separate segments."""
     data = b""
