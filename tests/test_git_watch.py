@@ -12,6 +12,7 @@ import pytest
 from werkzeug.serving import make_server
 
 import gitwatch.hub as hub_module
+from gitwatch import archives
 from harness.wsclient import Closed, Rejected, WatchClient
 from tests.conftest import make_app
 from tests.test_files import assert_error
@@ -297,6 +298,22 @@ def test_a_socket_on_an_already_archived_chat_is_closed_at_once(server, chat, us
     make_repo(workspace)
     assert client.post(f"/api/v2/chats/{chat['id']}/archive", headers=auth).status_code == 204
     ws = connect(server, chat, user)
+    with pytest.raises(Closed) as closed:
+        while ws.receive(timeout=WAIT) is not None:
+            pass
+    assert (closed.value.code, closed.value.reason) == (1000, "Chat was archived.")
+
+
+def test_a_chat_archived_while_the_events_listener_runs_is_closed_at_once_too(watching, server, app, user, client,
+                                                                              auth):
+    """The listener already runs (another socket) and has taken in the archive before this socket subscribes:
+    no event will come for it, so the handover itself must notice the archive."""
+    other = client.post("/api/v2/chats", json={"title": "other", "workspace": "proj"}, headers=auth).json
+    assert client.post(f"/api/v2/chats/{other['id']}/archive", headers=auth).status_code == 204
+    events = app.extensions["archive_events"]
+    time.sleep(4 * archives.POLL_SECONDS)  # SQLite's poller has looked (PostgreSQL's NOTIFY came and went)
+    assert events.watched() and uuid.UUID(other["id"]) not in events.watched()
+    ws = WatchClient(f"{server}/api/v2/chats/{other['id']}/git/watch", user["token"])
     with pytest.raises(Closed) as closed:
         while ws.receive(timeout=WAIT) is not None:
             pass
