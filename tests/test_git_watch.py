@@ -320,6 +320,25 @@ def test_a_chat_archived_while_the_events_listener_runs_is_closed_at_once_too(wa
     assert (closed.value.code, closed.value.reason) == (1000, "Chat was archived.")
 
 
+def test_an_archive_heard_during_the_handover_closes_the_socket(server, app, chat, user, workspace, monkeypatch):
+    """The events thread may run the callback after the subscription but before the hub hands back the socket:
+    the handover closes it then."""
+    make_repo(workspace)
+    events = app.extensions["archive_events"]
+    real_adopt = hub_module.HUB.adopt
+
+    def adopt_after_the_archive_is_heard(connection, request):
+        events._archived([uuid.UUID(chat["id"])])  # what the events thread does, at the worst moment
+        return real_adopt(connection, request)
+
+    monkeypatch.setattr(hub_module.HUB, "adopt", adopt_after_the_archive_is_heard)
+    ws = connect(server, chat, user)
+    with pytest.raises(Closed) as closed:
+        while ws.receive(timeout=WAIT) is not None:
+            pass
+    assert (closed.value.code, closed.value.reason) == (1000, "Chat was archived.")
+
+
 def test_archiving_the_chat_closes_the_socket(watching, chat, auth, app):
     # The archive is served by another app instance on the same database, as
     # behind a load balancer: the database is the only shared state.
