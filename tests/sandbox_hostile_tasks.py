@@ -51,10 +51,23 @@ def _keep(header, fds):
 
 
 def _lying_decode(header, fds):
-    """A decoder a hostile file took over, claiming the upload is a page and its thumbnail a script."""
+    """A decoder a hostile file took over, claiming the upload is a page and its thumbnail a script.
+
+    An upload that starts ``original:<type>`` is claimed as an image of that type serving as its own preview."""
+    start = os.pread(fds[0], 64, 0) if fds else b""
+    if start.startswith(b"original:"):
+        claimed = start[len(b"original:"):].decode().strip()
+        info = {"content_type": claimed, "width": 1, "height": 1, "animated": False}
+        preview = {"name": "preview", "content_type": claimed, "width": 1, "height": 1}
+        return {"info": info, "still": {"width": 1, "height": 1}, "made": [(preview, None)]}, []
     made = [({"name": "thumbnail", "content_type": "text/html", "width": 1, "height": 1}, 0)]
     info = {"content_type": header.get("claim", "text/html"), "width": 1, "height": 1, "animated": False}
     return {"info": info, "still": {"width": 1, "height": 1}, "made": made}, [b"<script>alert(1)</script>"]
+
+
+def _lying_document(header, fds):
+    """A text or PDF checker a hostile file took over, answering with a message of its own."""
+    return {"invalid": "<script>alert(1)</script>", "detail": "<img src=x onerror=alert(1)>"}, []
 
 
 def _lying_scan(header, fds):
@@ -63,4 +76,4 @@ def _lying_scan(header, fds):
                       "error": ""}}, []
 
 
-_TASKS = {"verify_and_make": _lying_decode, "read_repository": _lying_scan, "echo": _echo, "allocate": _allocate, "spin": _spin, "block": _block, "crash": _crash, "keep": _keep}
+_TASKS = {"verify_and_make": _lying_decode, "verify_document": _lying_document, "read_repository": _lying_scan, "echo": _echo, "allocate": _allocate, "spin": _spin, "block": _block, "crash": _crash, "keep": _keep}

@@ -106,7 +106,11 @@ def test_a_chat_not_the_callers_is_404_and_a_bad_chat_id_400(client, auth, user,
 
 @pytest.mark.parametrize("body", [{}, {"file_ids": "x"}, {"file_ids": {"a": 1}}, [], "text"])
 def test_a_body_without_a_file_ids_array_is_400(client, auth, chat, body):
-    assert_error(client.post(f"/api/v2/chats/{chat['id']}/files", json=body, headers=auth), 400)
+    response = client.post(f"/api/v2/chats/{chat['id']}/files", json=body, headers=auth)
+    assert_error(response, 400)
+    if isinstance(body, dict):  # an object without the array: the field is named (a string is not read as ids)
+        assert response.json["message"] == "Invalid file_ids."
+        assert response.json["validations"][0]["field"] == "file_ids"
 
 
 def test_more_than_50_ids_a_call_is_400_with_a_validation(client, auth, chat):

@@ -9,7 +9,7 @@ import peewee
 import pytest
 
 import models
-from attachments import rows, usage
+from attachments import listing, rows, usage
 from harness.imaging import make_image
 from tests.conftest import _create_user
 from tests.test_files import assert_error, upload
@@ -142,6 +142,19 @@ def test_a_bad_or_tampered_cursor_is_400(app, client, auth, user):
         response = client.get(URL, query_string={"organization": user["organization_id"], "after": bad}, headers=auth)
         assert_error(response, 400, "Invalid cursor.")
         assert response.json["validations"][0]["field"] == "after"
+
+
+def test_an_overlong_cursor_is_refused_before_it_is_decoded(monkeypatch):
+    """A cursor past MAX_CURSOR_LENGTH costs no base64 or JSON decoding, however it is spelled."""
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an overlong cursor was decoded")
+
+    monkeypatch.setattr(listing.base64, "urlsafe_b64decode", no_decoding)
+    monkeypatch.setattr(listing.json, "loads", no_decoding)
+    valid = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00.000000", "0" * 32]).encode()).decode()
+    for cursor in ("A" * (listing.MAX_CURSOR_LENGTH + 1), valid + " " * listing.MAX_CURSOR_LENGTH, "A" * 1_000_000):
+        with pytest.raises(ValueError, match="cursor length"):
+            listing.decode_cursor(cursor)
 
 
 def test_the_route_is_the_listing_not_a_chat_named_files(client, auth, user, other_user):

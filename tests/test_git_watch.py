@@ -12,6 +12,7 @@ import pytest
 from werkzeug.serving import make_server
 
 import gitwatch.hub as hub_module
+from gitwatch import archives
 from harness.wsclient import Closed, Rejected, WatchClient
 from tests.conftest import make_app
 from tests.test_files import assert_error
@@ -142,6 +143,27 @@ def test_broken_handshake_is_json_400(server, chat, user):
         head, _, body = _read_response(sock)
     assert head.startswith(b"HTTP/1.1 400")
     assert json.loads(body)["message"] == "Invalid WebSocket handshake."
+
+
+@pytest.mark.parametrize("broken", [
+    {"Connection": "keep-alive"}, {"Connection": ""}, {"Sec-WebSocket-Version": "8"}, {"Sec-WebSocket-Version": ""},
+    {"Sec-WebSocket-Key": "not base64!"}, {"Sec-WebSocket-Key": "AAAAAAAAAAAAAAAAAAAA"},  # 15 bytes
+    {"Sec-WebSocket-Key": "dGhlIHNhbXBs!ZSBub25jZQ=="},  # 16 bytes only to a decoder that skips the "!"
+    {"Sec-WebSocket-Key": ""},
+], ids=["connection keep-alive", "no connection", "version 8", "no version", "key not base64", "key of 15 bytes",
+        "key with a stray character", "no key"])
+def test_each_broken_handshake_header_is_400_for_ones_own_chat(client, auth, chat, broken):
+    """Each RFC 6455 requirement on its own: the rest of the handshake is well formed."""
+    response = client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers={**UPGRADE_HEADERS, **auth, **broken})
+    assert_error(response, 400, "Invalid WebSocket handshake.")
+
+
+def test_a_well_formed_handshake_passes_the_header_checks(client, auth, chat):
+    """The control for the test above: the same request intact gets past them (the test client cannot hand
+    its connection over, which is the next 400)."""
+    response = client.get(f"/api/v2/chats/{chat['id']}/git/watch", headers={**UPGRADE_HEADERS, **auth})
+    assert_error(response, 400, "Expected a WebSocket upgrade.")
+    assert response.json["detail"] == "This server cannot hand over connections."
 
 
 def _read_response(sock):
@@ -275,6 +297,41 @@ def test_bad_client_frame_gets_an_error_and_the_socket_stays_open(watching, fram
 def test_a_socket_on_an_already_archived_chat_is_closed_at_once(server, chat, user, workspace, client, auth):
     make_repo(workspace)
     assert client.post(f"/api/v2/chats/{chat['id']}/archive", headers=auth).status_code == 204
+    ws = connect(server, chat, user)
+    with pytest.raises(Closed) as closed:
+        while ws.receive(timeout=WAIT) is not None:
+            pass
+    assert (closed.value.code, closed.value.reason) == (1000, "Chat was archived.")
+
+
+def test_a_chat_archived_while_the_events_listener_runs_is_closed_at_once_too(watching, server, app, user, client,
+                                                                              auth):
+    """The listener already runs (another socket) and has taken in the archive before this socket subscribes:
+    no event will come for it, so the handover itself must notice the archive."""
+    other = client.post("/api/v2/chats", json={"title": "other", "workspace": "proj"}, headers=auth).json
+    assert client.post(f"/api/v2/chats/{other['id']}/archive", headers=auth).status_code == 204
+    events = app.extensions["archive_events"]
+    time.sleep(4 * archives.POLL_SECONDS)  # SQLite's poller has looked (PostgreSQL's NOTIFY came and went)
+    assert events.watched() and uuid.UUID(other["id"]) not in events.watched()
+    ws = WatchClient(f"{server}/api/v2/chats/{other['id']}/git/watch", user["token"])
+    with pytest.raises(Closed) as closed:
+        while ws.receive(timeout=WAIT) is not None:
+            pass
+    assert (closed.value.code, closed.value.reason) == (1000, "Chat was archived.")
+
+
+def test_an_archive_heard_during_the_handover_closes_the_socket(server, app, chat, user, workspace, monkeypatch):
+    """The events thread may run the callback after the subscription but before the hub hands back the socket:
+    the handover closes it then."""
+    make_repo(workspace)
+    events = app.extensions["archive_events"]
+    real_adopt = hub_module.HUB.adopt
+
+    def adopt_after_the_archive_is_heard(connection, request):
+        events._archived([uuid.UUID(chat["id"])])  # what the events thread does, at the worst moment
+        return real_adopt(connection, request)
+
+    monkeypatch.setattr(hub_module.HUB, "adopt", adopt_after_the_archive_is_heard)
     ws = connect(server, chat, user)
     with pytest.raises(Closed) as closed:
         while ws.receive(timeout=WAIT) is not None:

@@ -13,6 +13,7 @@ import threading
 import uuid
 
 import pytest
+from peewee import PostgresqlDatabase
 
 import migrations
 import models
@@ -320,6 +321,31 @@ def test_a_failing_migration_leaves_the_database_as_it_was(legacy, monkeypatch):
     assert "Database error, nothing was changed" in result.output
     assert describe_schema(legacy.app) == before  # the migrations, the version table and the column all rolled back
     assert row_counts(legacy.app) == {table: 1 for table in TABLES}
+
+
+def test_a_migration_that_would_leave_rows_pointing_at_nothing_is_refused_and_rolled_back(legacy, monkeypatch):
+    """SQLite runs migrations with foreign keys off (a table rebuild must not cascade), so it checks them before
+    the commit: a step that leaves a chat owned by no user fails the run and changes nothing."""
+
+    def orphan_the_chat(migrator):
+        def rewrite():
+            models.db.execute_sql(f"UPDATE chat SET owner_id = {models.db.obj.param}", (uuid.uuid4().hex,))
+
+        return [migrations._RowChange(rewrite)]
+
+    orphaning = migrations.LATEST + 1
+    monkeypatch.setitem(migrations.MIGRATIONS, orphaning, orphan_the_chat)
+    monkeypatch.setattr(migrations, "LATEST", orphaning)
+    before = describe_schema(legacy.app)
+
+    result = legacy.app.test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 1
+    if not isinstance(models.db.obj, PostgresqlDatabase):  # PostgreSQL refuses the UPDATE itself
+        assert "The migration would leave rows pointing at nothing" in result.output
+    assert describe_schema(legacy.app) == before
+    assert row_counts(legacy.app) == {table: 1 for table in TABLES}
+    with legacy.app.app_context(), models.db.connection_context():
+        assert models.Chat.get_by_id(legacy.chat_id).owner_id == legacy.user_id
 
 
 def test_concurrent_init_db_runs_migrate_once(legacy):

@@ -467,6 +467,36 @@ def test_watch_socket_is_counted_and_logged_once_when_it_closes(app, client, aut
     assert hub.open_sockets() == 0
 
 
+def test_a_watch_whose_handover_fails_is_logged_as_an_ordinary_request(app, client, auth, user, capsys, monkeypatch):
+    """The hub refused the socket (no descriptors left): no socket will close to finish the record, so the
+    request ends as any other, one line with its 500, and nothing stays counted open."""
+    Path(user["workspaces_dir"], "proj").mkdir(parents=True)
+    chat = client.post("/api/v2/chats", json={"title": "w", "workspace": "proj"}, headers=auth).json
+
+    def no_more_descriptors(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(app.extensions["watch_hub"], "adopt", no_more_descriptors)
+    server = make_server(LOCALHOST, 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    open_before = sample("chatfiles_watch_sockets_open")
+    output = []
+    try:
+        path = f"/api/v2/chats/{chat['id']}/git/watch"
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            websocket.create_connection(f"ws://{LOCALHOST}:{server.port}{path}", timeout=WAIT_SECONDS,
+                                        header=[f"Coder-Session-Token: {user['token']}", "X-Request-ID: socket-2"])
+        wait_until(lambda: output.append(capsys.readouterr().out) or request_lines("".join(output), "socket-2"),
+                   "the failed watch's request line")
+    finally:
+        server.shutdown()
+        thread.join()
+    (line,) = request_lines("".join(output), "socket-2")
+    assert (line["status"], line["route"]) == (500, "/api/v2/chats/<chat_id>/git/watch")
+    assert sample("chatfiles_watch_sockets_open") == open_before
+
+
 # --- under gunicorn -----------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+import filetypes
 from gitwatch.repository import RepositoryRefused
 from imaging import images
 from sandbox import Limits, Pool, PoolBusy, SandboxFailed
@@ -243,6 +244,39 @@ def test_what_a_taken_over_decoder_claims_is_not_believed(lying_sandboxes, tmp_p
         spooled.flush()
         with pytest.raises(images.InvalidImage, match="too expensive to decode"):
             sandboxed.verify_and_make(spooled.fileno(), 10**6, 10**8, "0" * 64, max_file_size=10**6, wait=30)
+
+
+@pytest.mark.parametrize("claimed", ["image/heic", "image/avif"])
+def test_a_taken_over_decoder_cannot_make_a_camera_original_its_own_preview(lying_sandboxes, tmp_path, claimed):
+    """Only a web image is served as its own preview: a camera original claimed as one is not believed."""
+    with open(tmp_path / "upload", "w+b") as spooled:
+        spooled.write(b"original:" + claimed.encode())
+        spooled.flush()
+        with pytest.raises(images.InvalidImage, match="too expensive to decode"):
+            sandboxed.verify_and_make(spooled.fileno(), 10**6, 10**8, "0" * 64, max_file_size=10**6, wait=30)
+
+
+def test_a_web_original_may_be_its_own_preview(lying_sandboxes, tmp_path):
+    """The same answer for a web type is believed: what the test above refuses is the camera type alone."""
+    with open(tmp_path / "upload", "w+b") as spooled:
+        spooled.write(b"original:image/png")
+        spooled.flush()
+        info, _, made = sandboxed.verify_and_make(spooled.fileno(), 10**6, 10**8, "0" * 64, max_file_size=10**6,
+                                                  wait=30)
+    assert info.content_type == "image/png"
+    assert [(variant.name, variant.content_type) for variant in made] == [("preview", "image/png")]
+
+
+@pytest.mark.parametrize("family", [filetypes.TEXT, filetypes.PDF])
+def test_what_a_taken_over_document_checker_says_is_not_repeated(lying_sandboxes, tmp_path, family):
+    with open(tmp_path / "upload", "w+b") as spooled:
+        spooled.write(b"anything")
+        spooled.flush()
+        with pytest.raises(filetypes.InvalidFile) as refused:
+            sandboxed.verify_document(spooled.fileno(), family, filetypes.JsonCheck.NONE, max_memory=10**8,
+                                      max_file_size=10**6, wait=30)
+    assert refused.value.message == filetypes.INVALID_MESSAGES[family]
+    assert refused.value.detail == "The file is too expensive to check: the checker failed on it."
 
 
 def test_a_taken_over_scan_cannot_answer_for_another_repository(lying_sandboxes, tmp_path):
