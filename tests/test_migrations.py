@@ -305,15 +305,20 @@ def test_init_db_refuses_a_database_with_only_some_tables(empty_app):
         assert migrations.VERSION_TABLE not in models.db.get_tables()
 
 
+def add_a_migration(monkeypatch, steps):
+    """One more schema version, made of ``steps``, for this test only."""
+    version = migrations.LATEST + 1
+    monkeypatch.setitem(migrations.MIGRATIONS, version, steps)
+    monkeypatch.setattr(migrations, "LATEST", version)
+
+
 def test_a_failing_migration_leaves_the_database_as_it_was(legacy, monkeypatch):
     def add_a_column_then_fail(migrator):
         from peewee import IntegerField
 
         return [migrator.add_column("chat", "pinned", IntegerField(null=True)), migrator.drop_index("chat", "nope")]
 
-    failing = migrations.LATEST + 1
-    monkeypatch.setitem(migrations.MIGRATIONS, failing, add_a_column_then_fail)
-    monkeypatch.setattr(migrations, "LATEST", failing)
+    add_a_migration(monkeypatch, add_a_column_then_fail)
     before = describe_schema(legacy.app)
 
     result = legacy.app.test_cli_runner().invoke(args=["init-db"])
@@ -333,9 +338,7 @@ def test_a_migration_that_would_leave_rows_pointing_at_nothing_is_refused_and_ro
 
         return [migrations._RowChange(rewrite)]
 
-    orphaning = migrations.LATEST + 1
-    monkeypatch.setitem(migrations.MIGRATIONS, orphaning, orphan_the_chat)
-    monkeypatch.setattr(migrations, "LATEST", orphaning)
+    add_a_migration(monkeypatch, add_a_column_then_fail)
     before = describe_schema(legacy.app)
 
     result = legacy.app.test_cli_runner().invoke(args=["init-db"])

@@ -6,6 +6,7 @@ share one gunicorn server with two workers, PROXY_HOPS=1 and an operator-set
 PROMETHEUS_MULTIPROC_DIR.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -437,17 +438,27 @@ def test_sigterm_closes_sockets_then_runs_the_previous_handler():
     assert ws.closed_with == [(1001, "Server shutting down")]
 
 
+@contextlib.contextmanager
+def serving(app):
+    """The app on werkzeug's threaded server on loopback, for a real WebSocket client; stopped after."""
+    server = make_server(LOCALHOST, 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join()
+
+
 def test_watch_socket_is_counted_and_logged_once_when_it_closes(app, client, auth, user, capsys):
     """The real watch route on werkzeug's server: open in the gauge while the hub holds it, one request
     line (status 101) when it closes, and nothing left registered."""
     Path(user["workspaces_dir"], "proj").mkdir(parents=True)
     chat = client.post("/api/v2/chats", json={"title": "w", "workspace": "proj"}, headers=auth).json
-    server = make_server(LOCALHOST, 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     hub = app.extensions["watch_hub"]
     open_before = sample("chatfiles_watch_sockets_open")
-    try:
+    with serving(app) as server:
         path = f"/api/v2/chats/{chat['id']}/git/watch"
         ws = websocket.create_connection(f"ws://{LOCALHOST}:{server.port}{path}", timeout=WAIT_SECONDS,
                                          header=[f"Coder-Session-Token: {user['token']}", "X-Request-ID: socket-1"])
@@ -458,9 +469,6 @@ def test_watch_socket_is_counted_and_logged_once_when_it_closes(app, client, aut
         output = []
         wait_until(lambda: output.append(capsys.readouterr().out) or request_lines("".join(output), "socket-1"),
                    "the socket's request line")
-    finally:
-        server.shutdown()
-        thread.join()
     (line,) = request_lines("".join(output), "socket-1")
     assert (line["status"], line["route"], line["path"]) == (101, "/api/v2/chats/<chat_id>/git/watch", path)
     assert sample("chatfiles_watch_sockets_open") == open_before
@@ -477,21 +485,15 @@ def test_a_watch_whose_handover_fails_is_logged_as_an_ordinary_request(app, clie
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(app.extensions["watch_hub"], "adopt", no_more_descriptors)
-    server = make_server(LOCALHOST, 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     open_before = sample("chatfiles_watch_sockets_open")
     output = []
-    try:
+    with serving(app) as server:
         path = f"/api/v2/chats/{chat['id']}/git/watch"
         with pytest.raises(websocket.WebSocketBadStatusException):
             websocket.create_connection(f"ws://{LOCALHOST}:{server.port}{path}", timeout=WAIT_SECONDS,
                                         header=[f"Coder-Session-Token: {user['token']}", "X-Request-ID: socket-2"])
         wait_until(lambda: output.append(capsys.readouterr().out) or request_lines("".join(output), "socket-2"),
                    "the failed watch's request line")
-    finally:
-        server.shutdown()
-        thread.join()
     (line,) = request_lines("".join(output), "socket-2")
     assert (line["status"], line["route"]) == (500, "/api/v2/chats/<chat_id>/git/watch")
     assert sample("chatfiles_watch_sockets_open") == open_before
