@@ -338,7 +338,7 @@ def test_a_migration_that_would_leave_rows_pointing_at_nothing_is_refused_and_ro
 
         return [migrations._RowChange(rewrite)]
 
-    add_a_migration(monkeypatch, add_a_column_then_fail)
+    add_a_migration(monkeypatch, orphan_the_chat)
     before = describe_schema(legacy.app)
 
     result = legacy.app.test_cli_runner().invoke(args=["init-db"])
